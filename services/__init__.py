@@ -1,0 +1,1 @@
+"""inferledger: event-driven cost accounting for LLM inference."""

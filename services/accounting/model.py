@@ -1,0 +1,108 @@
+"""Plain data for the accounting core: no pydantic, no I/O, integer microseconds for time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+US_PER_SECOND = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_us(ts: datetime) -> int:
+    """Microseconds since the Unix epoch of an aware datetime."""
+    if ts.tzinfo is None:
+        raise ValueError("naive datetime")
+    delta = ts - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * US_PER_SECOND + delta.microseconds
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+@dataclass(frozen=True)
+class TokenWeights:
+    """Work per token: uncached prompt, cached prompt and completion tokens."""
+
+    prompt: Decimal = Decimal("1.0")
+    cached: Decimal = Decimal("0.1")
+    completion: Decimal = Decimal("4.0")
+
+
+@dataclass(frozen=True)
+class AccountingSettings:
+    bucket_seconds: int = 60
+    allowed_lateness_seconds: int = 120
+    default_weights: TokenWeights = field(default_factory=TokenWeights)
+    model_weights: dict[str, TokenWeights] = field(default_factory=dict)
+    default_currency: str = "USD"
+
+    def __post_init__(self) -> None:
+        if self.bucket_seconds <= 0:
+            raise ValueError("bucket_seconds must be positive")
+        if self.allowed_lateness_seconds < 0:
+            raise ValueError("allowed_lateness_seconds must not be negative")
+
+    @property
+    def bucket_us(self) -> int:
+        return self.bucket_seconds * US_PER_SECOND
+
+    @property
+    def lateness_us(self) -> int:
+        return self.allowed_lateness_seconds * US_PER_SECOND
+
+    def weights_for(self, model: str) -> TokenWeights:
+        return self.model_weights.get(model, self.default_weights)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One inference request, as the core sees it."""
+
+    event_id: str
+    tenant_id: str
+    model: str
+    resource_id: str
+    start_us: int
+    end_us: int
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    completion_tokens: int
+    status: str
+    gpu_count: int = 1
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A provisional price segment of a resource: ``[start_us, end_us)``, open-ended if None."""
+
+    resource_id: str
+    start_us: int
+    end_us: int | None
+    price_per_hour: Decimal
+    currency: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One ledger entry decided by the core (the contract's ``LedgerEntry`` without I/O types)."""
+
+    entry_id: str
+    entry_kind: str
+    cost_basis: str
+    tenant_id: str | None
+    model: str | None
+    resource_id: str
+    bucket_start_us: int
+    bucket_seconds: int
+    amount: Decimal
+    currency: str
+    completions: int = 0
+    failed_requests: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    work_units: Decimal = Decimal(0)
+    busy_seconds: Decimal = Decimal(0)
