@@ -186,8 +186,8 @@ class LedgerEntry(_Contract):
     entry_id: Annotated[str, Field(min_length=16, max_length=64)]
     entry_kind: EntryKind
     cost_basis: CostBasis
-    tenant_id: str | None
-    model: str | None
+    tenant_id: str | None = None
+    model: str | None = None
     resource_id: Name
     bucket_start: Timestamp
     bucket_seconds: int = Field(gt=0)

@@ -1,0 +1,1 @@
+"""Attribution: inference events and rates in, cost allocations out."""

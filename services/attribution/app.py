@@ -1,0 +1,78 @@
+"""The attribution processor as a faust app: thin agents around :class:`AttributionProcessor`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import faust
+
+from services.attribution.processor import AttributionProcessor, Output
+from services.runtime import logs
+from services.runtime.config import ALLOCATIONS, EVENTS, RATES, Settings
+from services.runtime.faustapp import make_app
+from services.runtime.kafka import publish_end_markers
+
+log = logs.get(__name__)
+
+
+def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asyncio.Event]:
+    """The app, and an event set once a bounded run (``run_id``) has published everything."""
+    app = make_app(settings, "inferledger-attribution")
+    proc = AttributionProcessor(settings, run_id)
+    events_name, rates_name = settings.topic(EVENTS), settings.topic(RATES)
+    alloc_name = settings.topic(ALLOCATIONS)
+    events_topic = app.topic(events_name)
+    # no offsets are committed for rates: every start re-reads the (compacted) rates topic
+    rates_topic = app.topic(rates_name, acks=False)
+    done = asyncio.Event()
+    lock = asyncio.Lock()
+
+    def assigned(topic: str) -> set[int]:
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
+
+    async def publish(out: Output) -> None:
+        producer = app.producer
+        futures = [await producer.send(alloc_name, key.encode(), value, None, None, None)
+                   for key, value in out.allocations]
+        futures += [await producer.send(topic, None, value, None, None, None)
+                    for topic, value in out.dead_letters]
+        if futures:
+            await asyncio.gather(*futures)
+        for token in out.release:  # only now may Kafka commit past these messages
+            token.ack()
+
+    async def step() -> None:
+        async with lock:
+            parts = assigned(events_name)
+            if not parts:
+                return
+            out = proc.step(parts, assigned(rates_name))
+            await publish(out)
+            if out.finished and run_id is not None and not done.is_set():
+                await asyncio.to_thread(publish_end_markers, settings, [alloc_name], run_id)
+                log.info("attribution finished", **dict(proc.counters))
+                done.set()
+
+    @app.agent(events_topic)
+    async def attribute(stream: Any) -> None:
+        async for batch in stream.take_events(settings.take_max, settings.take_within_seconds):
+            for event in batch:
+                event.message.incref()  # held until its buckets close (see processor)
+                msg = event.message
+                proc.on_events(event.value, event, msg.partition, msg.offset)
+            await step()
+
+    @app.agent(rates_topic)
+    async def rates(stream: Any) -> None:
+        async for batch in stream.take_events(settings.take_max, settings.take_within_seconds):
+            for event in batch:
+                proc.on_rate(event.value, event.message.partition, event.message.offset)
+            await step()
+
+    @app.timer(interval=0.5)
+    async def tick() -> None:
+        await step()
+
+    app.inferledger_processor = proc  # type: ignore[attr-defined]
+    return app, done

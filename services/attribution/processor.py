@@ -1,0 +1,212 @@
+"""The attribution step without faust: decode, feed the accounting core, decide what to emit.
+
+The faust agent around it only moves bytes. Messages are held (not acknowledged) until every
+bucket they touch has closed and its allocation was published, so the committed Kafka offset
+is always a safe restart point: nothing accepted can be lost by a crash.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.accounting import Added, Book, ClosedBucket, Entry, Rate, Request, from_us, to_us
+from services.contracts import (
+    CostAllocation,
+    DecodeError,
+    EndOfInput,
+    GpuRate,
+    InferenceEvent,
+    LedgerEntry,
+    decode_events,
+    decode_rate,
+    dumps,
+)
+from services.runtime.config import Settings
+from services.runtime.kafka import dead_letter
+
+
+def to_request(event: InferenceEvent) -> Request:
+    return Request(
+        event_id=event.event_id,
+        tenant_id=event.tenant_id,
+        model=event.model,
+        resource_id=event.resource_id,
+        start_us=to_us(event.started_at),
+        end_us=to_us(event.finished_at),
+        prompt_tokens=event.prompt_tokens,
+        cached_prompt_tokens=event.cached_prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        status=event.status,
+        gpu_count=event.gpu_count,
+    )
+
+
+def to_rate(rate: GpuRate) -> Rate:
+    return Rate(
+        resource_id=rate.resource_id,
+        start_us=to_us(rate.effective_from),
+        end_us=None if rate.effective_to is None else to_us(rate.effective_to),
+        price_per_hour=rate.price_per_hour,
+        currency=rate.currency,
+    )
+
+
+def to_ledger_entry(e: Entry) -> LedgerEntry:
+    return LedgerEntry(
+        entry_id=e.entry_id,
+        entry_kind=e.entry_kind,  # type: ignore[arg-type]
+        cost_basis=e.cost_basis,  # type: ignore[arg-type]
+        tenant_id=e.tenant_id,
+        model=e.model,
+        resource_id=e.resource_id,
+        bucket_start=from_us(e.bucket_start_us),
+        bucket_seconds=e.bucket_seconds,
+        completions=e.completions,
+        failed_requests=e.failed_requests,
+        prompt_tokens=e.prompt_tokens,
+        cached_prompt_tokens=e.cached_prompt_tokens,
+        completion_tokens=e.completion_tokens,
+        work_units=e.work_units,
+        busy_seconds=e.busy_seconds,
+        amount=e.amount,
+        currency=e.currency,
+    )
+
+
+def allocation_message(closed: ClosedBucket, bucket_seconds: int) -> bytes:
+    return dumps(
+        CostAllocation(
+            resource_id=closed.resource_id,
+            bucket_start=from_us(closed.bucket_start_us),
+            bucket_seconds=bucket_seconds,
+            entries=[to_ledger_entry(e) for e in closed.entries],
+        )
+    )
+
+
+@dataclass
+class Output:
+    """What one processing step wants published, and which held messages it releases."""
+
+    allocations: list[tuple[str, bytes]] = field(default_factory=list)
+    dead_letters: list[tuple[str, bytes]] = field(default_factory=list)
+    release: list[Any] = field(default_factory=list)
+    finished: bool = False
+
+
+class AttributionProcessor:
+    """Per worker: one :class:`Book` for all resources of the partitions it owns."""
+
+    def __init__(self, settings: Settings, run_id: str | None = None) -> None:
+        self.settings = settings
+        self.book = Book(settings.accounting())
+        self.run_id = run_id
+        self.events_topic = settings.topic("inference-events")
+        self.rates_topic = settings.topic("gpu-rates")
+        self.counters: Counter[str] = Counter()
+        self._out = Output()
+        self._held: list[tuple[int, int, Any]] = []  # (release when closed through, seq, token)
+        self._seq = itertools.count()
+        self._markers: set[tuple[str, int]] = set()
+        self._flushed = False
+        self._closed_until = -(2**62)
+
+    # -- input -------------------------------------------------------------------------
+    def _reject(self, topic: str, reason: str, detail: str, payload: Any,
+                partition: int | None, offset: int | None) -> None:
+        self.counters[f"dlq.{reason}"] += 1
+        self._out.dead_letters.append((
+            f"{topic}.dlq",
+            dead_letter(topic, reason, detail, payload, self.settings.dlq_payload_limit,
+                        source="attribution", partition=partition, offset=offset),
+        ))
+
+    def on_events(self, raw: bytes, token: Any, partition: int, offset: int) -> None:
+        topic = self.events_topic
+        try:
+            decoded = decode_events(raw)
+        except DecodeError as exc:
+            self._reject(topic, exc.reason, exc.detail, raw, partition, offset)
+            self._out.release.append(token)
+            return
+        for rej in decoded.rejected:
+            self._reject(topic, rej.reason, rej.detail, rej.payload, partition, offset)
+        if decoded.end_of_input is not None:
+            self._on_marker(topic, partition, decoded.end_of_input)
+        hold_until: int | None = None
+        W = self.book.settings.bucket_us
+        for event in decoded.events:
+            req = to_request(event)
+            added = self.book.add_request(req)
+            self.counters[f"events.{added.value}"] += 1
+            if added is Added.LATE:
+                self._reject(topic, "too_late",
+                             "its bucket already closed (allowed lateness "
+                             f"{self.settings.allowed_lateness_seconds} s)",
+                             event.model_dump(mode="json"), partition, offset)
+            elif added is Added.ACCEPTED:
+                last = (max(req.end_us - 1, req.start_us) // W) * W + W
+                last = max(last, (req.end_us // W) * W + W)
+                hold_until = last if hold_until is None else max(hold_until, last)
+        if hold_until is None:
+            self._out.release.append(token)
+        else:
+            heapq.heappush(self._held, (hold_until, next(self._seq), token))
+
+    def on_rate(self, raw: bytes, partition: int, offset: int) -> None:
+        try:
+            msg = decode_rate(raw)
+        except DecodeError as exc:
+            self._reject(self.rates_topic, exc.reason, exc.detail, raw, partition, offset)
+            return
+        if isinstance(msg, EndOfInput):
+            self._on_marker(self.rates_topic, partition, msg)
+            return
+        self.counters["rates"] += 1
+        self.book.add_rate(to_rate(msg))
+
+    def _on_marker(self, topic: str, partition: int, marker: EndOfInput) -> None:
+        if self.run_id is not None and marker.run_id == self.run_id:
+            self._markers.add((topic, partition))
+
+    # -- progress ----------------------------------------------------------------------
+    def drained(self, topic: str, partitions: set[int]) -> bool:
+        return all((topic, p) in self._markers for p in partitions)
+
+    def step(self, events_partitions: set[int], rates_partitions: set[int]) -> Output:
+        """Close what may close, and hand over everything to publish and release."""
+        bounded = self.run_id is not None
+        rates_ready = not bounded or self.drained(self.rates_topic, rates_partitions)
+        closed: list[ClosedBucket] = []
+        if rates_ready and not self._flushed:
+            wm = self.book.watermark_us()
+            if wm is not None:
+                closed = self.book.advance(wm)
+                W_us = self.book.settings.bucket_us
+                self._closed_until = max(self._closed_until, (wm // W_us) * W_us)
+            if bounded and self.drained(self.events_topic, events_partitions):
+                closed += self.book.flush()
+                self._flushed = True
+        W = self.settings.bucket_seconds
+        for c in closed:
+            self.counters["buckets.closed"] += 1
+            self._out.allocations.append((c.resource_id, allocation_message(c, W)))
+        self._release_closed()
+        out, self._out = self._out, Output()
+        out.finished = self._flushed and not self._held
+        return out
+
+    def _release_closed(self) -> None:
+        while self._held:
+            until, _, token = self._held[0]
+            if not self._closed_through(until):
+                break
+            heapq.heappop(self._held)
+            self._out.release.append(token)
+
+    def _closed_through(self, until_us: int) -> bool:
+        return self._flushed or self._closed_until >= until_us

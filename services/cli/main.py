@@ -1,0 +1,258 @@
+"""``inferledger``: one command for every process and task."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import date
+from typing import Any
+
+import click
+
+from services.runtime import logs
+from services.runtime.config import EVENTS, RATES, Settings, load_settings
+from services.runtime.stack import local_stack
+
+log = logs.get("inferledger")
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+@click.group()
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """inferledger: what every LLM completion cost each tenant, idle GPUs included."""
+    settings = load_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    ctx.obj = settings
+
+
+@cli.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Apply the database migrations (alembic upgrade head)."""
+    from services.ledger.db import migrate as do_migrate
+
+    with local_stack(_settings(ctx), need_broker=False) as s:
+        assert s.database_url
+        do_migrate(s.database_url)
+        click.echo("database is at the latest revision")
+
+
+@cli.group()
+def ingest() -> None:
+    """Publish events, rates or bills from files."""
+
+
+def _warn_ephemeral(settings: Settings) -> None:
+    if not settings.kafka_bootstrap:
+        click.echo("note: no INFERLEDGER_KAFKA_BOOTSTRAP and no `inferledger up` running: "
+                   "publishing to a broker that stops with this command", err=True)
+
+
+@ingest.command("events")
+@click.argument("file")
+@click.pass_context
+def ingest_events_cmd(ctx: click.Context, file: str) -> None:
+    """Publish inference events from a JSONL FILE (- for stdin), batched per resource."""
+    from services.ingest.files import ingest_events, open_input
+    from services.runtime.kafka import ensure_topics
+
+    _warn_ephemeral(_settings(ctx))
+    with local_stack(_settings(ctx), need_database=False) as s:
+        ensure_topics(s)
+        with open_input(file) as stream:
+            summary = ingest_events(s, stream)
+    click.echo(json.dumps(summary.as_dict()))
+
+
+@ingest.command("rates")
+@click.argument("file")
+@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv"]), default="auto")
+@click.pass_context
+def ingest_rates_cmd(ctx: click.Context, file: str, fmt: str) -> None:
+    """Publish GPU rates from a JSONL or CSV FILE (- for stdin)."""
+    from services.ingest.files import ingest_rates, open_input
+    from services.runtime.kafka import ensure_topics
+
+    _warn_ephemeral(_settings(ctx))
+    with local_stack(_settings(ctx), need_database=False) as s:
+        ensure_topics(s)
+        with open_input(file) as stream:
+            summary = ingest_rates(s, stream, fmt)
+    click.echo(json.dumps(summary.as_dict()))
+
+
+def _run_one(settings: Settings, which: str, until_idle: bool, run_id: str | None) -> None:
+    from services.runtime.faustapp import run_until
+
+    if which == "attribution":
+        from services.attribution.app import build
+    else:
+        from services.ledger.writer import build  # type: ignore[assignment]
+    app, done = build(settings, run_id)
+    asyncio.run(run_until(app, done if until_idle else None))
+
+
+def run_processors(settings: Settings, until_idle: bool, progress: bool = True) -> None:
+    """Run attribution and ledger writer as two processes; bounded when ``until_idle``."""
+    from services.runtime.kafka import ensure_topics, publish_end_markers
+
+    ensure_topics(settings)
+    run_id = None
+    if until_idle:
+        run_id = uuid.uuid4().hex
+        publish_end_markers(settings, [settings.topic(EVENTS), settings.topic(RATES)], run_id)
+    env = dict(os.environ)
+    env["INFERLEDGER_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap or ""
+    env["INFERLEDGER_DATABASE_URL"] = settings.database_url or ""
+    env["INFERLEDGER_TOPIC_PREFIX"] = settings.topic_prefix
+    procs = []
+    for which in ("attribution", "ledger"):
+        cmd = [sys.executable, "-m", "services.cli.main", "run", which]
+        if until_idle:
+            cmd += ["--until-idle", "--run-id", run_id or ""]
+        procs.append((which, subprocess.Popen(cmd, env=env)))
+    started = time.monotonic()
+    try:
+        status: Any = None
+        if progress and sys.stderr.isatty():
+            from rich.console import Console
+
+            status = Console(stderr=True).status("processing")
+            status.start()
+        failed = []
+        while any(p.poll() is None for _, p in procs):
+            if status is not None and settings.database_url:
+                status.update(f"processing: {_ledger_rows(settings)} ledger rows, "
+                              f"{time.monotonic() - started:.0f} s")
+            if any(p.poll() not in (None, 0) for _, p in procs):
+                break
+            time.sleep(0.5)
+        if status is not None:
+            status.stop()
+        failed = [f"{w} exited with {p.returncode}" for w, p in procs if p.poll() not in (None, 0)]
+        if failed:
+            raise click.ClickException("; ".join(failed))
+    finally:
+        for _, p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for _, p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _ledger_rows(settings: Settings) -> int:
+    from sqlalchemy import create_engine, text
+
+    assert settings.database_url
+    engine = create_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM ledger_entries")).scalar_one())
+    except Exception:
+        return 0
+    finally:
+        engine.dispose()
+
+
+@cli.command()
+@click.argument("which", type=click.Choice(["attribution", "ledger", "all"]), default="all")
+@click.option("--until-idle", is_flag=True, help="process the bounded input to its end, then exit")
+@click.option("--run-id", default=None, help="end-of-input markers to wait for (set by `run all`)")
+@click.pass_context
+def run(ctx: click.Context, which: str, until_idle: bool, run_id: str | None) -> None:
+    """Run processors: attribution, ledger (writer) or all."""
+    settings = _settings(ctx)
+    need_db = which != "attribution"
+    with local_stack(settings, need_database=need_db) as s:
+        if which == "all":
+            if need_db:
+                from services.ledger.db import migrate as do_migrate
+
+                assert s.database_url
+                do_migrate(s.database_url)
+            run_processors(s, until_idle)
+            return
+        if until_idle and run_id is None:
+            if which == "ledger":
+                raise click.UsageError("`run ledger --until-idle` needs the --run-id of the "
+                                       "attribution run it follows (or use `run all`)")
+            from services.runtime.kafka import ensure_topics, publish_end_markers
+
+            ensure_topics(s)
+            run_id = uuid.uuid4().hex
+            publish_end_markers(s, [s.topic(EVENTS), s.topic(RATES)], run_id)
+        _run_one(s, which, until_idle, run_id)
+
+
+@cli.command()
+@click.option("--tenant", default=None)
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), default=None, help="first day, UTC")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), default=None, help="day after last")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.pass_context
+def report(ctx: click.Context, tenant: str | None, since: Any, until: Any, fmt: str) -> None:
+    """Cost per completion per tenant and model (from v_cost_per_completion)."""
+    from services.ledger.db import make_engine
+    from services.ledger.report import cost_per_completion, render
+
+    with local_stack(_settings(ctx), need_broker=False) as s:
+        assert s.database_url
+        engine = make_engine(s.database_url)
+        rows = cost_per_completion(engine, tenant, _day(since), _day(until))
+        click.echo(render(rows, fmt, "cost per completion"), nl=False)
+
+
+def _day(value: Any) -> date | None:
+    return None if value is None else value.date()
+
+
+@cli.command()
+@click.option("--fleet", "fleet_path", default=None, help="fleet description (JSON)")
+@click.option("--trace", "trace_path", default=None, help="Azure trace CSV")
+@click.option("--limit", type=int, default=None, help="replay only the first N requests")
+@click.option("--html", "html_path", default="reports/demo.html", show_default=True)
+@click.pass_context
+def demo(ctx: click.Context, fleet_path: str | None, trace_path: str | None,
+         limit: int | None, html_path: str) -> None:
+    """The main job: replay the real Azure trace on a simulated GPU fleet, end to end."""
+    from services.demo.run import run_demo
+
+    run_demo(_settings(ctx), fleet_path, trace_path, limit, html_path)
+
+
+@cli.command()
+@click.pass_context
+def up(ctx: click.Context) -> None:
+    """The local stack and all processors, until stopped (Ctrl-C)."""
+    from services.ledger.db import migrate as do_migrate
+
+    with local_stack(_settings(ctx), publish_state=True) as s:
+        assert s.database_url
+        do_migrate(s.database_url)
+        click.echo(f"INFERLEDGER_KAFKA_BOOTSTRAP={s.kafka_bootstrap}")
+        click.echo(f"INFERLEDGER_DATABASE_URL={s.database_url}")
+        try:
+            run_processors(s, until_idle=False, progress=False)
+        except KeyboardInterrupt:
+            pass
+
+
+def main() -> None:
+    cli(prog_name="inferledger")
+
+
+if __name__ == "__main__":
+    main()

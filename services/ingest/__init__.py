@@ -1,0 +1,1 @@
+"""Getting events, rates and bills into Kafka."""

@@ -1,0 +1,146 @@
+"""File ingest: JSONL (or CSV for rates) in, validated batches per resource on Kafka out."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import ValidationError
+
+from services.contracts import GpuRate, InferenceEvent, dumps
+from services.contracts.wire import DecodeError, decode_events, load_json
+from services.runtime.config import EVENTS, RATES, Settings
+from services.runtime.kafka import dead_letter, make_producer
+
+
+@dataclass
+class IngestSummary:
+    read: int = 0
+    published: int = 0
+    messages: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"read": self.read, "published": self.published, "messages": self.messages,
+                "rejected": sum(self.rejected.values()), "rejected_by_reason": dict(self.rejected)}
+
+
+def open_input(path: str) -> IO[bytes]:
+    if path == "-":
+        return sys.stdin.buffer
+    return Path(path).open("rb")
+
+
+def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    for n, line in enumerate(stream, start=1):
+        if line.strip():
+            yield n, line.rstrip(b"\r\n")
+
+
+def batch_events(events: Iterable[InferenceEvent], max_events: int,
+                 max_bytes: int) -> Iterator[tuple[str, bytes, int]]:
+    """Group events per resource into batch messages below both limits."""
+    pending: dict[str, list[bytes]] = defaultdict(list)
+    sizes: dict[str, int] = defaultdict(int)
+
+    def emit(resource: str) -> tuple[str, bytes, int]:
+        items = pending.pop(resource)
+        sizes.pop(resource, None)
+        head = json.dumps({"type": "inferledger.inference_event_batch.v1",
+                           "resource_id": resource})[:-1]
+        return resource, (head + ', "events": [').encode() + b", ".join(items) + b"]}", len(items)
+
+    for event in events:
+        raw = dumps(event)
+        r = event.resource_id
+        if pending.get(r) and (len(pending[r]) >= max_events or sizes[r] + len(raw) > max_bytes):
+            yield emit(r)
+        pending[r].append(raw)
+        sizes[r] += len(raw) + 2
+    for r in sorted(pending):
+        yield emit(r)
+
+
+def ingest_events(settings: Settings, stream: IO[bytes], source: str = "ingest") -> IngestSummary:
+    summary = IngestSummary()
+    topic = settings.topic(EVENTS)
+    producer = make_producer(settings, compression_type="gzip")
+    valid: list[InferenceEvent] = []
+    try:
+        for n, line in _lines(stream):
+            summary.read += 1
+            try:
+                decoded = decode_events(line)
+            except DecodeError as exc:
+                summary.rejected[exc.reason] += 1
+                producer.send(f"{topic}.dlq", dead_letter(
+                    topic, exc.reason, f"line {n}: {exc.detail}", line,
+                    settings.dlq_payload_limit, source=source))
+                continue
+            for rej in decoded.rejected:
+                summary.rejected[rej.reason] += 1
+                producer.send(f"{topic}.dlq", dead_letter(
+                    topic, rej.reason, f"line {n}: {rej.detail}", rej.payload,
+                    settings.dlq_payload_limit, source=source))
+            valid.extend(decoded.events)
+        for resource, value, count in batch_events(valid, settings.max_batch_events,
+                                                   settings.max_message_bytes):
+            producer.send(topic, key=resource, value=value)
+            summary.published += count
+            summary.messages += 1
+        producer.flush(60)
+    finally:
+        producer.close(10)
+    return summary
+
+
+def _rate_records(stream: IO[bytes], fmt: str) -> Iterator[tuple[int, bytes, Any]]:
+    data = stream.read()
+    if fmt == "auto":
+        fmt = "jsonl" if data.lstrip()[:1] in (b"{", b"[") else "csv"
+    if fmt == "csv":
+        reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
+        for n, row in enumerate(reader, start=2):
+            clean = {k: v for k, v in row.items() if v not in ("", None, "NULL")}
+            yield n, json.dumps(row).encode(), clean
+    else:
+        for n, line in _lines(io.BytesIO(data)):
+            try:
+                yield n, line, load_json(line)
+            except DecodeError as exc:
+                yield n, line, exc
+
+
+def ingest_rates(settings: Settings, stream: IO[bytes], fmt: str = "auto",
+                 source: str = "ingest") -> IngestSummary:
+    summary = IngestSummary()
+    topic = settings.topic(RATES)
+    producer = make_producer(settings)
+    try:
+        for n, raw, obj in _rate_records(stream, fmt):
+            summary.read += 1
+            try:
+                if isinstance(obj, DecodeError):
+                    raise obj
+                rate = GpuRate.model_validate(obj)
+            except (DecodeError, ValidationError) as exc:
+                reason = exc.reason if isinstance(exc, DecodeError) else "invalid_rate"
+                summary.rejected[reason] += 1
+                producer.send(f"{topic}.dlq", dead_letter(
+                    topic, reason, f"line {n}: {exc}", raw, settings.dlq_payload_limit,
+                    source=source))
+                continue
+            producer.send(topic, key=rate.resource_id, value=dumps(rate))
+            summary.published += 1
+            summary.messages += 1
+        producer.flush(60)
+    finally:
+        producer.close(10)
+    return summary

@@ -1,0 +1,1 @@
+"""The ledger: Postgres schema, the idempotent batched writer, reports."""

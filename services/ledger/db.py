@@ -1,0 +1,107 @@
+"""Engine factory, migrations, and the idempotent batched writes of the ledger writer."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, select
+from sqlalchemy.dialects.postgresql import insert
+
+from services.contracts import GpuRate, LedgerEntry
+from services.ledger.schema import consumer_offsets, gpu_rates, ledger_entries, resources
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(url), revision)
+
+
+def entry_row(e: LedgerEntry) -> dict[str, Any]:
+    row = e.model_dump()
+    return row
+
+
+def rate_row(r: GpuRate) -> dict[str, Any]:
+    row = r.model_dump(exclude={"type"})
+    ident = "\x1f".join(str(row[k]) for k in (
+        "resource_id", "effective_from", "effective_to", "price_per_hour", "currency", "source"))
+    row["rate_id"] = hashlib.sha256(ident.encode()).hexdigest()[:32]
+    return row
+
+
+def write_batch(
+    engine: Engine,
+    group: str,
+    entries: Sequence[LedgerEntry],
+    rates: Sequence[GpuRate],
+    offsets: dict[tuple[str, int], int],
+) -> int:
+    """Insert entries and rates idempotently and store the consumed offsets, in one transaction.
+
+    Returns how many ledger rows were new.
+    """
+    written = 0
+    with engine.begin() as conn:
+        if entries:
+            rows = [entry_row(e) for e in entries]
+            stmt = insert(ledger_entries).on_conflict_do_nothing(index_elements=["entry_id"])
+            for chunk in _chunks(rows, 5000):
+                written += len(conn.execute(stmt.returning(ledger_entries.c.entry_id), chunk).all())
+        if rates:
+            rrows = [rate_row(r) for r in rates]
+            conn.execute(insert(gpu_rates).on_conflict_do_nothing(index_elements=["rate_id"]), rrows)
+            res_rows = list({r["resource_id"]: {k: r[k] for k in (
+                "resource_id", "provider", "instance_type", "gpu_model", "gpu_count", "region")}
+                for r in rrows}.values())
+            ins = insert(resources)
+            conn.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["resource_id"],
+                    set_={k: ins.excluded[k] for k in (
+                        "provider", "instance_type", "gpu_model", "gpu_count", "region")},
+                ),
+                res_rows,
+            )
+        if offsets:
+            orows = [{"consumer_group": group, "topic": t, "partition": p, "next_offset": o}
+                     for (t, p), o in sorted(offsets.items())]
+            ins = insert(consumer_offsets)
+            conn.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["consumer_group", "topic", "partition"],
+                    set_={"next_offset": ins.excluded.next_offset, "updated_at": ins.excluded.updated_at},
+                ),
+                orows,
+            )
+    return written
+
+
+def stored_offsets(engine: Engine, group: str) -> dict[tuple[str, int], int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(consumer_offsets.c.topic, consumer_offsets.c.partition,
+                   consumer_offsets.c.next_offset).where(consumer_offsets.c.consumer_group == group)
+        )
+        return {(t, p): o for t, p, o in rows}
+
+
+def _chunks(rows: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
+    for i in range(0, len(rows), size):
+        yield rows[i : i + size]

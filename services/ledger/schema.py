@@ -1,0 +1,104 @@
+"""Table definitions. The database schema belongs to the Alembic migrations in ``migrations/``;
+these definitions mirror them (``alembic check`` fails when the two drift) and serve queries."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+
+metadata = MetaData(
+    naming_convention={
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    }
+)
+
+AMOUNT = Numeric(38, 12)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("entry_id", String(64), primary_key=True),
+    Column("entry_kind", Text, nullable=False),
+    Column("cost_basis", Text, nullable=False),
+    Column("tenant_id", Text),
+    Column("model", Text),
+    Column("resource_id", Text, nullable=False),
+    Column("bucket_start", DateTime(timezone=True), nullable=False),
+    Column("bucket_seconds", Integer, nullable=False),
+    Column("completions", Integer, nullable=False, server_default=text("0")),
+    Column("failed_requests", Integer, nullable=False, server_default=text("0")),
+    Column("prompt_tokens", BigInteger, nullable=False, server_default=text("0")),
+    Column("cached_prompt_tokens", BigInteger, nullable=False, server_default=text("0")),
+    Column("completion_tokens", BigInteger, nullable=False, server_default=text("0")),
+    Column("work_units", Numeric(38, 6), nullable=False, server_default=text("0")),
+    Column("busy_seconds", Numeric(20, 6), nullable=False, server_default=text("0")),
+    Column("amount", AMOUNT, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("billing_line_ids", ARRAY(Text), nullable=False, server_default=text("'{}'")),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(
+        "entry_kind IN ('usage', 'idle', 'late_adjustment', 'reconciliation')", name="entry_kind"
+    ),
+    CheckConstraint("cost_basis IN ('provisional', 'billed', 'unpriced')", name="cost_basis"),
+    CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency"),
+    Index("ix_ledger_entries_tenant_bucket", "tenant_id", "bucket_start"),
+    Index("ix_ledger_entries_resource_bucket", "resource_id", "bucket_start"),
+)
+
+gpu_rates = Table(
+    "gpu_rates",
+    metadata,
+    Column("rate_id", String(64), primary_key=True),
+    Column("resource_id", Text, nullable=False),
+    Column("price_per_hour", AMOUNT, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("effective_from", DateTime(timezone=True), nullable=False),
+    Column("effective_to", DateTime(timezone=True)),
+    Column("source", Text, nullable=False),
+    Column("provider", Text),
+    Column("instance_type", Text),
+    Column("gpu_model", Text),
+    Column("gpu_count", Integer),
+    Column("region", Text),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_gpu_rates_resource_from", "resource_id", "effective_from"),
+)
+
+resources = Table(
+    "resources",
+    metadata,
+    Column("resource_id", Text, primary_key=True),
+    Column("provider", Text),
+    Column("instance_type", Text),
+    Column("gpu_model", Text),
+    Column("gpu_count", Integer),
+    Column("region", Text),
+    Column("first_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+consumer_offsets = Table(
+    "consumer_offsets",
+    metadata,
+    Column("consumer_group", Text, primary_key=True),
+    Column("topic", Text, primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("next_offset", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

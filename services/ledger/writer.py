@@ -1,0 +1,118 @@
+"""The ledger writer as a faust app: decode allocations, write them in batches, idempotently."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from sqlalchemy import Engine
+
+from services.contracts import (
+    DecodeError,
+    EndOfInput,
+    GpuRate,
+    LedgerEntry,
+    decode_allocation,
+    decode_rate,
+)
+from services.ledger.db import make_engine, write_batch
+from services.runtime import logs
+from services.runtime.config import ALLOCATIONS, RATES, Settings
+from services.runtime.faustapp import make_app
+from services.runtime.kafka import dead_letter
+
+log = logs.get(__name__)
+GROUP = "inferledger-ledger"
+
+
+@dataclass
+class Batch:
+    entries: list[LedgerEntry] = field(default_factory=list)
+    rates: list[GpuRate] = field(default_factory=list)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    dead_letters: list[tuple[str, bytes]] = field(default_factory=list)
+    markers: list[tuple[str, int, str]] = field(default_factory=list)
+
+
+class LedgerDecoder:
+    """Turns consumed messages into one database batch (no faust, no SQL)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.alloc_topic = settings.topic(ALLOCATIONS)
+        self.rates_topic = settings.topic(RATES)
+        self.counters: Counter[str] = Counter()
+
+    def decode(self, messages: list[tuple[str, int, int, bytes]]) -> Batch:
+        batch = Batch()
+        for topic, partition, offset, raw in messages:
+            batch.offsets[(topic, partition)] = offset + 1
+            try:
+                msg = (decode_allocation(raw) if topic == self.alloc_topic else decode_rate(raw))
+            except DecodeError as exc:
+                self.counters[f"dlq.{exc.reason}"] += 1
+                batch.dead_letters.append((f"{topic}.dlq", dead_letter(
+                    topic, exc.reason, exc.detail, raw, self.settings.dlq_payload_limit,
+                    source="ledger", partition=partition, offset=offset)))
+                continue
+            if isinstance(msg, EndOfInput):
+                batch.markers.append((topic, partition, msg.run_id))
+            elif isinstance(msg, GpuRate):
+                batch.rates.append(msg)
+            else:
+                batch.entries.extend(msg.entries)
+        return batch
+
+
+def build(settings: Settings, run_id: str | None = None,
+          engine: Engine | None = None) -> tuple[faust.App, asyncio.Event]:
+    app = make_app(settings, GROUP)
+    if not settings.database_url:
+        raise ValueError("database_url is not resolved")
+    db = engine or make_engine(settings.database_url)
+    decoder = LedgerDecoder(settings)
+    alloc_name, rates_name = settings.topic(ALLOCATIONS), settings.topic(RATES)
+    done = asyncio.Event()
+    seen_markers: set[tuple[str, int]] = set()
+    counters = decoder.counters
+
+    def assigned(topic: str) -> set[int]:
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
+
+    def check_done() -> None:
+        if run_id is None or done.is_set():
+            return
+        needed = {(alloc_name, p) for p in assigned(alloc_name)}
+        needed |= {(rates_name, p) for p in assigned(rates_name)}
+        if needed and needed <= seen_markers:
+            log.info("ledger writer finished", **dict(counters))
+            done.set()
+
+    @app.agent(app.topic(alloc_name, rates_name))
+    async def write(stream: Any) -> None:
+        async for events in stream.take_events(settings.take_max, settings.take_within_seconds):
+            batch = decoder.decode([
+                (e.message.topic, e.message.partition, e.message.offset, e.value) for e in events
+            ])
+            for topic, value in batch.dead_letters:
+                await app.producer.send_and_wait(topic, None, value, None, None, None)
+            new = await asyncio.to_thread(
+                write_batch, db, GROUP, batch.entries, batch.rates, batch.offsets)
+            counters["entries.received"] += len(batch.entries)
+            counters["entries.written"] += new
+            counters["rates"] += len(batch.rates)
+            for topic, partition, marker_run in batch.markers:
+                if marker_run == run_id:
+                    seen_markers.add((topic, partition))
+            check_done()
+            # leaving the loop body acknowledges the batch: Kafka may commit past it now
+
+    @app.timer(interval=0.5)
+    async def tick() -> None:
+        check_done()
+
+    app.inferledger_counters = counters  # type: ignore[attr-defined]
+    return app, done

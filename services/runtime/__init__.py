@@ -1,0 +1,1 @@
+"""Configuration, logging and the local (embedded) stack."""

