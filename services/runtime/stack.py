@@ -176,3 +176,17 @@ def local_stack(settings: Settings, *, need_broker: bool = True,
                 _state_file(settings).unlink()
         if broker is not None:
             broker.stop()
+
+
+def recreate_database(url: str) -> None:
+    """Drop and create the database named in ``url`` (scratch databases: demo, tests)."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    params = {"host": u.host, "port": u.port or 5432, "user": u.username or "postgres",
+              "dbname": "postgres", "connect_timeout": 5}
+    if u.password:
+        params["password"] = u.password
+    with psycopg.connect(**params, autocommit=True) as conn:  # type: ignore[arg-type]
+        conn.execute(f'DROP DATABASE IF EXISTS "{u.database}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{u.database}"')

@@ -1,0 +1,208 @@
+"""A simulated GPU fleet and the deterministic replay of the Azure LLM inference trace.
+
+Service-time model (stated, simple, deterministic): a request is admitted at its trace arrival
+time (continuous batching, no queueing); its time to first token is
+``0.02 s + uncached_prompt_tokens / prefill_tps``, then it decodes at ``decode_tps`` tokens per
+second: ``finished_at = first_token_at + completion_tokens / decode_tps``. Tenant, model, node,
+prefix-cache hits and status come from a seeded SHA-256 of the row number, so every run of the
+same trace and seed gives the same events and the same ledger.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from services.contracts import GpuRate, InferenceEvent
+
+TRACE = Path(__file__).parent / "data" / "azure-llm-inference-trace-2023-code.csv"
+
+
+@dataclass(frozen=True)
+class Node:
+    resource_id: str
+    instance_type: str
+    gpu_model: str
+    gpu_count: int
+    price_per_hour: Decimal
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    share: int  # relative share of requests
+    gpu_count: int  # GPUs one replica spans (tensor parallel)
+    prefill_tps: int
+    decode_tps: int
+
+
+@dataclass(frozen=True)
+class Tenant:
+    tenant_id: str
+    share: int
+    cache_hit_rate: float  # fraction of requests whose prompt prefix is cached
+    cached_fraction: float  # fraction of the prompt that is cached on a hit
+
+
+@dataclass(frozen=True)
+class Fleet:
+    seed: str
+    currency: str
+    nodes: tuple[Node, ...]
+    models: tuple[ModelSpec, ...]
+    tenants: tuple[Tenant, ...]
+    error_rate: float = 0.01
+    cancel_rate: float = 0.005
+    provider: str = "AWS"
+    region: str = "us-east-1"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Fleet:
+        return cls(
+            seed=str(d["seed"]),
+            currency=d.get("currency", "USD"),
+            nodes=tuple(Node(n["resource_id"], n["instance_type"], n["gpu_model"],
+                             int(n["gpu_count"]), Decimal(str(n["price_per_hour"])),
+                             tuple(n.get("models", ()))) for n in d["nodes"]),
+            models=tuple(ModelSpec(m["name"], int(m["share"]), int(m["gpu_count"]),
+                                   int(m["prefill_tps"]), int(m["decode_tps"]))
+                         for m in d["models"]),
+            tenants=tuple(Tenant(t["tenant_id"], int(t["share"]), float(t["cache_hit_rate"]),
+                                 float(t["cached_fraction"])) for t in d["tenants"]),
+            error_rate=float(d.get("error_rate", 0.01)),
+            cancel_rate=float(d.get("cancel_rate", 0.005)),
+            provider=d.get("provider", "AWS"),
+            region=d.get("region", "us-east-1"),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Fleet:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+DEFAULT_FLEET: dict[str, Any] = {
+    "seed": "inferledger-demo-1",
+    "currency": "USD",
+    "nodes": [
+        {"resource_id": "i-0h100a", "instance_type": "p5.48xlarge", "gpu_model": "H100",
+         "gpu_count": 8, "price_per_hour": "98.32", "models": ["llama-3.1-70b", "qwen2.5-coder-32b"]},
+        {"resource_id": "i-0h100b", "instance_type": "p5.48xlarge", "gpu_model": "H100",
+         "gpu_count": 8, "price_per_hour": "98.32", "models": ["llama-3.1-70b", "qwen2.5-coder-32b"]},
+        {"resource_id": "i-0a100a", "instance_type": "p4d.24xlarge", "gpu_model": "A100",
+         "gpu_count": 8, "price_per_hour": "32.77", "models": ["qwen2.5-coder-32b"]},
+        {"resource_id": "i-0l4a", "instance_type": "g6.12xlarge", "gpu_model": "L4",
+         "gpu_count": 4, "price_per_hour": "4.60", "models": ["llama-3.1-8b"]},
+        {"resource_id": "i-0l4b", "instance_type": "g6.12xlarge", "gpu_model": "L4",
+         "gpu_count": 4, "price_per_hour": "4.60", "models": ["llama-3.1-8b"]},
+        {"resource_id": "i-0h100spare", "instance_type": "p5.48xlarge", "gpu_model": "H100",
+         "gpu_count": 8, "price_per_hour": "98.32", "models": []},
+    ],
+    "models": [
+        {"name": "qwen2.5-coder-32b", "share": 50, "gpu_count": 2, "prefill_tps": 9000,
+         "decode_tps": 45},
+        {"name": "llama-3.1-70b", "share": 20, "gpu_count": 4, "prefill_tps": 7000,
+         "decode_tps": 30},
+        {"name": "llama-3.1-8b", "share": 30, "gpu_count": 1, "prefill_tps": 12000,
+         "decode_tps": 90},
+    ],
+    "tenants": [
+        {"tenant_id": "acme", "share": 40, "cache_hit_rate": 0.6, "cached_fraction": 0.7},
+        {"tenant_id": "globex", "share": 25, "cache_hit_rate": 0.3, "cached_fraction": 0.5},
+        {"tenant_id": "initech", "share": 15, "cache_hit_rate": 0.1, "cached_fraction": 0.5},
+        {"tenant_id": "umbrella", "share": 12, "cache_hit_rate": 0.0, "cached_fraction": 0.0},
+        {"tenant_id": "hooli", "share": 8, "cache_hit_rate": 0.8, "cached_fraction": 0.9},
+    ],
+}
+
+
+def _u(seed: str, row: int, what: str) -> float:
+    """A uniform number in [0, 1) from the seed, the row number and a purpose."""
+    digest = hashlib.sha256(f"{seed}|{row}|{what}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _pick(items: list[Any], weights: list[int], u: float) -> Any:
+    total = sum(weights)
+    acc = 0.0
+    for item, w in zip(items, weights, strict=True):
+        acc += w / total
+        if u < acc:
+            return item
+    return items[-1]
+
+
+def parse_trace_time(text: str) -> datetime:
+    """Trace timestamps are UTC without an offset and with 7 fractional digits."""
+    base, _, frac = text.strip().partition(".")
+    ts = datetime.strptime(base, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    return ts + timedelta(microseconds=int((frac + "000000")[:6]))
+
+
+def read_trace(path: Path = TRACE, limit: int | None = None) -> Iterator[tuple[datetime, int, int]]:
+    with path.open(newline="") as fh:
+        for n, row in enumerate(csv.DictReader(fh)):
+            if limit is not None and n >= limit:
+                return
+            yield (parse_trace_time(row["TIMESTAMP"]), int(row["ContextTokens"]),
+                   int(row["GeneratedTokens"]))
+
+
+def replay(fleet: Fleet, trace: Path = TRACE, limit: int | None = None) -> list[InferenceEvent]:
+    models = {m.name: m for m in fleet.models}
+    model_names = [m.name for m in fleet.models]
+    events = []
+    for row, (arrival, prompt, completion) in enumerate(read_trace(trace, limit)):
+        seed = fleet.seed
+        tenant = _pick(list(fleet.tenants), [t.share for t in fleet.tenants], _u(seed, row, "t"))
+        model = models[_pick(model_names, [m.share for m in fleet.models], _u(seed, row, "m"))]
+        nodes = [n for n in fleet.nodes if model.name in n.models]
+        node = nodes[int(_u(seed, row, "n") * len(nodes))]
+        cached = 0
+        if _u(seed, row, "c") < tenant.cache_hit_rate:
+            cached = int(prompt * tenant.cached_fraction)
+        status = "ok"
+        s = _u(seed, row, "s")
+        if s < fleet.error_rate:
+            status, completion = "error", 0
+        elif s < fleet.error_rate + fleet.cancel_rate:
+            status, completion = "cancelled", completion // 2
+        ttft = 0.02 + (prompt - cached) / model.prefill_tps
+        first = arrival + timedelta(seconds=ttft)
+        finished = first + timedelta(seconds=completion / model.decode_tps)
+        events.append(InferenceEvent(
+            event_id=f"azure-code-2023-{row:06d}", tenant_id=tenant.tenant_id,
+            resource_id=node.resource_id, model=model.name, engine="vllm",
+            request_id=f"req-{row}", started_at=arrival, first_token_at=first,
+            finished_at=finished, prompt_tokens=prompt, cached_prompt_tokens=cached,
+            completion_tokens=completion, status=status, gpu_count=model.gpu_count,
+        ))
+    return events
+
+
+def rates(fleet: Fleet, start: datetime, end: datetime) -> list[GpuRate]:
+    """One list-price rate per node for the rental window ``[start, end)``."""
+    return [GpuRate(resource_id=n.resource_id, price_per_hour=n.price_per_hour,
+                    currency=fleet.currency, effective_from=start, effective_to=end,
+                    source="list", provider=fleet.provider, instance_type=n.instance_type,
+                    gpu_model=n.gpu_model, gpu_count=n.gpu_count, region=fleet.region)
+            for n in fleet.nodes]
+
+
+def rental_window(events: list[InferenceEvent], minutes: int = 5) -> tuple[datetime, datetime]:
+    """The fleet's rental: from the first arrival to the last finish, in whole 5-minute steps."""
+    step = timedelta(minutes=minutes)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    first = min(e.started_at for e in events)
+    last = max(e.finished_at for e in events)
+    start = epoch + ((first - epoch) // step) * step
+    end = epoch + -((epoch - last) // step) * step
+    return start, end

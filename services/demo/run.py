@@ -1,0 +1,88 @@
+"""``inferledger demo``: the whole pipeline on the embedded default, from a fresh machine."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy.engine import make_url
+
+from services.contracts import dumps
+from services.demo.fleet import DEFAULT_FLEET, TRACE, Fleet, rates, rental_window, replay
+from services.demo.html import write_html
+from services.ingest.files import batch_events
+from services.ledger.db import make_engine, migrate
+from services.ledger.report import cost_per_completion, fleet_summary, render
+from services.runtime import logs
+from services.runtime.config import EVENTS, RATES, Settings
+from services.runtime.kafka import ensure_topics, make_producer
+from services.runtime.stack import local_stack, recreate_database
+
+log = logs.get(__name__)
+DEMO_DB = "inferledger_demo"
+
+
+def run_demo(settings: Settings, fleet_path: str | None, trace_path: str | None,
+             limit: int | None, html_path: str) -> None:
+    started = time.monotonic()
+    fleet = Fleet.load(fleet_path) if fleet_path else Fleet.from_dict(DEFAULT_FLEET)
+    trace = Path(trace_path) if trace_path else TRACE
+    own_db = settings.database_url is None
+    with local_stack(settings) as s:
+        assert s.database_url
+        if own_db:  # the embedded default gets a fresh demo database every run
+            url = make_url(s.database_url).set(database=DEMO_DB).render_as_string(False)
+            recreate_database(url)
+            s = s.model_copy(update={"database_url": url})
+        assert s.database_url
+        click.echo(f"broker {s.kafka_bootstrap}, database {make_url(s.database_url).database}",
+                   err=True)
+        migrate(s.database_url)
+        ensure_topics(s)
+
+        events = replay(fleet, trace, limit)
+        start, end = rental_window(events)
+        fleet_rates = rates(fleet, start, end)
+        producer = make_producer(s, compression_type="gzip")
+        try:
+            for rate in fleet_rates:
+                producer.send(s.topic(RATES), key=rate.resource_id, value=dumps(rate))
+            messages = 0
+            for resource, value, _ in batch_events(sorted(events, key=lambda e: e.finished_at),
+                                                   s.max_batch_events, s.max_message_bytes):
+                producer.send(s.topic(EVENTS), key=resource, value=value)
+                messages += 1
+            producer.flush(60)
+        finally:
+            producer.close(10)
+        click.echo(f"published {len(events)} events of {trace.name} in {messages} batches and "
+                   f"{len(fleet_rates)} rates ({len(fleet.nodes)} nodes, {start:%H:%M}-"
+                   f"{end:%H:%M} UTC)", err=True)
+
+        from services.cli.main import run_processors
+
+        run_processors(s, until_idle=True)
+
+        engine = make_engine(s.database_url)
+        table = cost_per_completion(engine)
+        nodes = fleet_summary(engine)
+        click.echo(render(table, "table", "cost per completion, per tenant and model"))
+        click.echo(render(nodes, "table", "fleet: cost, busy fraction and idle cost per node"))
+        total = sum((n["cost"] for n in nodes), Decimal(0))
+        idle = sum((n["idle_cost"] or Decimal(0) for n in nodes), Decimal(0))
+        completions = sum(r["completions"] for r in table)
+        summary: dict[str, Any] = {
+            "events": len(events), "completions": completions, "total_cost": total,
+            "idle_cost": idle, "idle_share": (idle / total) if total else Decimal(0),
+            "currency": fleet.currency, "seconds": time.monotonic() - started,
+        }
+        click.echo(
+            f"fleet total {total:.2f} {fleet.currency}, idle {idle:.2f} "
+            f"({summary['idle_share']:.1%}); {completions} completions; "
+            f"{summary['seconds']:.1f} s end to end")
+        out = write_html(Path(html_path), table, nodes, summary)
+        click.echo(f"HTML report: {out}")
+        engine.dispose()
