@@ -39,13 +39,9 @@ def _money(value: Any) -> Decimal:
 
 
 def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
-
-
-def _aware(value: Any) -> Any:
-    if isinstance(value, datetime) and value.tzinfo is None:
+    if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("timestamp has no UTC offset (naive timestamps are rejected)")
-    return value
+    return value.astimezone(UTC)
 
 
 Money = Annotated[
@@ -58,7 +54,6 @@ Money = Annotated[
 
 Timestamp = Annotated[
     datetime,
-    BeforeValidator(_aware),
     AfterValidator(_utc),
     Field(json_schema_extra={"format": "date-time"}),
 ]

@@ -53,6 +53,10 @@ class LedgerDecoder:
             try:
                 msg = (decode_allocation(raw) if topic == self.alloc_topic else decode_rate(raw))
             except DecodeError as exc:
+                if topic != self.alloc_topic:
+                    # the attribution processor owns the gpu-rates dead letters; count only
+                    self.counters[f"rates.rejected.{exc.reason}"] += 1
+                    continue
                 self.counters[f"dlq.{exc.reason}"] += 1
                 batch.dead_letters.append((f"{topic}.dlq", dead_letter(
                     topic, exc.reason, exc.detail, raw, self.settings.dlq_payload_limit,
