@@ -15,7 +15,9 @@ config = context.config
 def _url() -> str:
     url = config.get_main_option("sqlalchemy.url") or os.environ.get("INFERLEDGER_DATABASE_URL")
     if not url:
-        raise RuntimeError("no database URL: set INFERLEDGER_DATABASE_URL or use `inferledger migrate`")
+        raise RuntimeError(
+            "no database URL: set INFERLEDGER_DATABASE_URL or use `inferledger migrate`"
+        )
     return url
 
 

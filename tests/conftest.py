@@ -17,7 +17,12 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from services.runtime.config import Settings
-from services.runtime.stack import EmbeddedBroker, embedded_postgres_url, postgres_answers
+from services.runtime.stack import (
+    EmbeddedBroker,
+    admin_connect,
+    embedded_postgres_url,
+    postgres_answers,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,8 +48,9 @@ def kafka_bootstrap() -> Iterator[str]:
         with KafkaContainer("confluentinc/cp-kafka:7.6.1").with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
-    broker = EmbeddedBroker().start(ROOT / ".embedded" / "test-broker.log"
-                                    if (ROOT / ".embedded").is_dir() else None)
+    broker = EmbeddedBroker().start(
+        ROOT / ".embedded" / "test-broker.log" if (ROOT / ".embedded").is_dir() else None
+    )
     try:
         yield broker.bootstrap
     finally:
@@ -69,23 +75,17 @@ def postgres_admin_url() -> Iterator[str]:
     yield embedded_postgres_url(ROOT / ".embedded")
 
 
-def _connect_admin(url: str) -> psycopg.Connection:
-    u = make_url(url)
-    return psycopg.connect(host=u.host, port=u.port or 5432, user=u.username or "postgres",
-                           password=u.password, dbname="postgres", autocommit=True)
-
-
 @pytest.fixture
 def empty_db_url(postgres_admin_url: str) -> Iterator[str]:
     """A new, empty database for one test, dropped afterwards."""
     name = f"il_test_{uuid.uuid4().hex[:12]}"
-    with _connect_admin(postgres_admin_url) as conn:
+    with admin_connect(postgres_admin_url) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = make_url(postgres_admin_url).set(database=name).render_as_string(False)
     try:
         yield url
     finally:
-        with contextlib.suppress(psycopg.Error), _connect_admin(postgres_admin_url) as conn:
+        with contextlib.suppress(psycopg.Error), admin_connect(postgres_admin_url) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -103,8 +103,12 @@ def settings(kafka_bootstrap: str, db_url: str) -> Settings:
     """Settings on the real services, with topics of this test only."""
     from services.runtime.kafka import ensure_topics
 
-    s = Settings(kafka_bootstrap=kafka_bootstrap, database_url=db_url,
-                 topic_prefix=f"t{uuid.uuid4().hex[:10]}.", partitions=4)
+    s = Settings(
+        kafka_bootstrap=kafka_bootstrap,
+        database_url=db_url,
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+        partitions=4,
+    )
     ensure_topics(s)
     return s
 
@@ -113,10 +117,12 @@ def settings(kafka_bootstrap: str, db_url: str) -> Settings:
 def cli_env(settings: Settings) -> dict[str, str]:
     """The environment a user would set to point the CLI at these services."""
     env = dict(os.environ)
-    env.update({
-        "INFERLEDGER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
-        "INFERLEDGER_DATABASE_URL": settings.database_url or "",
-        "INFERLEDGER_TOPIC_PREFIX": settings.topic_prefix,
-        "INFERLEDGER_LOG_FORMAT": "json",
-    })
+    env.update(
+        {
+            "INFERLEDGER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
+            "INFERLEDGER_DATABASE_URL": settings.database_url or "",
+            "INFERLEDGER_TOPIC_PREFIX": settings.topic_prefix,
+            "INFERLEDGER_LOG_FORMAT": "json",
+        }
+    )
     return env

@@ -16,14 +16,22 @@ from services.attribution.processor import to_rate, to_request
 from services.contracts import GpuRate, InferenceEvent
 
 
-def cli(env: dict[str, str], *args: str, stdin: bytes | None = None,
-        timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "services.cli.main", *args], env=env,
-                          input=stdin.decode() if stdin else None, capture_output=True, text=True,
-                          timeout=timeout)
+def cli(
+    env: dict[str, str], *args: str, stdin: bytes | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *args],
+        env=env,
+        input=stdin.decode() if stdin else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
-        raise AssertionError(f"inferledger {' '.join(args)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"inferledger {' '.join(args)} failed ({proc.returncode}):\n"
+            f"{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -31,17 +39,20 @@ def ledger(db_url: str) -> dict[str, tuple[str, str | None, str | None, Decimal,
     engine = create_engine(db_url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT entry_id, entry_kind, tenant_id, model, amount, completions "
-                "FROM ledger_entries"))
+            rows = conn.execute(
+                text(
+                    "SELECT entry_id, entry_kind, tenant_id, model, amount, completions "
+                    "FROM ledger_entries"
+                )
+            )
             return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in rows}
     finally:
         engine.dispose()
 
 
-def expected_ledger(events: list[InferenceEvent], rates: list[GpuRate],
-                    settings: AccountingSettings | None = None
-                    ) -> dict[str, tuple[str, str | None, str | None, Decimal, int]]:
+def expected_ledger(
+    events: list[InferenceEvent], rates: list[GpuRate], settings: AccountingSettings | None = None
+) -> dict[str, tuple[str, str | None, str | None, Decimal, int]]:
     """What the ledger must hold, computed by the pure core directly (no Kafka, no faust)."""
     book = Book(settings or AccountingSettings())
     for r in rates:
@@ -49,13 +60,20 @@ def expected_ledger(events: list[InferenceEvent], rates: list[GpuRate],
     for e in events:
         book.add_request(to_request(e))
     closed: list[ClosedBucket] = book.flush()
-    return {e.entry_id: (e.entry_kind, e.tenant_id, e.model, e.amount, e.completions)
-            for c in closed for e in c.entries}
+    return {
+        e.entry_id: (e.entry_kind, e.tenant_id, e.model, e.amount, e.completions)
+        for c in closed
+        for e in c.entries
+    }
 
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 5) -> list[dict[str, Any]]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000))
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=int(timeout_s * 1000),
+    )
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         consumer.assign([TopicPartition(topic, p) for p in parts])

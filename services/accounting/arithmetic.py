@@ -43,7 +43,8 @@ def request_work(req: Request, settings: AccountingSettings) -> Decimal:
     uncached = req.prompt_tokens - req.cached_prompt_tokens
     with localcontext(_CONTEXT):
         return (
-            w.prompt * uncached + w.cached * req.cached_prompt_tokens
+            w.prompt * uncached
+            + w.cached * req.cached_prompt_tokens
             + w.completion * req.completion_tokens
         ) * req.gpu_count
 
@@ -51,13 +52,12 @@ def request_work(req: Request, settings: AccountingSettings) -> Decimal:
 def request_buckets(req: Request, bucket_us: int) -> range:
     """Starts of the buckets a request's cost or counts touch."""
     first = bucket_floor(req.start_us, bucket_us)
-    last = bucket_floor(max(req.end_us - 1, req.start_us), bucket_us)
-    last = max(last, bucket_floor(req.end_us, bucket_us))  # counts go where it finishes
+    last = bucket_floor(req.end_us, bucket_us)  # cost ends there or before; counts go there
     return range(first, last + bucket_us, bucket_us)
 
 
 def effective_rate(rates: Sequence[Rate], t_us: int) -> Rate | None:
-    """The rate in force at ``t_us``: the latest ``effective_from`` at or before it, if unexpired."""
+    """The rate in force at ``t_us``: the latest ``effective_from`` not after it, if unexpired."""
     best: Rate | None = None
     for rate in rates:
         if rate.start_us <= t_us and (
@@ -82,10 +82,10 @@ def provisional_cost(rates: Sequence[Rate], b0: int, b1: int) -> dict[str, Decim
     costs: dict[str, Decimal] = {}
     with localcontext(_CONTEXT):
         for lo, hi in zip(points, points[1:], strict=False):
-            rate = effective_rate(rates, lo)
-            if rate is not None:
-                part = rate.price_per_hour * (hi - lo) / _US_PER_HOUR
-                costs[rate.currency] = costs.get(rate.currency, Decimal(0)) + part
+            in_force = effective_rate(rates, lo)
+            if in_force is not None:
+                part = in_force.price_per_hour * (hi - lo) / _US_PER_HOUR
+                costs[in_force.currency] = costs.get(in_force.currency, Decimal(0)) + part
     return costs
 
 
@@ -104,7 +104,9 @@ def union_length(intervals: Iterable[tuple[int, int]]) -> int:
     return total
 
 
-def largest_remainder(raw: Sequence[Decimal], total: Decimal, quantum: Decimal = QUANTUM) -> list[Decimal]:
+def largest_remainder(
+    raw: Sequence[Decimal], total: Decimal, quantum: Decimal = QUANTUM
+) -> list[Decimal]:
     """Round each value down to ``quantum`` and hand the units left to the largest remainders.
 
     ``total`` must be a multiple of ``quantum`` within ``len(raw)`` units of ``sum(raw)``; the

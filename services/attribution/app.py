@@ -33,10 +33,14 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
 
     async def publish(out: Output) -> None:
         producer = app.producer
-        futures = [await producer.send(alloc_name, key.encode(), value, None, None, None)
-                   for key, value in out.allocations]
-        futures += [await producer.send(topic, None, value, None, None, None)
-                    for topic, value in out.dead_letters]
+        futures = [
+            await producer.send(alloc_name, key.encode(), value, None, None, None)
+            for key, value in out.allocations
+        ]
+        futures += [
+            await producer.send(topic, None, value, None, None, None)
+            for topic, value in out.dead_letters
+        ]
         if futures:
             await asyncio.gather(*futures)
         for token in out.release:  # only now may Kafka commit past these messages
@@ -70,7 +74,7 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                 proc.on_rate(event.value, event.message.partition, event.message.offset)
             await step()
 
-    @app.timer(interval=0.5)
+    @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
     async def tick() -> None:
         await step()
 

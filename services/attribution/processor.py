@@ -13,7 +13,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.accounting import Added, Book, ClosedBucket, Entry, Rate, Request, from_us, to_us
+from services.accounting import (
+    Added,
+    Book,
+    ClosedBucket,
+    Entry,
+    Rate,
+    Request,
+    from_us,
+    request_buckets,
+    to_us,
+)
 from services.contracts import (
     CostAllocation,
     DecodeError,
@@ -58,8 +68,8 @@ def to_rate(rate: GpuRate) -> Rate:
 def to_ledger_entry(e: Entry) -> LedgerEntry:
     return LedgerEntry(
         entry_id=e.entry_id,
-        entry_kind=e.entry_kind,  # type: ignore[arg-type]
-        cost_basis=e.cost_basis,  # type: ignore[arg-type]
+        entry_kind=e.entry_kind,
+        cost_basis=e.cost_basis,
         tenant_id=e.tenant_id,
         model=e.model,
         resource_id=e.resource_id,
@@ -116,14 +126,31 @@ class AttributionProcessor:
         self._closed_until = -(2**62)
 
     # -- input -------------------------------------------------------------------------
-    def _reject(self, topic: str, reason: str, detail: str, payload: Any,
-                partition: int | None, offset: int | None) -> None:
+    def _reject(
+        self,
+        topic: str,
+        reason: str,
+        detail: str,
+        payload: Any,
+        partition: int | None,
+        offset: int | None,
+    ) -> None:
         self.counters[f"dlq.{reason}"] += 1
-        self._out.dead_letters.append((
-            f"{topic}.dlq",
-            dead_letter(topic, reason, detail, payload, self.settings.dlq_payload_limit,
-                        source="attribution", partition=partition, offset=offset),
-        ))
+        self._out.dead_letters.append(
+            (
+                f"{topic}.dlq",
+                dead_letter(
+                    topic,
+                    reason,
+                    detail,
+                    payload,
+                    self.settings.dlq_payload_limit,
+                    source="attribution",
+                    partition=partition,
+                    offset=offset,
+                ),
+            )
+        )
 
     def on_events(self, raw: bytes, token: Any, partition: int, offset: int) -> None:
         topic = self.events_topic
@@ -144,13 +171,17 @@ class AttributionProcessor:
             added = self.book.add_request(req)
             self.counters[f"events.{added.value}"] += 1
             if added is Added.LATE:
-                self._reject(topic, "too_late",
-                             "its bucket already closed (allowed lateness "
-                             f"{self.settings.allowed_lateness_seconds} s)",
-                             event.model_dump(mode="json"), partition, offset)
+                self._reject(
+                    topic,
+                    "too_late",
+                    "its bucket already closed (allowed lateness "
+                    f"{self.settings.allowed_lateness_seconds} s)",
+                    event.model_dump(mode="json"),
+                    partition,
+                    offset,
+                )
             elif added is Added.ACCEPTED:
-                last = (max(req.end_us - 1, req.start_us) // W) * W + W
-                last = max(last, (req.end_us // W) * W + W)
+                last = request_buckets(req, W)[-1] + W
                 hold_until = last if hold_until is None else max(hold_until, last)
         if hold_until is None:
             self._out.release.append(token)

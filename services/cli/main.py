@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -54,8 +55,11 @@ def ingest() -> None:
 
 def _warn_ephemeral(settings: Settings) -> None:
     if not settings.kafka_bootstrap:
-        click.echo("note: no INFERLEDGER_KAFKA_BOOTSTRAP and no `inferledger up` running: "
-                   "publishing to a broker that stops with this command", err=True)
+        click.echo(
+            "note: no INFERLEDGER_KAFKA_BOOTSTRAP and no `inferledger up` running: "
+            "publishing to a broker that stops with this command",
+            err=True,
+        )
 
 
 @ingest.command("events")
@@ -97,7 +101,7 @@ def _run_one(settings: Settings, which: str, until_idle: bool, run_id: str | Non
     if which == "attribution":
         from services.attribution.app import build
     else:
-        from services.ledger.writer import build  # type: ignore[assignment]
+        from services.ledger.writer import build
     app, done = build(settings, run_id)
     asyncio.run(run_until(app, done if until_idle else None))
 
@@ -132,8 +136,10 @@ def run_processors(settings: Settings, until_idle: bool, progress: bool = True) 
         failed = []
         while any(p.poll() is None for _, p in procs):
             if status is not None and settings.database_url:
-                status.update(f"processing: {_ledger_rows(settings)} ledger rows, "
-                              f"{time.monotonic() - started:.0f} s")
+                status.update(
+                    f"processing: {_ledger_rows(settings)} ledger rows, "
+                    f"{time.monotonic() - started:.0f} s"
+                )
             if any(p.poll() not in (None, 0) for _, p in procs):
                 break
             time.sleep(0.5)
@@ -187,8 +193,10 @@ def run(ctx: click.Context, which: str, until_idle: bool, run_id: str | None) ->
             return
         if until_idle and run_id is None:
             if which == "ledger":
-                raise click.UsageError("`run ledger --until-idle` needs the --run-id of the "
-                                       "attribution run it follows (or use `run all`)")
+                raise click.UsageError(
+                    "`run ledger --until-idle` needs the --run-id of the "
+                    "attribution run it follows (or use `run all`)"
+                )
             from services.runtime.kafka import ensure_topics, publish_end_markers
 
             ensure_topics(s)
@@ -225,8 +233,13 @@ def _day(value: Any) -> date | None:
 @click.option("--limit", type=int, default=None, help="replay only the first N requests")
 @click.option("--html", "html_path", default="reports/demo.html", show_default=True)
 @click.pass_context
-def demo(ctx: click.Context, fleet_path: str | None, trace_path: str | None,
-         limit: int | None, html_path: str) -> None:
+def demo(
+    ctx: click.Context,
+    fleet_path: str | None,
+    trace_path: str | None,
+    limit: int | None,
+    html_path: str,
+) -> None:
     """The main job: replay the real Azure trace on a simulated GPU fleet, end to end."""
     from services.demo.run import run_demo
 
@@ -244,10 +257,8 @@ def up(ctx: click.Context) -> None:
         do_migrate(s.database_url)
         click.echo(f"INFERLEDGER_KAFKA_BOOTSTRAP={s.kafka_bootstrap}")
         click.echo(f"INFERLEDGER_DATABASE_URL={s.database_url}")
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             run_processors(s, until_idle=False, progress=False)
-        except KeyboardInterrupt:
-            pass
 
 
 def main() -> None:

@@ -11,7 +11,13 @@ from services.contracts.models import (
     InferenceEventBatch,
     LedgerEntry,
 )
-from services.contracts.wire import DecodeError, decode_allocation, decode_events, decode_rate, dumps
+from services.contracts.wire import (
+    DecodeError,
+    decode_allocation,
+    decode_events,
+    decode_rate,
+    dumps,
+)
 
 __all__ = [
     "MESSAGE_MODELS",

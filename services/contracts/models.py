@@ -17,13 +17,14 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    WithJsonSchema,
     model_validator,
 )
 
 
 def _money(value: Any) -> Decimal:
-    if isinstance(value, bool) or isinstance(value, float | int):
-        raise ValueError("money must be a decimal string such as \"0.000123\", not a JSON number")
+    if isinstance(value, (bool, float | int)):
+        raise ValueError('money must be a decimal string such as "0.000123", not a JSON number')
     if isinstance(value, Decimal):
         result = value
     elif isinstance(value, str):
@@ -48,7 +49,13 @@ Money = Annotated[
     Decimal,
     BeforeValidator(_money),
     PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json"),
-    Field(json_schema_extra={"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^-?\d+(\.\d+)?$",
+            "description": "decimal amount as a string, never a JSON number",
+        }
+    ),
 ]
 """A decimal amount, written as a string."""
 

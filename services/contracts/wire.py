@@ -114,7 +114,9 @@ def decode_events(raw: bytes | str) -> DecodedEvents:
                     continue
                 if event.resource_id != resource:
                     out.rejected.append(
-                        Rejected("invalid_event", f"resource_id differs from batch {resource!r}", item)
+                        Rejected(
+                            "invalid_event", f"resource_id differs from batch {resource!r}", item
+                        )
                     )
                     continue
                 out.events.append(event)

@@ -70,14 +70,36 @@ class Fleet:
         return cls(
             seed=str(d["seed"]),
             currency=d.get("currency", "USD"),
-            nodes=tuple(Node(n["resource_id"], n["instance_type"], n["gpu_model"],
-                             int(n["gpu_count"]), Decimal(str(n["price_per_hour"])),
-                             tuple(n.get("models", ()))) for n in d["nodes"]),
-            models=tuple(ModelSpec(m["name"], int(m["share"]), int(m["gpu_count"]),
-                                   int(m["prefill_tps"]), int(m["decode_tps"]))
-                         for m in d["models"]),
-            tenants=tuple(Tenant(t["tenant_id"], int(t["share"]), float(t["cache_hit_rate"]),
-                                 float(t["cached_fraction"])) for t in d["tenants"]),
+            nodes=tuple(
+                Node(
+                    n["resource_id"],
+                    n["instance_type"],
+                    n["gpu_model"],
+                    int(n["gpu_count"]),
+                    Decimal(str(n["price_per_hour"])),
+                    tuple(n.get("models", ())),
+                )
+                for n in d["nodes"]
+            ),
+            models=tuple(
+                ModelSpec(
+                    m["name"],
+                    int(m["share"]),
+                    int(m["gpu_count"]),
+                    int(m["prefill_tps"]),
+                    int(m["decode_tps"]),
+                )
+                for m in d["models"]
+            ),
+            tenants=tuple(
+                Tenant(
+                    t["tenant_id"],
+                    int(t["share"]),
+                    float(t["cache_hit_rate"]),
+                    float(t["cached_fraction"]),
+                )
+                for t in d["tenants"]
+            ),
             error_rate=float(d.get("error_rate", 0.01)),
             cancel_rate=float(d.get("cancel_rate", 0.005)),
             provider=d.get("provider", "AWS"),
@@ -93,26 +115,77 @@ DEFAULT_FLEET: dict[str, Any] = {
     "seed": "inferledger-demo-1",
     "currency": "USD",
     "nodes": [
-        {"resource_id": "i-0h100a", "instance_type": "p5.48xlarge", "gpu_model": "H100",
-         "gpu_count": 8, "price_per_hour": "98.32", "models": ["llama-3.1-70b", "qwen2.5-coder-32b"]},
-        {"resource_id": "i-0h100b", "instance_type": "p5.48xlarge", "gpu_model": "H100",
-         "gpu_count": 8, "price_per_hour": "98.32", "models": ["llama-3.1-70b", "qwen2.5-coder-32b"]},
-        {"resource_id": "i-0a100a", "instance_type": "p4d.24xlarge", "gpu_model": "A100",
-         "gpu_count": 8, "price_per_hour": "32.77", "models": ["qwen2.5-coder-32b"]},
-        {"resource_id": "i-0l4a", "instance_type": "g6.12xlarge", "gpu_model": "L4",
-         "gpu_count": 4, "price_per_hour": "4.60", "models": ["llama-3.1-8b"]},
-        {"resource_id": "i-0l4b", "instance_type": "g6.12xlarge", "gpu_model": "L4",
-         "gpu_count": 4, "price_per_hour": "4.60", "models": ["llama-3.1-8b"]},
-        {"resource_id": "i-0h100spare", "instance_type": "p5.48xlarge", "gpu_model": "H100",
-         "gpu_count": 8, "price_per_hour": "98.32", "models": []},
+        {
+            "resource_id": "i-0h100a",
+            "instance_type": "p5.48xlarge",
+            "gpu_model": "H100",
+            "gpu_count": 8,
+            "price_per_hour": "98.32",
+            "models": ["llama-3.1-70b", "qwen2.5-coder-32b"],
+        },
+        {
+            "resource_id": "i-0h100b",
+            "instance_type": "p5.48xlarge",
+            "gpu_model": "H100",
+            "gpu_count": 8,
+            "price_per_hour": "98.32",
+            "models": ["llama-3.1-70b", "qwen2.5-coder-32b"],
+        },
+        {
+            "resource_id": "i-0a100a",
+            "instance_type": "p4d.24xlarge",
+            "gpu_model": "A100",
+            "gpu_count": 8,
+            "price_per_hour": "32.77",
+            "models": ["qwen2.5-coder-32b"],
+        },
+        {
+            "resource_id": "i-0l4a",
+            "instance_type": "g6.12xlarge",
+            "gpu_model": "L4",
+            "gpu_count": 4,
+            "price_per_hour": "4.60",
+            "models": ["llama-3.1-8b"],
+        },
+        {
+            "resource_id": "i-0l4b",
+            "instance_type": "g6.12xlarge",
+            "gpu_model": "L4",
+            "gpu_count": 4,
+            "price_per_hour": "4.60",
+            "models": ["llama-3.1-8b"],
+        },
+        {
+            "resource_id": "i-0h100spare",
+            "instance_type": "p5.48xlarge",
+            "gpu_model": "H100",
+            "gpu_count": 8,
+            "price_per_hour": "98.32",
+            "models": [],
+        },
     ],
     "models": [
-        {"name": "qwen2.5-coder-32b", "share": 50, "gpu_count": 2, "prefill_tps": 9000,
-         "decode_tps": 45},
-        {"name": "llama-3.1-70b", "share": 20, "gpu_count": 4, "prefill_tps": 7000,
-         "decode_tps": 30},
-        {"name": "llama-3.1-8b", "share": 30, "gpu_count": 1, "prefill_tps": 12000,
-         "decode_tps": 90},
+        {
+            "name": "qwen2.5-coder-32b",
+            "share": 50,
+            "gpu_count": 2,
+            "prefill_tps": 9000,
+            "decode_tps": 45,
+        },
+        {
+            "name": "llama-3.1-70b",
+            "share": 20,
+            "gpu_count": 4,
+            "prefill_tps": 7000,
+            "decode_tps": 30,
+        },
+        {
+            "name": "llama-3.1-8b",
+            "share": 30,
+            "gpu_count": 1,
+            "prefill_tps": 12000,
+            "decode_tps": 90,
+        },
     ],
     "tenants": [
         {"tenant_id": "acme", "share": 40, "cache_hit_rate": 0.6, "cached_fraction": 0.7},
@@ -152,8 +225,11 @@ def read_trace(path: Path = TRACE, limit: int | None = None) -> Iterator[tuple[d
         for n, row in enumerate(csv.DictReader(fh)):
             if limit is not None and n >= limit:
                 return
-            yield (parse_trace_time(row["TIMESTAMP"]), int(row["ContextTokens"]),
-                   int(row["GeneratedTokens"]))
+            yield (
+                parse_trace_time(row["TIMESTAMP"]),
+                int(row["ContextTokens"]),
+                int(row["GeneratedTokens"]),
+            )
 
 
 def replay(fleet: Fleet, trace: Path = TRACE, limit: int | None = None) -> list[InferenceEvent]:
@@ -178,23 +254,45 @@ def replay(fleet: Fleet, trace: Path = TRACE, limit: int | None = None) -> list[
         ttft = 0.02 + (prompt - cached) / model.prefill_tps
         first = arrival + timedelta(seconds=ttft)
         finished = first + timedelta(seconds=completion / model.decode_tps)
-        events.append(InferenceEvent(
-            event_id=f"azure-code-2023-{row:06d}", tenant_id=tenant.tenant_id,
-            resource_id=node.resource_id, model=model.name, engine="vllm",
-            request_id=f"req-{row}", started_at=arrival, first_token_at=first,
-            finished_at=finished, prompt_tokens=prompt, cached_prompt_tokens=cached,
-            completion_tokens=completion, status=status, gpu_count=model.gpu_count,
-        ))
+        events.append(
+            InferenceEvent(
+                event_id=f"azure-code-2023-{row:06d}",
+                tenant_id=tenant.tenant_id,
+                resource_id=node.resource_id,
+                model=model.name,
+                engine="vllm",
+                request_id=f"req-{row}",
+                started_at=arrival,
+                first_token_at=first,
+                finished_at=finished,
+                prompt_tokens=prompt,
+                cached_prompt_tokens=cached,
+                completion_tokens=completion,
+                status=status,
+                gpu_count=model.gpu_count,
+            )
+        )
     return events
 
 
 def rates(fleet: Fleet, start: datetime, end: datetime) -> list[GpuRate]:
     """One list-price rate per node for the rental window ``[start, end)``."""
-    return [GpuRate(resource_id=n.resource_id, price_per_hour=n.price_per_hour,
-                    currency=fleet.currency, effective_from=start, effective_to=end,
-                    source="list", provider=fleet.provider, instance_type=n.instance_type,
-                    gpu_model=n.gpu_model, gpu_count=n.gpu_count, region=fleet.region)
-            for n in fleet.nodes]
+    return [
+        GpuRate(
+            resource_id=n.resource_id,
+            price_per_hour=n.price_per_hour,
+            currency=fleet.currency,
+            effective_from=start,
+            effective_to=end,
+            source="list",
+            provider=fleet.provider,
+            instance_type=n.instance_type,
+            gpu_model=n.gpu_model,
+            gpu_count=n.gpu_count,
+            region=fleet.region,
+        )
+        for n in fleet.nodes
+    ]
 
 
 def rental_window(events: list[InferenceEvent], minutes: int = 5) -> tuple[datetime, datetime]:

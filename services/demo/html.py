@@ -13,8 +13,10 @@ def _bars(title: str, items: list[tuple[str, Decimal]], unit: str, color: str) -
         return ""
     top = max((v for _, v in items), default=Decimal(1)) or Decimal(1)
     row_h, label_w, width = 26, 260, 760
-    parts = [f'<h2>{html.escape(title)}</h2>',
-             f'<svg width="{width}" height="{row_h * len(items) + 10}" role="img">']
+    parts = [
+        f"<h2>{html.escape(title)}</h2>",
+        f'<svg width="{width}" height="{row_h * len(items) + 10}" role="img">',
+    ]
     for i, (label, value) in enumerate(items):
         w = float(value / top) * (width - label_w - 140) if top > 0 else 0
         y = i * row_h + 5
@@ -22,7 +24,8 @@ def _bars(title: str, items: list[tuple[str, Decimal]], unit: str, color: str) -
             f'<text x="0" y="{y + 17}" font-size="13">{html.escape(label)}</text>'
             f'<rect x="{label_w}" y="{y}" width="{max(w, 1):.1f}" height="{row_h - 6}" '
             f'fill="{color}"/><text x="{label_w + w + 6:.1f}" y="{y + 17}" font-size="13">'
-            f'{value:,.4f} {html.escape(unit)}</text>')
+            f"{value:,.4f} {html.escape(unit)}</text>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -32,19 +35,24 @@ def _table(rows: list[dict[str, Any]]) -> str:
         return "<p>(no rows)</p>"
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0])
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>"
-                         for v in r.values()) + "</tr>" for r in rows)
+        "<tr>"
+        + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in r.values())
+        + "</tr>"
+        for r in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write_html(path: Path, table: list[dict[str, Any]], nodes: list[dict[str, Any]],
-               summary: dict[str, Any]) -> Path:
+def write_html(
+    path: Path, table: list[dict[str, Any]], nodes: list[dict[str, Any]], summary: dict[str, Any]
+) -> Path:
     cur = str(summary["currency"])
     per_tenant: dict[str, Decimal] = {}
     for r in table:
         per_tenant[r["tenant_id"]] = per_tenant.get(r["tenant_id"], Decimal(0)) + r["amount"]
-    cpc = [(f'{r["tenant_id"]} / {r["model"]}', r["cost_per_completion"] or Decimal(0))
-           for r in table]
+    cpc = [
+        (f"{r['tenant_id']} / {r['model']}", r["cost_per_completion"] or Decimal(0)) for r in table
+    ]
     busy = [(n["resource_id"], (n["busy_fraction"] or Decimal(0)) * 100) for n in nodes]
     idle = [(n["resource_id"], n["idle_cost"] or Decimal(0)) for n in nodes]
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>inferledger demo</title>

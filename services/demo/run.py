@@ -25,8 +25,13 @@ log = logs.get(__name__)
 DEMO_DB = "inferledger_demo"
 
 
-def run_demo(settings: Settings, fleet_path: str | None, trace_path: str | None,
-             limit: int | None, html_path: str) -> None:
+def run_demo(
+    settings: Settings,
+    fleet_path: str | None,
+    trace_path: str | None,
+    limit: int | None,
+    html_path: str,
+) -> None:
     started = time.monotonic()
     fleet = Fleet.load(fleet_path) if fleet_path else Fleet.from_dict(DEFAULT_FLEET)
     trace = Path(trace_path) if trace_path else TRACE
@@ -38,8 +43,9 @@ def run_demo(settings: Settings, fleet_path: str | None, trace_path: str | None,
             recreate_database(url)
             s = s.model_copy(update={"database_url": url})
         assert s.database_url
-        click.echo(f"broker {s.kafka_bootstrap}, database {make_url(s.database_url).database}",
-                   err=True)
+        click.echo(
+            f"broker {s.kafka_bootstrap}, database {make_url(s.database_url).database}", err=True
+        )
         migrate(s.database_url)
         ensure_topics(s)
 
@@ -51,16 +57,20 @@ def run_demo(settings: Settings, fleet_path: str | None, trace_path: str | None,
             for rate in fleet_rates:
                 producer.send(s.topic(RATES), key=rate.resource_id, value=dumps(rate))
             messages = 0
-            for resource, value, _ in batch_events(sorted(events, key=lambda e: e.finished_at),
-                                                   s.max_batch_events, s.max_message_bytes):
+            for resource, value, _ in batch_events(
+                sorted(events, key=lambda e: e.finished_at), s.max_batch_events, s.max_message_bytes
+            ):
                 producer.send(s.topic(EVENTS), key=resource, value=value)
                 messages += 1
             producer.flush(60)
         finally:
             producer.close(10)
-        click.echo(f"published {len(events)} events of {trace.name} in {messages} batches and "
-                   f"{len(fleet_rates)} rates ({len(fleet.nodes)} nodes, {start:%H:%M}-"
-                   f"{end:%H:%M} UTC)", err=True)
+        click.echo(
+            f"published {len(events)} events of {trace.name} in {messages} batches and "
+            f"{len(fleet_rates)} rates ({len(fleet.nodes)} nodes, {start:%H:%M}-"
+            f"{end:%H:%M} UTC)",
+            err=True,
+        )
 
         from services.cli.main import run_processors
 
@@ -75,14 +85,19 @@ def run_demo(settings: Settings, fleet_path: str | None, trace_path: str | None,
         idle = sum((n["idle_cost"] or Decimal(0) for n in nodes), Decimal(0))
         completions = sum(r["completions"] for r in table)
         summary: dict[str, Any] = {
-            "events": len(events), "completions": completions, "total_cost": total,
-            "idle_cost": idle, "idle_share": (idle / total) if total else Decimal(0),
-            "currency": fleet.currency, "seconds": time.monotonic() - started,
+            "events": len(events),
+            "completions": completions,
+            "total_cost": total,
+            "idle_cost": idle,
+            "idle_share": (idle / total) if total else Decimal(0),
+            "currency": fleet.currency,
+            "seconds": time.monotonic() - started,
         }
         click.echo(
             f"fleet total {total:.2f} {fleet.currency}, idle {idle:.2f} "
             f"({summary['idle_share']:.1%}); {completions} completions; "
-            f"{summary['seconds']:.1f} s end to end")
+            f"{summary['seconds']:.1f} s end to end"
+        )
         out = write_html(Path(html_path), table, nodes, summary)
         click.echo(f"HTML report: {out}")
         engine.dispose()

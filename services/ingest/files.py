@@ -28,8 +28,13 @@ class IngestSummary:
     rejected: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"read": self.read, "published": self.published, "messages": self.messages,
-                "rejected": sum(self.rejected.values()), "rejected_by_reason": dict(self.rejected)}
+        return {
+            "read": self.read,
+            "published": self.published,
+            "messages": self.messages,
+            "rejected": sum(self.rejected.values()),
+            "rejected_by_reason": dict(self.rejected),
+        }
 
 
 def open_input(path: str) -> IO[bytes]:
@@ -44,8 +49,9 @@ def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
             yield n, line.rstrip(b"\r\n")
 
 
-def batch_events(events: Iterable[InferenceEvent], max_events: int,
-                 max_bytes: int) -> Iterator[tuple[str, bytes, int]]:
+def batch_events(
+    events: Iterable[InferenceEvent], max_events: int, max_bytes: int
+) -> Iterator[tuple[str, bytes, int]]:
     """Group events per resource into batch messages below both limits."""
     pending: dict[str, list[bytes]] = defaultdict(list)
     sizes: dict[str, int] = defaultdict(int)
@@ -53,8 +59,9 @@ def batch_events(events: Iterable[InferenceEvent], max_events: int,
     def emit(resource: str) -> tuple[str, bytes, int]:
         items = pending.pop(resource)
         sizes.pop(resource, None)
-        head = json.dumps({"type": "inferledger.inference_event_batch.v1",
-                           "resource_id": resource})[:-1]
+        head = json.dumps(
+            {"type": "inferledger.inference_event_batch.v1", "resource_id": resource}
+        )[:-1]
         return resource, (head + ', "events": [').encode() + b", ".join(items) + b"]}", len(items)
 
     for event in events:
@@ -80,18 +87,35 @@ def ingest_events(settings: Settings, stream: IO[bytes], source: str = "ingest")
                 decoded = decode_events(line)
             except DecodeError as exc:
                 summary.rejected[exc.reason] += 1
-                producer.send(f"{topic}.dlq", dead_letter(
-                    topic, exc.reason, f"line {n}: {exc.detail}", line,
-                    settings.dlq_payload_limit, source=source))
+                producer.send(
+                    f"{topic}.dlq",
+                    dead_letter(
+                        topic,
+                        exc.reason,
+                        f"line {n}: {exc.detail}",
+                        line,
+                        settings.dlq_payload_limit,
+                        source=source,
+                    ),
+                )
                 continue
             for rej in decoded.rejected:
                 summary.rejected[rej.reason] += 1
-                producer.send(f"{topic}.dlq", dead_letter(
-                    topic, rej.reason, f"line {n}: {rej.detail}", rej.payload,
-                    settings.dlq_payload_limit, source=source))
+                producer.send(
+                    f"{topic}.dlq",
+                    dead_letter(
+                        topic,
+                        rej.reason,
+                        f"line {n}: {rej.detail}",
+                        rej.payload,
+                        settings.dlq_payload_limit,
+                        source=source,
+                    ),
+                )
             valid.extend(decoded.events)
-        for resource, value, count in batch_events(valid, settings.max_batch_events,
-                                                   settings.max_message_bytes):
+        for resource, value, count in batch_events(
+            valid, settings.max_batch_events, settings.max_message_bytes
+        ):
             producer.send(topic, key=resource, value=value)
             summary.published += count
             summary.messages += 1
@@ -118,8 +142,9 @@ def _rate_records(stream: IO[bytes], fmt: str) -> Iterator[tuple[int, bytes, Any
                 yield n, line, exc
 
 
-def ingest_rates(settings: Settings, stream: IO[bytes], fmt: str = "auto",
-                 source: str = "ingest") -> IngestSummary:
+def ingest_rates(
+    settings: Settings, stream: IO[bytes], fmt: str = "auto", source: str = "ingest"
+) -> IngestSummary:
     summary = IngestSummary()
     topic = settings.topic(RATES)
     producer = make_producer(settings)
@@ -133,9 +158,17 @@ def ingest_rates(settings: Settings, stream: IO[bytes], fmt: str = "auto",
             except (DecodeError, ValidationError) as exc:
                 reason = exc.reason if isinstance(exc, DecodeError) else "invalid_rate"
                 summary.rejected[reason] += 1
-                producer.send(f"{topic}.dlq", dead_letter(
-                    topic, reason, f"line {n}: {exc}", raw, settings.dlq_payload_limit,
-                    source=source))
+                producer.send(
+                    f"{topic}.dlq",
+                    dead_letter(
+                        topic,
+                        reason,
+                        f"line {n}: {exc}",
+                        raw,
+                        settings.dlq_payload_limit,
+                        source=source,
+                    ),
+                )
                 continue
             producer.send(topic, key=rate.resource_id, value=dumps(rate))
             summary.published += 1

@@ -40,8 +40,17 @@ def entry_row(e: LedgerEntry) -> dict[str, Any]:
 
 def rate_row(r: GpuRate) -> dict[str, Any]:
     row = r.model_dump(exclude={"type"})
-    ident = "\x1f".join(str(row[k]) for k in (
-        "resource_id", "effective_from", "effective_to", "price_per_hour", "currency", "source"))
+    ident = "\x1f".join(
+        str(row[k])
+        for k in (
+            "resource_id",
+            "effective_from",
+            "effective_to",
+            "price_per_hour",
+            "currency",
+            "source",
+        )
+    )
     row["rate_id"] = hashlib.sha256(ident.encode()).hexdigest()[:32]
     return row
 
@@ -66,27 +75,49 @@ def write_batch(
                 written += len(conn.execute(stmt.returning(ledger_entries.c.entry_id), chunk).all())
         if rates:
             rrows = [rate_row(r) for r in rates]
-            conn.execute(insert(gpu_rates).on_conflict_do_nothing(index_elements=["rate_id"]), rrows)
-            res_rows = list({r["resource_id"]: {k: r[k] for k in (
-                "resource_id", "provider", "instance_type", "gpu_model", "gpu_count", "region")}
-                for r in rrows}.values())
+            conn.execute(
+                insert(gpu_rates).on_conflict_do_nothing(index_elements=["rate_id"]), rrows
+            )
+            res_rows = list(
+                {
+                    r["resource_id"]: {
+                        k: r[k]
+                        for k in (
+                            "resource_id",
+                            "provider",
+                            "instance_type",
+                            "gpu_model",
+                            "gpu_count",
+                            "region",
+                        )
+                    }
+                    for r in rrows
+                }.values()
+            )
             ins = insert(resources)
             conn.execute(
                 ins.on_conflict_do_update(
                     index_elements=["resource_id"],
-                    set_={k: ins.excluded[k] for k in (
-                        "provider", "instance_type", "gpu_model", "gpu_count", "region")},
+                    set_={
+                        k: ins.excluded[k]
+                        for k in ("provider", "instance_type", "gpu_model", "gpu_count", "region")
+                    },
                 ),
                 res_rows,
             )
         if offsets:
-            orows = [{"consumer_group": group, "topic": t, "partition": p, "next_offset": o}
-                     for (t, p), o in sorted(offsets.items())]
+            orows = [
+                {"consumer_group": group, "topic": t, "partition": p, "next_offset": o}
+                for (t, p), o in sorted(offsets.items())
+            ]
             ins = insert(consumer_offsets)
             conn.execute(
                 ins.on_conflict_do_update(
                     index_elements=["consumer_group", "topic", "partition"],
-                    set_={"next_offset": ins.excluded.next_offset, "updated_at": ins.excluded.updated_at},
+                    set_={
+                        "next_offset": ins.excluded.next_offset,
+                        "updated_at": ins.excluded.updated_at,
+                    },
                 ),
                 orows,
             )
@@ -96,8 +127,11 @@ def write_batch(
 def stored_offsets(engine: Engine, group: str) -> dict[tuple[str, int], int]:
     with engine.connect() as conn:
         rows = conn.execute(
-            select(consumer_offsets.c.topic, consumer_offsets.c.partition,
-                   consumer_offsets.c.next_offset).where(consumer_offsets.c.consumer_group == group)
+            select(
+                consumer_offsets.c.topic,
+                consumer_offsets.c.partition,
+                consumer_offsets.c.next_offset,
+            ).where(consumer_offsets.c.consumer_group == group)
         )
         return {(t, p): o for t, p, o in rows}
 

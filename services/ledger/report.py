@@ -12,8 +12,9 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 
-def cost_per_completion(engine: Engine, tenant: str | None = None, since: date | None = None,
-                        until: date | None = None) -> list[dict[str, Any]]:
+def cost_per_completion(
+    engine: Engine, tenant: str | None = None, since: date | None = None, until: date | None = None
+) -> list[dict[str, Any]]:
     """Rows of ``v_cost_per_completion`` summed over the chosen days, per tenant and model."""
     sql = """
         SELECT tenant_id, model, currency,
@@ -82,8 +83,6 @@ def render(rows: list[dict[str, Any]], fmt: str, title: str = "") -> str:
         table.add_column(col, justify="right" if not isinstance(rows[0][col], str) else "left")
     for r in rows:
         table.add_row(*["" if v is None else str(_plain(v)) for v in r.values()])
-    console = Console(file=io.StringIO(), width=200, force_terminal=False)
-    console.print(table)
-    out = console.file
-    assert isinstance(out, io.StringIO)
-    return out.getvalue()
+    buffer = io.StringIO()
+    Console(file=buffer, width=200, force_terminal=False).print(table)
+    return buffer.getvalue()

@@ -51,16 +51,28 @@ class LedgerDecoder:
         for topic, partition, offset, raw in messages:
             batch.offsets[(topic, partition)] = offset + 1
             try:
-                msg = (decode_allocation(raw) if topic == self.alloc_topic else decode_rate(raw))
+                msg = decode_allocation(raw) if topic == self.alloc_topic else decode_rate(raw)
             except DecodeError as exc:
                 if topic != self.alloc_topic:
                     # the attribution processor owns the gpu-rates dead letters; count only
                     self.counters[f"rates.rejected.{exc.reason}"] += 1
                     continue
                 self.counters[f"dlq.{exc.reason}"] += 1
-                batch.dead_letters.append((f"{topic}.dlq", dead_letter(
-                    topic, exc.reason, exc.detail, raw, self.settings.dlq_payload_limit,
-                    source="ledger", partition=partition, offset=offset)))
+                batch.dead_letters.append(
+                    (
+                        f"{topic}.dlq",
+                        dead_letter(
+                            topic,
+                            exc.reason,
+                            exc.detail,
+                            raw,
+                            self.settings.dlq_payload_limit,
+                            source="ledger",
+                            partition=partition,
+                            offset=offset,
+                        ),
+                    )
+                )
                 continue
             if isinstance(msg, EndOfInput):
                 batch.markers.append((topic, partition, msg.run_id))
@@ -71,8 +83,9 @@ class LedgerDecoder:
         return batch
 
 
-def build(settings: Settings, run_id: str | None = None,
-          engine: Engine | None = None) -> tuple[faust.App, asyncio.Event]:
+def build(
+    settings: Settings, run_id: str | None = None, engine: Engine | None = None
+) -> tuple[faust.App, asyncio.Event]:
     app = make_app(settings, GROUP)
     if not settings.database_url:
         raise ValueError("database_url is not resolved")
@@ -98,13 +111,14 @@ def build(settings: Settings, run_id: str | None = None,
     @app.agent(app.topic(alloc_name, rates_name))
     async def write(stream: Any) -> None:
         async for events in stream.take_events(settings.take_max, settings.take_within_seconds):
-            batch = decoder.decode([
-                (e.message.topic, e.message.partition, e.message.offset, e.value) for e in events
-            ])
+            batch = decoder.decode(
+                [(e.message.topic, e.message.partition, e.message.offset, e.value) for e in events]
+            )
             for topic, value in batch.dead_letters:
                 await app.producer.send_and_wait(topic, None, value, None, None, None)
             new = await asyncio.to_thread(
-                write_batch, db, GROUP, batch.entries, batch.rates, batch.offsets)
+                write_batch, db, GROUP, batch.entries, batch.rates, batch.offsets
+            )
             counters["entries.received"] += len(batch.entries)
             counters["entries.written"] += new
             counters["rates"] += len(batch.rates)
@@ -114,7 +128,7 @@ def build(settings: Settings, run_id: str | None = None,
             check_done()
             # leaving the loop body acknowledges the batch: Kafka may commit past it now
 
-    @app.timer(interval=0.5)
+    @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
     async def tick() -> None:
         check_done()
 

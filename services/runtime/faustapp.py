@@ -51,7 +51,7 @@ async def run_until(app: faust.App, done: asyncio.Event | None) -> None:
             loop.add_signal_handler(sig, stop.set)
     await app.start()
     try:
-        waiters = [asyncio.ensure_future(stop.wait())]
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
         if done is not None:
             waiters.append(asyncio.ensure_future(done.wait()))
         crashed = asyncio.ensure_future(app.wait_until_stopped())

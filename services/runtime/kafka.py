@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from services.contracts import EndOfInput, dumps
 from services.runtime import logs
-from services.runtime.config import ALLOCATIONS, ALERTS, BILLING, EVENTS, RATES, Settings
+from services.runtime.config import ALERTS, ALLOCATIONS, BILLING, EVENTS, RATES, Settings
 
 log = logs.get(__name__)
 TOPICS = (EVENTS, RATES, BILLING, ALLOCATIONS, ALERTS)
@@ -30,8 +31,9 @@ def ensure_topics(settings: Settings, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
-                                     client_id="inferledger-admin")
+            admin = KafkaAdminClient(
+                bootstrap_servers=settings.kafka_bootstrap, client_id="inferledger-admin"
+            )
             break
         except KafkaError:
             if time.monotonic() > deadline:
@@ -45,13 +47,14 @@ def ensure_topics(settings: Settings, timeout: float = 30) -> None:
                 continue
             base = name.removeprefix(settings.topic_prefix)
             configs = {"cleanup.policy": "compact"} if base in COMPACTED else {}
-            wanted.append(NewTopic(name, settings.partitions, settings.replication_factor,
-                                   topic_configs=configs))
+            wanted.append(
+                NewTopic(
+                    name, settings.partitions, settings.replication_factor, topic_configs=configs
+                )
+            )
         for topic in wanted:  # one by one: a racing creator must not fail the others
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics([topic])
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()
 
@@ -69,9 +72,17 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     return KafkaProducer(**config)
 
 
-def dead_letter(source_topic: str, reason: str, detail: str, payload: bytes | str | Any,
-                limit: int, *, source: str, partition: int | None = None,
-                offset: int | None = None) -> bytes:
+def dead_letter(
+    source_topic: str,
+    reason: str,
+    detail: str,
+    payload: bytes | str | Any,
+    limit: int,
+    *,
+    source: str,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> bytes:
     """The dead-letter record: why, from where, and the original payload (truncated)."""
     if isinstance(payload, bytes):
         text = payload.decode("utf-8", errors="backslashreplace")

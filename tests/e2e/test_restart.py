@@ -18,8 +18,7 @@ def _count(db_url: str) -> int:
 
 
 def test_kill_half_way_and_restart_gives_the_same_ledger(cli_env, settings, tmp_path):
-    events = sorted(replay(Fleet.from_dict(DEFAULT_FLEET), limit=2500),
-                    key=lambda e: e.finished_at)
+    events = sorted(replay(Fleet.from_dict(DEFAULT_FLEET), limit=2500), key=lambda e: e.finished_at)
     start, end = rental_window(events)
     fleet_rates = rates(Fleet.from_dict(DEFAULT_FLEET), start, end)
     ev_file, rate_file = tmp_path / "events.jsonl", tmp_path / "rates.jsonl"
@@ -31,9 +30,13 @@ def test_kill_half_way_and_restart_gives_the_same_ledger(cli_env, settings, tmp_
     cli(env, "ingest", "rates", str(rate_file))
     cli(env, "ingest", "events", str(ev_file))
 
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "run", "all",
-                             "--until-idle"], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "run", "all", "--until-idle"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     seen = 0
     try:

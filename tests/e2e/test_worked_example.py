@@ -16,20 +16,28 @@ RATES = str(DATA / "worked_example_rates.jsonl")
 def test_worked_example_lands_exactly_and_reruns_change_nothing(cli_env, settings):
     assert json.loads(cli(cli_env, "ingest", "rates", RATES).stdout)["published"] == 1
     summary = json.loads(cli(cli_env, "ingest", "events", EVENTS).stdout)
-    assert summary == {"read": 3, "published": 3, "messages": 1, "rejected": 0,
-                       "rejected_by_reason": {}}
+    assert summary == {
+        "read": 3,
+        "published": 3,
+        "messages": 1,
+        "rejected": 0,
+        "rejected_by_reason": {},
+    }
     cli(cli_env, "run", "all", "--until-idle")
 
     rows = ledger(settings.database_url)
     got = sorted((k, t, m, a, c) for k, t, m, a, c in rows.values())
-    assert got == sorted([
-        ("idle", None, None, Decimal("0.200000000000"), 0),
-        ("usage", "acme", "llama-70b", Decimal("0.277992277992"), 1),
-        ("usage", "beta", "llama-70b", Decimal("0.083397683398"), 1),
-        ("usage", "acme", "llama-8b", Decimal("0.038610038610"), 0),
-        ("idle", None, None, Decimal("0.500000000000"), 0),
-        ("usage", "acme", "llama-8b", Decimal("0.100000000000"), 1),
-    ], key=str)
+    assert got == sorted(
+        [
+            ("idle", None, None, Decimal("0.200000000000"), 0),
+            ("usage", "acme", "llama-70b", Decimal("0.277992277992"), 1),
+            ("usage", "beta", "llama-70b", Decimal("0.083397683398"), 1),
+            ("usage", "acme", "llama-8b", Decimal("0.038610038610"), 0),
+            ("idle", None, None, Decimal("0.500000000000"), 0),
+            ("usage", "acme", "llama-8b", Decimal("0.100000000000"), 1),
+        ],
+        key=str,
+    )
 
     report = json.loads(cli(cli_env, "report", "--format", "json").stdout)
     by_key = {(r["tenant_id"], r["model"]): r for r in report}
@@ -49,8 +57,10 @@ def test_worked_example_lands_exactly_and_reruns_change_nothing(cli_env, setting
 
 def test_events_from_stdin_and_rates_from_csv(cli_env, settings, tmp_path):
     csv_path = tmp_path / "rates.csv"
-    csv_path.write_text("resource_id,price_per_hour,currency,effective_from,effective_to,source\n"
-                        "node-1,36.00,USD,2024-01-01T00:00:00Z,2024-01-01T00:02:00Z,contract\n")
+    csv_path.write_text(
+        "resource_id,price_per_hour,currency,effective_from,effective_to,source\n"
+        "node-1,36.00,USD,2024-01-01T00:00:00Z,2024-01-01T00:02:00Z,contract\n"
+    )
     assert json.loads(cli(cli_env, "ingest", "rates", str(csv_path)).stdout)["published"] == 1
     out = cli(cli_env, "ingest", "events", "-", stdin=Path(EVENTS).read_bytes())
     assert json.loads(out.stdout)["published"] == 3

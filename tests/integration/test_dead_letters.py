@@ -10,10 +10,18 @@ from kafka import KafkaProducer
 
 from tests.helpers import cli, ledger, read_topic
 
-GOOD = {"event_id": "good-1", "tenant_id": "acme", "resource_id": "node-1", "model": "m",
-        "engine": "vllm", "started_at": "2024-01-01T00:00:00Z",
-        "finished_at": "2024-01-01T00:00:30Z", "prompt_tokens": 10, "completion_tokens": 5,
-        "status": "ok"}
+GOOD = {
+    "event_id": "good-1",
+    "tenant_id": "acme",
+    "resource_id": "node-1",
+    "model": "m",
+    "engine": "vllm",
+    "started_at": "2024-01-01T00:00:00Z",
+    "finished_at": "2024-01-01T00:00:30Z",
+    "prompt_tokens": 10,
+    "completion_tokens": 5,
+    "status": "ok",
+}
 
 
 def bad(**changes):
@@ -39,18 +47,28 @@ def test_bad_messages_go_to_dead_letter_topics_and_good_ones_land(settings, cli_
     events, rates = settings.topic("inference-events"), settings.topic("gpu-rates")
     for raw in BAD_EVENTS:
         producer.send(events, key=b"node-1", value=raw)
-    batch = {"resource_id": "node-1", "events": [
-        dict(GOOD, event_id="good-2", started_at="2024-01-01T00:00:40Z",
-             finished_at="2024-01-01T00:00:50Z"),
-        dict(GOOD, event_id="bad-in-batch", completion_tokens="many"),
-    ]}
+    batch = {
+        "resource_id": "node-1",
+        "events": [
+            dict(
+                GOOD,
+                event_id="good-2",
+                started_at="2024-01-01T00:00:40Z",
+                finished_at="2024-01-01T00:00:50Z",
+            ),
+            dict(GOOD, event_id="bad-in-batch", completion_tokens="many"),
+        ],
+    }
     producer.send(events, key=b"node-1", value=json.dumps(batch).encode())
     producer.send(events, key=b"node-1", value=json.dumps(GOOD).encode())
-    float_money = {"resource_id": "node-1", "price_per_hour": 36.0, "currency": "USD",
-                   "effective_from": "2024-01-01T00:00:00Z"}
+    float_money = {
+        "resource_id": "node-1",
+        "price_per_hour": 36.0,
+        "currency": "USD",
+        "effective_from": "2024-01-01T00:00:00Z",
+    }
     producer.send(rates, key=b"node-1", value=json.dumps(float_money).encode())
-    good_rate = dict(float_money, price_per_hour="36.00",
-                     effective_to="2024-01-01T00:01:00Z")
+    good_rate = dict(float_money, price_per_hour="36.00", effective_to="2024-01-01T00:01:00Z")
     producer.send(rates, key=b"node-1", value=json.dumps(good_rate).encode())
     producer.flush()
     producer.close()

@@ -27,8 +27,18 @@ CFG = AccountingSettings()
 
 
 def req(eid, tenant, model, start, end, prompt, cached, completion, status="ok", resource="node-1"):
-    return Request(eid, tenant, model, resource, T0 + start * S, T0 + end * S,
-                   prompt, cached, completion, status)
+    return Request(
+        eid,
+        tenant,
+        model,
+        resource,
+        T0 + start * S,
+        T0 + end * S,
+        prompt,
+        cached,
+        completion,
+        status,
+    )
 
 
 WORKED = [
@@ -97,8 +107,10 @@ def test_idle_resource_with_a_rate_gets_idle_entries_up_to_effective_to():
 
 
 def test_rate_change_inside_a_bucket_is_integrated():
-    rates = [Rate("node-1", T0, None, Decimal("36"), "USD"),
-             Rate("node-1", T0 + 30 * S, None, Decimal("72"), "USD")]
+    rates = [
+        Rate("node-1", T0, None, Decimal("36"), "USD"),
+        Rate("node-1", T0 + 30 * S, None, Decimal("72"), "USD"),
+    ]
     entries = allocate_bucket("node-1", T0, [], rates, CFG)
     assert bucket_total(entries) == {"USD": Decimal("0.9")}
 
@@ -117,14 +129,21 @@ def workloads(draw):
         start = draw(st.integers(min_value=0, max_value=400 * S))
         dur = draw(st.one_of(st.just(0), st.integers(min_value=1, max_value=150 * S)))
         prompt = draw(st.integers(min_value=0, max_value=5000))
-        reqs.append(Request(
-            f"e{i}", draw(st.sampled_from(["a", "b", "c"])), draw(st.sampled_from(["m1", "m2"])),
-            "node-1", T0 + start, T0 + start + dur, prompt,
-            draw(st.integers(min_value=0, max_value=prompt)),
-            draw(st.integers(min_value=0, max_value=2000)),
-            draw(st.sampled_from(["ok", "ok", "error", "cancelled"])),
-            draw(st.integers(min_value=1, max_value=8)),
-        ))
+        reqs.append(
+            Request(
+                f"e{i}",
+                draw(st.sampled_from(["a", "b", "c"])),
+                draw(st.sampled_from(["m1", "m2"])),
+                "node-1",
+                T0 + start,
+                T0 + start + dur,
+                prompt,
+                draw(st.integers(min_value=0, max_value=prompt)),
+                draw(st.integers(min_value=0, max_value=2000)),
+                draw(st.sampled_from(["ok", "ok", "error", "cancelled"])),
+                draw(st.integers(min_value=1, max_value=8)),
+            )
+        )
     price = draw(st.decimals(min_value=Decimal("0.01"), max_value=Decimal("500"), places=5))
     return reqs, Rate("node-1", T0 - 600 * S, None, price, "USD")
 
@@ -184,11 +203,14 @@ def test_counts_are_counted_once(work):
     reqs, rate = work
     closed = run_book(reqs, rate)
     assert sum(e.completions for c in closed for e in c.entries) == sum(
-        r.status == "ok" for r in reqs)
+        r.status == "ok" for r in reqs
+    )
     assert sum(e.failed_requests for c in closed for e in c.entries) == sum(
-        r.status != "ok" for r in reqs)
+        r.status != "ok" for r in reqs
+    )
     assert sum(e.completion_tokens for c in closed for e in c.entries) == sum(
-        r.completion_tokens for r in reqs)
+        r.completion_tokens for r in reqs
+    )
 
 
 def test_streaming_close_matches_bounded_flush():
@@ -196,8 +218,20 @@ def test_streaming_close_matches_bounded_flush():
     reqs = []
     for i in range(300):
         s = rnd.randrange(0, 3600 * S)
-        reqs.append(Request(f"x{i}", rnd.choice("ab"), "m", "node-1", T0 + s,
-                            T0 + s + rnd.randrange(0, 30 * S), 100, 0, 10, "ok"))
+        reqs.append(
+            Request(
+                f"x{i}",
+                rnd.choice("ab"),
+                "m",
+                "node-1",
+                T0 + s,
+                T0 + s + rnd.randrange(0, 30 * S),
+                100,
+                0,
+                10,
+                "ok",
+            )
+        )
     reqs.sort(key=lambda r: r.end_us)
     book = Book(CFG)
     book.add_rate(RATE)
@@ -207,3 +241,12 @@ def test_streaming_close_matches_bounded_flush():
         streamed.extend(book.advance())
     streamed.extend(book.flush())
     assert totals(streamed) == totals(run_book(reqs, RATE))
+
+
+def test_buckets_without_rate_or_traffic_are_skipped_and_later_ones_still_close():
+    book = Book(CFG)
+    book.add_rate(Rate("node-1", T0, T0 + 120 * S, Decimal("36"), "USD"))
+    book.add_rate(Rate("node-1", T0 + 600 * S, T0 + 660 * S, Decimal("36"), "USD"))
+    book.add_request(req("late", "acme", "m", 1000, 1010, 10, 0, 1))
+    starts = [(c.bucket_start_us - T0) // S for c in book.flush()]
+    assert starts == [0, 60, 600, 960]
