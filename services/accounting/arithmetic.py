@@ -72,7 +72,13 @@ def effective_rate(rates: Sequence[Rate], t_us: int) -> Rate | None:
 
 
 def provisional_cost(rates: Sequence[Rate], b0: int, b1: int) -> dict[str, Decimal]:
-    """Integral of the rate in force over ``[b0, b1)``, per currency (empty: no rate at all)."""
+    """Integral of the rate in force over ``[b0, b1)``, per currency (empty: no rate at all).
+
+    The result is quantized to 1e-12 by telescoping from the rate's ``effective_from``: each
+    piece costs ``q(cum(hi)) - q(cum(lo))`` with ``cum(t) = price * (t - effective_from)``, so
+    consecutive buckets add up to the whole rental quantized once (an hour at 98.32/h is 98.32,
+    not 60 rounded minutes).
+    """
     cuts = {b0, b1}
     for rate in rates:
         for t in (rate.start_us, rate.end_us):
@@ -84,7 +90,10 @@ def provisional_cost(rates: Sequence[Rate], b0: int, b1: int) -> dict[str, Decim
         for lo, hi in zip(points, points[1:], strict=False):
             in_force = effective_rate(rates, lo)
             if in_force is not None:
-                part = in_force.price_per_hour * (hi - lo) / _US_PER_HOUR
+                price, origin = in_force.price_per_hour, in_force.start_us
+                part = (price * (hi - origin) / _US_PER_HOUR).quantize(QUANTUM) - (
+                    price * (lo - origin) / _US_PER_HOUR
+                ).quantize(QUANTUM)
                 costs[in_force.currency] = costs.get(in_force.currency, Decimal(0)) + part
     return costs
 

@@ -74,9 +74,12 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                 proc.on_rate(event.value, event.message.partition, event.message.offset)
             await step()
 
+    progress = logs.Progress("inferledger.attribution", proc.counters)
+
     @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
     async def tick() -> None:
         await step()
+        progress.tick()
 
     app.inferledger_processor = proc  # type: ignore[attr-defined]
     return app, done

@@ -18,7 +18,7 @@ from services.contracts import (
     decode_allocation,
     decode_rate,
 )
-from services.ledger.db import make_engine, write_batch
+from services.ledger.db import make_engine, stored_offsets, write_batch
 from services.runtime import logs
 from services.runtime.config import ALLOCATIONS, RATES, Settings
 from services.runtime.faustapp import make_app
@@ -128,9 +128,22 @@ def build(
             check_done()
             # leaving the loop body acknowledges the batch: Kafka may commit past it now
 
+    progress = logs.Progress("inferledger.ledger", counters)
+
     @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
     async def tick() -> None:
         check_done()
+        progress.tick()
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def resume_from_database(sender: Any, assigned: Any, **_: Any) -> None:
+        """Postgres holds the offsets written with the entries: resume from there."""
+        stored = await asyncio.to_thread(stored_offsets, db, GROUP)
+        for tp in assigned:
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is not None:
+                await app.consumer.seek(tp, offset)
+                counters["partitions.resumed_from_db"] += 1
 
     app.inferledger_counters = counters  # type: ignore[attr-defined]
     return app, done

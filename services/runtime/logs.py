@@ -33,3 +33,24 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
 
 def get(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+class Progress:
+    """Logs a processor's counters every ``every`` seconds while they change."""
+
+    def __init__(self, name: str, counters: dict[str, int], every: float = 10.0) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._log = get(name)
+        self._counters = counters
+        self._every = every
+        self._last_at = self._clock()
+        self._last: dict[str, int] = {}
+
+    def tick(self) -> None:
+        now = self._clock()
+        if now - self._last_at < self._every or dict(self._counters) == self._last:
+            return
+        self._last_at, self._last = now, dict(self._counters)
+        self._log.info("progress", **self._last)

@@ -18,6 +18,7 @@ from services.accounting import (
     allocate_bucket,
     bucket_total,
     largest_remainder,
+    provisional_cost,
     to_us,
 )
 
@@ -171,10 +172,22 @@ def totals(closed):
 @given(workloads())
 def test_each_bucket_sums_exactly_to_its_cost(work):
     reqs, rate = work
-    for c in run_book(reqs, rate):
-        expected = (rate.price_per_hour * CFG.bucket_seconds / 3600).quantize(QUANTUM)
-        assert sum(e.amount for e in c.entries) == expected
+    closed = run_book(reqs, rate)
+    for c in closed:
+        expected = provisional_cost([rate], c.bucket_start_us, c.bucket_start_us + CFG.bucket_us)
+        assert bucket_total(c.entries) == expected
+        one_bucket = rate.price_per_hour * CFG.bucket_seconds / 3600
+        assert abs(expected["USD"] - one_bucket) <= QUANTUM
         assert all(e.amount == e.amount.quantize(QUANTUM) for e in c.entries)
+    # and the buckets together are the whole rental, rounded once
+    if closed:
+        first, last = closed[0].bucket_start_us, closed[-1].bucket_start_us + CFG.bucket_us
+        assert [c.bucket_start_us for c in closed] == list(range(first, last, CFG.bucket_us))
+        hour = Decimal(3600 * S)
+        whole = (rate.price_per_hour * (last - rate.start_us) / hour).quantize(QUANTUM) - (
+            rate.price_per_hour * (first - rate.start_us) / hour
+        ).quantize(QUANTUM)
+        assert sum(e.amount for c in closed for e in c.entries) == whole
 
 
 @settings(max_examples=100, deadline=None)
