@@ -6,6 +6,9 @@ import json
 from decimal import Decimal
 from pathlib import Path
 
+from sqlalchemy import create_engine
+
+from services.ledger.db import stored_offsets
 from tests.helpers import cli, ledger
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -47,6 +50,10 @@ def test_worked_example_lands_exactly_and_reruns_change_nothing(cli_env, setting
     assert by_key[("acme", "llama-8b")]["completions"] == 1
     table = cli(cli_env, "report").stdout
     assert "0.277992277992" in table and "beta" in table
+
+    offsets = stored_offsets(create_engine(settings.database_url), "inferledger-ledger")
+    allocations = settings.topic("cost-allocations")
+    assert sum(o for (t, _), o in offsets.items() if t == allocations) >= 2
 
     # the same input again, and another run: the ledger is identical
     cli(cli_env, "ingest", "rates", RATES)
