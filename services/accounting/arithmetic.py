@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Context, Decimal, localcontext
+from typing import Any
 
+from services.accounting.facts import BucketFacts, GroupKey, length
 from services.accounting.model import (
     US_PER_SECOND,
     AccountingSettings,
+    Bill,
     Entry,
     Rate,
     Request,
@@ -71,6 +74,33 @@ def effective_rate(rates: Sequence[Rate], t_us: int) -> Rate | None:
     return best
 
 
+def _telescoped(amount: Decimal, origin: int, span: int, lo: int, hi: int) -> Decimal:
+    """``amount * (hi - lo) / span``, quantized so that consecutive pieces add up exactly."""
+    return (amount * (hi - origin) / span).quantize(QUANTUM) - (
+        amount * (lo - origin) / span
+    ).quantize(QUANTUM)
+
+
+def _rate_cost(rates: Sequence[Rate], b0: int, b1: int, costs: dict[str, Decimal]) -> bool:
+    cuts = {b0, b1}
+    for rate in rates:
+        for t in (rate.start_us, rate.end_us):
+            if t is not None and b0 < t < b1:
+                cuts.add(t)
+    points = sorted(cuts)
+    priced = False
+    with localcontext(_CONTEXT):
+        for lo, hi in zip(points, points[1:], strict=False):
+            in_force = effective_rate(rates, lo)
+            if in_force is not None:
+                part = _telescoped(
+                    in_force.price_per_hour, in_force.start_us, 3600 * US_PER_SECOND, lo, hi
+                )
+                costs[in_force.currency] = costs.get(in_force.currency, Decimal(0)) + part
+                priced = True
+    return priced
+
+
 def provisional_cost(rates: Sequence[Rate], b0: int, b1: int) -> dict[str, Decimal]:
     """Integral of the rate in force over ``[b0, b1)``, per currency (empty: no rate at all).
 
@@ -79,23 +109,56 @@ def provisional_cost(rates: Sequence[Rate], b0: int, b1: int) -> dict[str, Decim
     consecutive buckets add up to the whole rental quantized once (an hour at 98.32/h is 98.32,
     not 60 rounded minutes).
     """
-    cuts = {b0, b1}
-    for rate in rates:
-        for t in (rate.start_us, rate.end_us):
-            if t is not None and b0 < t < b1:
-                cuts.add(t)
-    points = sorted(cuts)
     costs: dict[str, Decimal] = {}
-    with localcontext(_CONTEXT):
-        for lo, hi in zip(points, points[1:], strict=False):
-            in_force = effective_rate(rates, lo)
-            if in_force is not None:
-                price, origin = in_force.price_per_hour, in_force.start_us
-                part = (price * (hi - origin) / _US_PER_HOUR).quantize(QUANTUM) - (
-                    price * (lo - origin) / _US_PER_HOUR
-                ).quantize(QUANTUM)
-                costs[in_force.currency] = costs.get(in_force.currency, Decimal(0)) + part
+    _rate_cost(rates, b0, b1, costs)
     return costs
+
+
+@dataclass(frozen=True)
+class BucketCost:
+    """``C_b`` per currency, and what it rests on."""
+
+    amounts: dict[str, Decimal]
+    basis: str  # billed, provisional or unpriced
+    line_ids: tuple[str, ...] = ()
+
+
+def bucket_cost(
+    rates: Sequence[Rate], bills: Iterable[Bill], b0: int, b1: int, default_currency: str
+) -> BucketCost:
+    """DESIGN.md step 1: billed lines replace the provisional cost for the part they cover.
+
+    Each line contributes ``cost * overlap / length`` (telescoped from its period start, so a
+    line's buckets add up to exactly its cost); the part of the bucket no line covers is priced
+    at the rate in force.
+    """
+    costs: dict[str, Decimal] = {}
+    covered: list[tuple[int, int]] = []
+    line_ids = []
+    with localcontext(_CONTEXT):
+        for bill in sorted(bills, key=lambda x: x.line_id):
+            lo, hi = max(bill.start_us, b0), min(bill.end_us, b1)
+            if hi <= lo or bill.end_us <= bill.start_us:
+                continue
+            part = _telescoped(bill.cost, bill.start_us, bill.end_us - bill.start_us, lo, hi)
+            costs[bill.currency] = costs.get(bill.currency, Decimal(0)) + part
+            covered.append((lo, hi))
+            line_ids.append(bill.line_id)
+    priced = False
+    cursor = b0
+    for lo, hi in sorted(covered) + [(b1, b1)]:
+        if lo > cursor:
+            priced = _rate_cost(rates, cursor, lo, costs) or priced
+        cursor = max(cursor, hi)
+    if line_ids:
+        basis = "billed"
+    elif priced:
+        basis = "provisional"
+    else:
+        basis = "unpriced"
+    if not costs:
+        costs = {default_currency: Decimal(0)}
+    return BucketCost(costs, basis, tuple(line_ids))
 
 
 def union_length(intervals: Iterable[tuple[int, int]]) -> int:
@@ -133,15 +196,199 @@ def largest_remainder(
     return floors
 
 
+PositionKey = tuple[str | None, str | None, str]
+"""(tenant, model, currency); (None, None, currency) is the idle position."""
+
+
 @dataclass
-class _Group:
-    work: Decimal = Decimal(0)
-    intervals: list[tuple[int, int]] = field(default_factory=list)
+class Position:
+    """What the ledger holds (or should hold) for one key of one bucket."""
+
+    amount: Decimal = Decimal(0)
     completions: int = 0
     failed: int = 0
     prompt: int = 0
     cached: int = 0
     completion: int = 0
+    work: Decimal = Decimal(0)
+    busy: Decimal = Decimal(0)
+
+    FIELDS = ("amount", "completions", "failed", "prompt", "cached", "completion", "work", "busy")
+
+    def minus(self, other: Position) -> Position:
+        return Position(*(getattr(self, f) - getattr(other, f) for f in self.FIELDS))
+
+    def is_zero(self) -> bool:
+        return all(getattr(self, f) == 0 for f in self.FIELDS)
+
+    def to_data(self) -> list[str | int]:
+        return [
+            str(v) if isinstance(v, Decimal) else v for v in (getattr(self, f) for f in self.FIELDS)
+        ]
+
+    @classmethod
+    def from_data(cls, data: list[Any]) -> Position:
+        a, c, f, p, ca, co, w, b = data
+        return cls(Decimal(a), c, f, p, ca, co, Decimal(w), Decimal(b))
+
+
+def positions(
+    facts: BucketFacts, cost: BucketCost, settings: AccountingSettings
+) -> dict[PositionKey, Position]:
+    """DESIGN.md steps 2 to 6 for one bucket: shares per (tenant, model), idle, counts."""
+    W = settings.bucket_us
+    keys: list[GroupKey] = sorted(facts.groups)
+    groups = [facts.groups[k] for k in keys]
+    busy_us = length(facts.busy)
+    out: dict[PositionKey, Position] = {}
+    with localcontext(_CONTEXT):
+        total_work = sum((g.work for g in groups), Decimal(0))
+        group_busy = [Decimal(length(g.intervals)) for g in groups]
+        if total_work > 0:
+            weights = [g.work / total_work for g in groups]
+        elif busy_us > 0:  # busy but no token work at all: share busy cost by busy time
+            total_gb = sum(group_busy, Decimal(0))
+            weights = [b / total_gb for b in group_busy]
+        else:
+            weights = [Decimal(0) for _ in groups]
+        for n, currency in enumerate(sorted(cost.amounts)):
+            amount = cost.amounts[currency]
+            busy_cost = amount * busy_us / W
+            raw = [busy_cost * w for w in weights] + [amount - busy_cost]
+            shares = largest_remainder(raw, amount.quantize(QUANTUM, rounding=ROUND_HALF_EVEN))
+            first = n == 0  # counts once per bucket, on the first currency's positions
+            for i, (tenant, model) in enumerate(keys):
+                g = groups[i]
+                out[(tenant, model, currency)] = Position(
+                    shares[i],
+                    g.completions if first else 0,
+                    g.failed if first else 0,
+                    g.prompt if first else 0,
+                    g.cached if first else 0,
+                    g.completion if first else 0,
+                    g.work.quantize(_WORK_QUANTUM) if first else Decimal(0),
+                    (group_busy[i] / US_PER_SECOND).quantize(_SECONDS_QUANTUM)
+                    if first
+                    else Decimal(0),
+                )
+            out[(None, None, currency)] = Position(
+                shares[-1],
+                work=total_work.quantize(_WORK_QUANTUM) if first else Decimal(0),
+                busy=(Decimal(busy_us) / US_PER_SECOND).quantize(_SECONDS_QUANTUM)
+                if first
+                else Decimal(0),
+            )
+    return out
+
+
+def make_entry(
+    resource_id: str,
+    bucket_start_us: int,
+    settings: AccountingSettings,
+    key: PositionKey,
+    pos: Position,
+    kind: str,
+    basis: str,
+    trigger: str | None = None,
+    line_ids: tuple[str, ...] = (),
+) -> Entry:
+    tenant, model, currency = key
+    if kind in ("usage", "idle"):
+        eid = entry_id(
+            resource_id,
+            bucket_start_us,
+            settings.bucket_seconds,
+            kind,
+            basis,
+            currency,
+            tenant,
+            model,
+        )
+    else:
+        eid = entry_id(
+            resource_id,
+            bucket_start_us,
+            settings.bucket_seconds,
+            kind,
+            currency,
+            tenant,
+            model,
+            trigger,
+        )
+    return Entry(
+        entry_id=eid,
+        entry_kind=kind,
+        cost_basis=basis,
+        tenant_id=tenant,
+        model=model,
+        resource_id=resource_id,
+        bucket_start_us=bucket_start_us,
+        bucket_seconds=settings.bucket_seconds,
+        amount=pos.amount,
+        currency=currency,
+        completions=pos.completions,
+        failed_requests=pos.failed,
+        prompt_tokens=pos.prompt,
+        cached_prompt_tokens=pos.cached,
+        completion_tokens=pos.completion,
+        work_units=pos.work,
+        busy_seconds=pos.busy,
+        billing_line_ids=line_ids,
+    )
+
+
+def initial_entries(
+    resource_id: str,
+    bucket_start_us: int,
+    settings: AccountingSettings,
+    pos: dict[PositionKey, Position],
+    cost: BucketCost,
+) -> list[Entry]:
+    """The entries of a bucket closing for the first time: usage per (tenant, model), idle."""
+    return [
+        make_entry(
+            resource_id,
+            bucket_start_us,
+            settings,
+            key,
+            p,
+            "idle" if key[0] is None else "usage",
+            cost.basis,
+            line_ids=cost.line_ids,
+        )
+        for key, p in sorted(pos.items(), key=lambda kv: (kv[0][0] is None, str(kv[0])))
+    ]
+
+
+def adjustment_entries(
+    resource_id: str,
+    bucket_start_us: int,
+    settings: AccountingSettings,
+    old: dict[PositionKey, Position],
+    new: dict[PositionKey, Position],
+    kind: str,
+    cost: BucketCost,
+    trigger: str,
+) -> list[Entry]:
+    """Entries that take the ledger of a closed bucket from ``old`` to ``new`` (DESIGN step 7)."""
+    entries = []
+    for key in sorted(set(old) | set(new), key=lambda k: (k[0] is None, str(k))):
+        delta = new.get(key, Position()).minus(old.get(key, Position()))
+        if not delta.is_zero():
+            entries.append(
+                make_entry(
+                    resource_id,
+                    bucket_start_us,
+                    settings,
+                    key,
+                    delta,
+                    kind,
+                    cost.basis,
+                    trigger,
+                    cost.line_ids,
+                )
+            )
+    return entries
 
 
 def allocate_bucket(
@@ -150,112 +397,18 @@ def allocate_bucket(
     requests: Iterable[Request],
     rates: Sequence[Rate],
     settings: AccountingSettings,
+    bills: Iterable[Bill] = (),
 ) -> list[Entry]:
-    """All entries of one closed bucket: a usage entry per (tenant, model) and one idle entry.
-
-    ``requests`` are the resource's requests whose interval overlaps the bucket or that finish
-    in it (others are ignored). The result does not depend on their order, and a request given
-    twice (same ``event_id``) counts once.
-    """
-    W = settings.bucket_us
-    b0, b1 = bucket_start_us, bucket_start_us + W
-    unique = {r.event_id: r for r in requests}
-    groups: dict[tuple[str, str], _Group] = {}
-    all_intervals: list[tuple[int, int]] = []
-    with localcontext(_CONTEXT):
-        for eid in sorted(unique):  # fixed summation order: arrival order cannot matter
-            req = unique[eid]
-            key = (req.tenant_id, req.model)
-            lo, hi = max(req.start_us, b0), min(req.end_us, b1)
-            duration = req.end_us - req.start_us
-            work = Decimal(0)
-            if duration == 0:
-                if b0 <= req.start_us < b1:
-                    work = request_work(req, settings)
-            elif hi > lo:
-                work = request_work(req, settings) * (hi - lo) / duration
-            finishes_here = b0 <= req.end_us < b1
-            if hi <= lo and work == 0 and not finishes_here:
-                continue
-            g = groups.setdefault(key, _Group())
-            g.work += work
-            if hi > lo:
-                g.intervals.append((lo, hi))
-                all_intervals.append((lo, hi))
-            if finishes_here:
-                if req.status == "ok":
-                    g.completions += 1
-                else:
-                    g.failed += 1
-                g.prompt += req.prompt_tokens
-                g.cached += req.cached_prompt_tokens
-                g.completion += req.completion_tokens
-
-        busy_us = union_length(all_intervals)
-        keys = sorted(groups)
-        total_work = sum((groups[k].work for k in keys), Decimal(0))
-        group_busy = [Decimal(union_length(groups[k].intervals)) for k in keys]
-        if total_work > 0:
-            weights = [groups[k].work / total_work for k in keys]
-        elif busy_us > 0:  # busy but no token work at all: share busy cost by busy time
-            total_gb = sum(group_busy, Decimal(0))
-            weights = [b / total_gb for b in group_busy]
-        else:
-            weights = [Decimal(0) for _ in keys]
-
-        costs = provisional_cost(rates, b0, b1)
-        basis = "provisional"
-        if not costs:
-            costs = {settings.default_currency: Decimal(0)}
-            basis = "unpriced"
-        entries: list[Entry] = []
-        for n, currency in enumerate(sorted(costs)):
-            cost = costs[currency]
-            busy_cost = cost * busy_us / W
-            raw = [busy_cost * w for w in weights] + [cost - busy_cost]
-            total = cost.quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
-            amounts = largest_remainder(raw, total)
-            with_counts = n == 0  # counts once per bucket, on the first currency's entries
-            for i, key in enumerate(keys):
-                g = groups[key]
-                entries.append(
-                    Entry(
-                        entry_id=entry_id(resource_id, b0, W, "usage", basis, currency, *key),
-                        entry_kind="usage",
-                        cost_basis=basis,
-                        tenant_id=key[0],
-                        model=key[1],
-                        resource_id=resource_id,
-                        bucket_start_us=b0,
-                        bucket_seconds=settings.bucket_seconds,
-                        amount=amounts[i],
-                        currency=currency,
-                        completions=g.completions if with_counts else 0,
-                        failed_requests=g.failed if with_counts else 0,
-                        prompt_tokens=g.prompt if with_counts else 0,
-                        cached_prompt_tokens=g.cached if with_counts else 0,
-                        completion_tokens=g.completion if with_counts else 0,
-                        work_units=g.work.quantize(_WORK_QUANTUM),
-                        busy_seconds=(group_busy[i] / US_PER_SECOND).quantize(_SECONDS_QUANTUM),
-                    )
-                )
-            entries.append(
-                Entry(
-                    entry_id=entry_id(resource_id, b0, W, "idle", basis, currency, None, None),
-                    entry_kind="idle",
-                    cost_basis=basis,
-                    tenant_id=None,
-                    model=None,
-                    resource_id=resource_id,
-                    bucket_start_us=b0,
-                    bucket_seconds=settings.bucket_seconds,
-                    amount=amounts[-1],
-                    currency=currency,
-                    work_units=total_work.quantize(_WORK_QUANTUM),
-                    busy_seconds=(Decimal(busy_us) / US_PER_SECOND).quantize(_SECONDS_QUANTUM),
-                )
-            )
-    return entries
+    """All entries of one bucket closing with the given requests, rates and bills."""
+    facts = BucketFacts(bucket_start_us)
+    for req in requests:
+        if req.resource_id == resource_id and bucket_start_us in request_buckets(
+            req, settings.bucket_us
+        ):
+            facts.add(req, request_work(req, settings), settings)
+    b0 = bucket_start_us
+    cost = bucket_cost(rates, bills, b0, b0 + settings.bucket_us, settings.default_currency)
+    return initial_entries(resource_id, b0, settings, positions(facts, cost, settings), cost)
 
 
 def bucket_total(entries: Iterable[Entry]) -> dict[str, Decimal]:

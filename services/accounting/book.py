@@ -1,83 +1,171 @@
-"""Streaming state of the accounting core: open buckets per resource, closed by a watermark.
+"""Streaming state of the accounting core: open and closed buckets per resource.
 
-A :class:`Book` is fed requests and rates in any order and closes buckets when told how far
-event time has progressed. It never does I/O; the attribution processor around it decodes
-messages, asks it to close buckets and publishes what it returns.
+A :class:`Book` is fed requests, rates and billing lines in any order. Open buckets close when
+told how far event time has progressed; a closed bucket that later learns something (a late
+request, a billing line, a rate) is recomputed and the difference is returned as
+``late_adjustment`` or ``reconciliation`` entries: nothing already written is ever changed.
+The Book does no I/O; its closed state can be exported and restored (``take_dirty``/``restore``)
+so that the process around it can keep it durable.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from services.accounting.arithmetic import (
-    allocate_bucket,
+    BucketCost,
+    Position,
+    PositionKey,
+    adjustment_entries,
     bucket_ceil,
+    bucket_cost,
     bucket_floor,
+    initial_entries,
+    positions,
     request_buckets,
+    request_work,
 )
-from services.accounting.model import AccountingSettings, Entry, Rate, Request
+from services.accounting.facts import BucketFacts
+from services.accounting.model import AccountingSettings, Bill, Entry, Rate, Request
 
 
 class Added(Enum):
     ACCEPTED = "accepted"
+    LATE = "late"  # accepted into buckets that had closed: late_adjustment entries
     DUPLICATE = "duplicate"
-    LATE = "late"
+    TOO_LATE = "too_late"  # beyond the late horizon: rejected
 
 
 @dataclass(frozen=True)
 class ClosedBucket:
+    """Entries decided for one bucket in one step (a first close or an adjustment)."""
+
     resource_id: str
     bucket_start_us: int
     entries: list[Entry]
+    counted: list[tuple[str, str]] = field(default_factory=list)  # (event_id, status) counted
+
+
+@dataclass
+class Closed:
+    """A closed bucket: its facts and what the ledger holds for it."""
+
+    facts: BucketFacts
+    positions: dict[PositionKey, Position]
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "facts": self.facts.to_data(),
+            "positions": [
+                [t, m, c, p.to_data()]
+                for (t, m, c), p in sorted(self.positions.items(), key=lambda kv: str(kv[0]))
+            ],
+        }
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Closed:
+        return cls(
+            BucketFacts.from_data(data["facts"]),
+            {(t, m, c): Position.from_data(p) for t, m, c, p in data["positions"]},
+        )
+
+
+def rate_key(rate: Rate) -> str:
+    text = f"{rate.resource_id}|{rate.start_us}|{rate.end_us}|{rate.price_per_hour}|{rate.currency}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass
 class _Resource:
     rates: list[Rate] = field(default_factory=list)
-    open: dict[int, list[Request]] = field(default_factory=lambda: defaultdict(list))
-    # event_id -> last bucket it touches, for the events of open buckets (duplicate detection)
-    pending_ids: dict[str, int] = field(default_factory=dict)
+    bills: dict[str, Bill] = field(default_factory=dict)
+    open: dict[int, BucketFacts] = field(default_factory=dict)
+    closed: dict[int, Closed] = field(default_factory=dict)
     next_open_us: int | None = None  # every bucket before this one is closed
     last_event_us: int | None = None
 
+    @property
+    def known(self) -> bool:
+        """A GPU resource: it has a rate or traffic (a bill alone does not make one)."""
+        return bool(self.rates) or self.last_event_us is not None or bool(self.closed)
+
 
 class Book:
-    """Open buckets of many resources; closes them in event-time order."""
+    """Open and closed buckets of many resources."""
 
     def __init__(self, settings: AccountingSettings) -> None:
         self.settings = settings
         self._resources: dict[str, _Resource] = defaultdict(_Resource)
         self.max_event_us: int | None = None
+        self._dirty: set[tuple[str, int]] = set()
 
     # -- input ---------------------------------------------------------------------------
-    def add_rate(self, rate: Rate) -> None:
+    def add_rate(self, rate: Rate) -> list[ClosedBucket]:
         res = self._resources[rate.resource_id]
         if rate in res.rates:
-            return
+            return []
         res.rates.append(rate)
         start = bucket_floor(rate.start_us, self.settings.bucket_us)
         if res.next_open_us is None:
             res.next_open_us = start
+        # closed buckets the rate covers are priced again (a rate that came late)
+        W = self.settings.bucket_us
+        touched = [
+            b
+            for b in res.closed
+            if b + W > rate.start_us and (rate.end_us is None or b < rate.end_us)
+        ]
+        return self._recompute(
+            rate.resource_id, touched, "reconciliation", f"rate:{rate_key(rate)}"
+        )
 
-    def add_request(self, req: Request) -> Added:
+    def add_bill(self, bill: Bill) -> list[ClosedBucket]:
+        """A billed usage line: closed buckets it covers are reconciled to it."""
+        res = self._resources[bill.resource_id]
+        if bill.line_id in res.bills or bill.end_us <= bill.start_us:
+            return []
+        res.bills[bill.line_id] = bill
+        if not res.known or res.next_open_us is None:
+            return []
+        W = self.settings.bucket_us
+        first = bucket_floor(bill.start_us, W)
+        end = min(bucket_ceil(bill.end_us, W), res.next_open_us)
+        horizon = self._horizon(self.settings.billing_horizon_seconds)
+        touched = [b for b in range(first, end, W) if horizon is None or b >= horizon]
+        return self._recompute(bill.resource_id, touched, "reconciliation", f"line:{bill.line_id}")
+
+    def add_request(self, req: Request) -> tuple[Added, list[ClosedBucket]]:
         res = self._resources[req.resource_id]
-        buckets = request_buckets(req, self.settings.bucket_us)
-        if req.event_id in res.pending_ids:
-            return Added.DUPLICATE
-        if res.next_open_us is not None and buckets.start < res.next_open_us:
-            return Added.LATE
+        W = self.settings.bucket_us
+        buckets = request_buckets(req, W)
+        for b in buckets:
+            facts = res.open.get(b) or (res.closed[b].facts if b in res.closed else None)
+            if facts is not None and req.event_id in facts.event_ids:
+                return Added.DUPLICATE, []
+        late = [b for b in buckets if res.next_open_us is not None and b < res.next_open_us]
+        horizon = self._horizon(self.settings.late_horizon_seconds)
+        if late and horizon is not None and late[0] < horizon:
+            return Added.TOO_LATE, []
         if res.next_open_us is None:
             res.next_open_us = buckets.start
+        work = request_work(req, self.settings)
         for b in buckets:
-            res.open[b].append(req)
-        res.pending_ids[req.event_id] = buckets[-1]
+            if b not in late:
+                res.open.setdefault(b, BucketFacts(b)).add(req, work, self.settings)
         if res.last_event_us is None or req.end_us > res.last_event_us:
             res.last_event_us = req.end_us
         if self.max_event_us is None or req.end_us > self.max_event_us:
             self.max_event_us = req.end_us
-        return Added.ACCEPTED
+        if not late:
+            return Added.ACCEPTED, []
+        changes = self._recompute(
+            req.resource_id, late, "late_adjustment", req.event_id, add=(req, work)
+        )
+        return Added.LATE, changes
 
     # -- time ----------------------------------------------------------------------------
     def watermark_us(self) -> int | None:
@@ -86,15 +174,15 @@ class Book:
             return None
         return self.max_event_us - self.settings.lateness_us
 
-    def next_open(self, resource_id: str) -> int | None:
-        res = self._resources.get(resource_id)
-        return None if res is None else res.next_open_us
+    def _horizon(self, seconds: int) -> int | None:
+        wm = self.watermark_us()
+        return None if wm is None else wm - seconds * 1_000_000
 
     def advance(self, until_us: int | None = None) -> list[ClosedBucket]:
         """Close every bucket of every resource that ends at or before ``until_us``.
 
         ``until_us`` defaults to the watermark. Buckets without traffic close too when the
-        resource has a rate for them (idle cost).
+        resource has a rate or a bill for them (idle cost).
         """
         limit = self.watermark_us() if until_us is None else until_us
         if limit is None:
@@ -103,20 +191,23 @@ class Book:
         closed: list[ClosedBucket] = []
         for resource_id in sorted(self._resources):
             closed.extend(self._close(resource_id, end))
+        self._prune()
         return closed
 
     def flush(self) -> list[ClosedBucket]:
         """Close everything the bounded input determines (``run --until-idle``).
 
-        Each resource closes up to the end of its latest finite rate (``effective_to``) or, for
-        an open-ended rate, up to the latest event time in the whole input; a resource with
+        Each resource closes up to the end of its latest finite rate or bill or, for an
+        open-ended rate, up to the latest event time in the whole input; a resource with
         traffic and no rate closes up to its own last event.
         """
         W = self.settings.bucket_us
         closed: list[ClosedBucket] = []
         for resource_id in sorted(self._resources):
             res = self._resources[resource_id]
-            ends = []
+            if not res.known:
+                continue
+            ends = [bucket_floor(b.end_us - 1, W) + W for b in res.bills.values()]
             if res.last_event_us is not None:
                 ends.append(bucket_floor(res.last_event_us, W) + W)
             for rate in res.rates:
@@ -128,6 +219,12 @@ class Book:
                 closed.extend(self._close(resource_id, max(ends)))
         return closed
 
+    # -- closing and recomputing ----------------------------------------------------------
+    def _cost(self, res: _Resource, b: int) -> BucketCost:
+        W = self.settings.bucket_us
+        bills = [x for x in res.bills.values() if x.start_us < b + W and x.end_us > b]
+        return bucket_cost(res.rates, bills, b, b + W, self.settings.default_currency)
+
     def _close(self, resource_id: str, end_us: int) -> list[ClosedBucket]:
         res = self._resources[resource_id]
         if res.next_open_us is None or res.next_open_us >= end_us:
@@ -136,26 +233,62 @@ class Book:
         closed: list[ClosedBucket] = []
         b = res.next_open_us
         while b < end_us:
-            requests = res.open.pop(b, [])
-            if requests or self._priced(res, b):
-                entries = allocate_bucket(resource_id, b, requests, res.rates, self.settings)
-                closed.append(ClosedBucket(resource_id, b, entries))
+            facts = res.open.pop(b, None)
+            if facts is not None or self._priced(res, b):
+                facts = facts or BucketFacts(b)
+                cost = self._cost(res, b)
+                pos = positions(facts, cost, self.settings)
+                res.closed[b] = Closed(facts, pos)
+                self._dirty.add((resource_id, b))
+                entries = initial_entries(resource_id, b, self.settings, pos, cost)
+                closed.append(ClosedBucket(resource_id, b, entries, sorted(facts.finished.items())))
                 b += W
                 continue
-            # nothing here: skip to the next bucket with traffic or a rate
+            # nothing here: skip to the next bucket with traffic, a rate or a bill
             candidates = [k for k in res.open if k > b]
             nxt = self._next_priced(res, b, end_us)
             if nxt is not None:
                 candidates.append(nxt)
             b = min(min(candidates, default=end_us), end_us)
         res.next_open_us = b
-        for eid in [e for e, last in res.pending_ids.items() if last < b]:
-            del res.pending_ids[eid]
         return closed
+
+    def _recompute(
+        self,
+        resource_id: str,
+        buckets: list[int],
+        kind: str,
+        trigger: str,
+        add: tuple[Request, Any] | None = None,
+    ) -> list[ClosedBucket]:
+        res = self._resources[resource_id]
+        out: list[ClosedBucket] = []
+        for b in sorted(buckets):
+            state = res.closed.get(b)
+            if state is None:  # closed with nothing in it (no traffic, no price): now it has
+                state = Closed(BucketFacts(b), {})
+            facts = state.facts.copy() if add is not None else state.facts
+            if add is not None:
+                facts.add(add[0], add[1], self.settings)
+            cost = self._cost(res, b)
+            new = positions(facts, cost, self.settings)
+            entries = adjustment_entries(
+                resource_id, b, self.settings, state.positions, new, kind, cost, trigger
+            )
+            res.closed[b] = Closed(facts, new)
+            self._dirty.add((resource_id, b))
+            counted = []
+            if add is not None and add[0].event_id in facts.finished:
+                counted = [(add[0].event_id, add[0].status)]
+            if entries or counted:
+                out.append(ClosedBucket(resource_id, b, entries, counted))
+        return out
 
     def _priced(self, res: _Resource, b: int) -> bool:
         W = self.settings.bucket_us
-        return any(r.start_us < b + W and (r.end_us is None or r.end_us > b) for r in res.rates)
+        if any(r.start_us < b + W and (r.end_us is None or r.end_us > b) for r in res.rates):
+            return True
+        return res.known and any(x.start_us < b + W and x.end_us > b for x in res.bills.values())
 
     def _next_priced(self, res: _Resource, b: int, end_us: int) -> int | None:
         W = self.settings.bucket_us
@@ -164,5 +297,44 @@ class Book:
             for r in res.rates
             if r.end_us is None or r.end_us > b + W
         ]
+        if res.known:
+            starts += [
+                max(b + W, bucket_floor(x.start_us, W))
+                for x in res.bills.values()
+                if x.end_us > b + W
+            ]
         starts = [s for s in starts if s < end_us]
         return min(starts, default=None)
+
+    def _prune(self) -> None:
+        """Forget closed buckets beyond every horizon (they can no longer change)."""
+        keep = max(self.settings.late_horizon_seconds, self.settings.billing_horizon_seconds)
+        horizon = self._horizon(keep)
+        if horizon is None:
+            return
+        for res in self._resources.values():
+            for b in [b for b in res.closed if b < horizon]:
+                del res.closed[b]
+
+    # -- durability -----------------------------------------------------------------------
+    def take_dirty(self) -> list[tuple[str, int, dict[str, Any]]]:
+        """Closed buckets created or changed since the last call, as plain data."""
+        out = []
+        for resource_id, b in sorted(self._dirty):
+            state = self._resources[resource_id].closed.get(b)
+            if state is not None:
+                out.append((resource_id, b, state.to_data()))
+        self._dirty.clear()
+        return out
+
+    def restore(self, resource_id: str, bucket_start_us: int, data: dict[str, Any]) -> None:
+        """Put back a closed bucket exported by :meth:`take_dirty` (at start-up)."""
+        res = self._resources[resource_id]
+        res.closed[bucket_start_us] = Closed.from_data(data)
+        W = self.settings.bucket_us
+        nxt = bucket_start_us + W
+        if res.next_open_us is None or nxt > res.next_open_us:
+            res.next_open_us = nxt
+        horizon_end = nxt + self.settings.lateness_us
+        if self.max_event_us is None or horizon_end > self.max_event_us:
+            self.max_event_us = horizon_end

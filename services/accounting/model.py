@@ -38,6 +38,8 @@ class AccountingSettings:
     default_weights: TokenWeights = field(default_factory=TokenWeights)
     model_weights: dict[str, TokenWeights] = field(default_factory=dict)
     default_currency: str = "USD"
+    late_horizon_seconds: int = 7 * 86_400
+    billing_horizon_seconds: int = 62 * 86_400
 
     def __post_init__(self) -> None:
         if self.bucket_seconds <= 0:
@@ -106,3 +108,16 @@ class Entry:
     completion_tokens: int = 0
     work_units: Decimal = Decimal(0)
     busy_seconds: Decimal = Decimal(0)
+    billing_line_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Bill:
+    """A billed amount for ``[start_us, end_us)`` of a resource (a usage billing line)."""
+
+    line_id: str
+    resource_id: str
+    start_us: int
+    end_us: int
+    cost: Decimal
+    currency: str

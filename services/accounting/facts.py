@@ -1,0 +1,152 @@
+"""What a bucket knows about its traffic: mergeable, exact, independent of arrival order.
+
+Work is quantized to 1e-9 work units per (request, bucket) before it is summed, so every sum is
+exact and the facts of a bucket do not depend on the order in which requests arrive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal, localcontext
+from typing import Any
+
+from services.accounting.model import AccountingSettings, Request
+
+WORK_QUANTUM = Decimal("1e-9")
+GroupKey = tuple[str, str]
+
+
+def merge_interval(intervals: list[tuple[int, int]], lo: int, hi: int) -> None:
+    """Insert ``[lo, hi)`` into a sorted list of disjoint intervals, merging overlaps."""
+    out: list[tuple[int, int]] = []
+    placed = False
+    for a, b in intervals:
+        if b < lo:
+            out.append((a, b))
+        elif hi < a:
+            if not placed:
+                out.append((lo, hi))
+                placed = True
+            out.append((a, b))
+        else:
+            lo, hi = min(lo, a), max(hi, b)
+    if not placed:
+        out.append((lo, hi))
+    intervals[:] = out
+
+
+def length(intervals: list[tuple[int, int]]) -> int:
+    return sum(b - a for a, b in intervals)
+
+
+@dataclass
+class GroupFacts:
+    work: Decimal = Decimal(0)
+    intervals: list[tuple[int, int]] = field(default_factory=list)
+    completions: int = 0
+    failed: int = 0
+    prompt: int = 0
+    cached: int = 0
+    completion: int = 0
+
+    def copy(self) -> GroupFacts:
+        return GroupFacts(
+            self.work,
+            list(self.intervals),
+            self.completions,
+            self.failed,
+            self.prompt,
+            self.cached,
+            self.completion,
+        )
+
+
+@dataclass
+class BucketFacts:
+    """Traffic of one resource in one bucket."""
+
+    start_us: int
+    groups: dict[GroupKey, GroupFacts] = field(default_factory=dict)
+    busy: list[tuple[int, int]] = field(default_factory=list)
+    event_ids: set[str] = field(default_factory=set)
+    finished: dict[str, str] = field(default_factory=dict)  # event_id -> status, counted here
+
+    def copy(self) -> BucketFacts:
+        return BucketFacts(
+            self.start_us,
+            {k: g.copy() for k, g in self.groups.items()},
+            list(self.busy),
+            set(self.event_ids),
+            dict(self.finished),
+        )
+
+    def add(self, req: Request, work_units: Decimal, settings: AccountingSettings) -> bool:
+        """Add a request's share of this bucket; False (and no change) for a known event_id."""
+        if req.event_id in self.event_ids:
+            return False
+        self.event_ids.add(req.event_id)
+        b0, b1 = self.start_us, self.start_us + settings.bucket_us
+        lo, hi = max(req.start_us, b0), min(req.end_us, b1)
+        duration = req.end_us - req.start_us
+        with localcontext() as ctx:
+            ctx.prec = 60
+            if duration == 0:
+                work = work_units if b0 <= req.start_us < b1 else Decimal(0)
+            elif hi > lo:
+                work = (work_units * (hi - lo) / duration).quantize(WORK_QUANTUM)
+            else:
+                work = Decimal(0)
+        g = self.groups.get((req.tenant_id, req.model))
+        if g is None:
+            g = self.groups[(req.tenant_id, req.model)] = GroupFacts()
+        g.work += work
+        if hi > lo:
+            merge_interval(g.intervals, lo, hi)
+            merge_interval(self.busy, lo, hi)
+        if b0 <= req.end_us < b1:
+            self.finished[req.event_id] = req.status
+            if req.status == "ok":
+                g.completions += 1
+            else:
+                g.failed += 1
+            g.prompt += req.prompt_tokens
+            g.cached += req.cached_prompt_tokens
+            g.completion += req.completion_tokens
+        return True
+
+    # -- persistence (plain JSON-able data; the caller chooses the storage) -------------
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "start": self.start_us,
+            "busy": self.busy,
+            "events": sorted(self.event_ids),
+            "finished": sorted(self.finished.items()),
+            "groups": [
+                [
+                    t,
+                    m,
+                    str(g.work),
+                    g.intervals,
+                    g.completions,
+                    g.failed,
+                    g.prompt,
+                    g.cached,
+                    g.completion,
+                ]
+                for (t, m), g in sorted(self.groups.items())
+            ],
+        }
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> BucketFacts:
+        groups = {
+            (t, m): GroupFacts(Decimal(w), [(a, b) for a, b in iv], c, f, p, ca, co)
+            for t, m, w, iv, c, f, p, ca, co in data["groups"]
+        }
+        return cls(
+            int(data["start"]),
+            groups,
+            [(a, b) for a, b in data["busy"]],
+            set(data["events"]),
+            {e: s for e, s in data.get("finished", [])},
+        )
