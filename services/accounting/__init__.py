@@ -16,6 +16,7 @@ from services.accounting.arithmetic import (
 from services.accounting.book import Added, Book, ClosedBucket
 from services.accounting.model import (
     AccountingSettings,
+    Bill,
     Entry,
     Rate,
     Request,
@@ -28,6 +29,7 @@ __all__ = [
     "QUANTUM",
     "AccountingSettings",
     "Added",
+    "Bill",
     "Book",
     "ClosedBucket",
     "Entry",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import Enum
 from typing import Any
 
@@ -102,6 +103,7 @@ class Book:
         self._resources: dict[str, _Resource] = defaultdict(_Resource)
         self.max_event_us: int | None = None
         self._dirty: set[tuple[str, int]] = set()
+        self._new_inputs: list[tuple[str, str, str, dict[str, Any]]] = []
 
     # -- input ---------------------------------------------------------------------------
     def add_rate(self, rate: Rate) -> list[ClosedBucket]:
@@ -109,18 +111,34 @@ class Book:
         if rate in res.rates:
             return []
         res.rates.append(rate)
-        start = bucket_floor(rate.start_us, self.settings.bucket_us)
-        if res.next_open_us is None:
-            res.next_open_us = start
-        # closed buckets the rate covers are priced again (a rate that came late)
+        self._new_inputs.append(
+            (
+                rate.resource_id,
+                "rate",
+                rate_key(rate),
+                {
+                    "start": rate.start_us,
+                    "end": rate.end_us,
+                    "price": str(rate.price_per_hour),
+                    "currency": rate.currency,
+                },
+            )
+        )
         W = self.settings.bucket_us
-        touched = [
-            b
-            for b in res.closed
-            if b + W > rate.start_us and (rate.end_us is None or b < rate.end_us)
-        ]
+        start = bucket_floor(rate.start_us, W)
+        if res.next_open_us is None or (not res.closed and start < res.next_open_us):
+            res.next_open_us = start  # nothing closed yet: its buckets close in order
+            return []
+        # buckets already closed (or passed over) that the rate covers are priced again
+        end = (
+            res.next_open_us
+            if rate.end_us is None
+            else min(bucket_ceil(rate.end_us, W), res.next_open_us)
+        )
+        horizon = self._horizon(self.settings.billing_horizon_seconds)
+        first = start if horizon is None else max(start, bucket_floor(horizon, W))
         return self._recompute(
-            rate.resource_id, touched, "reconciliation", f"rate:{rate_key(rate)}"
+            rate.resource_id, list(range(first, end, W)), "reconciliation", f"rate:{rate_key(rate)}"
         )
 
     def add_bill(self, bill: Bill) -> list[ClosedBucket]:
@@ -129,10 +147,26 @@ class Book:
         if bill.line_id in res.bills or bill.end_us <= bill.start_us:
             return []
         res.bills[bill.line_id] = bill
+        self._new_inputs.append(
+            (
+                bill.resource_id,
+                "bill",
+                bill.line_id,
+                {
+                    "start": bill.start_us,
+                    "end": bill.end_us,
+                    "cost": str(bill.cost),
+                    "currency": bill.currency,
+                },
+            )
+        )
         if not res.known or res.next_open_us is None:
             return []
         W = self.settings.bucket_us
         first = bucket_floor(bill.start_us, W)
+        if not res.closed and first < res.next_open_us:
+            res.next_open_us = first  # nothing closed yet: its buckets close in order
+            return []
         end = min(bucket_ceil(bill.end_us, W), res.next_open_us)
         horizon = self._horizon(self.settings.billing_horizon_seconds)
         touched = [b for b in range(first, end, W) if horizon is None or b >= horizon]
@@ -317,19 +351,46 @@ class Book:
                 del res.closed[b]
 
     # -- durability -----------------------------------------------------------------------
-    def take_dirty(self) -> list[tuple[str, int, dict[str, Any]]]:
-        """Closed buckets created or changed since the last call, as plain data."""
-        out = []
+    def take_dirty(self) -> list[tuple[str, str, str, dict[str, Any]]]:
+        """What changed since the last call, as ``(resource_id, kind, key, data)``.
+
+        ``kind`` is ``rate``, ``bill`` or ``bucket`` (a closed bucket); :meth:`restore` takes
+        the same tuples back. Storing them makes the Book survive a restart.
+        """
+        out = list(self._new_inputs)
+        self._new_inputs.clear()
         for resource_id, b in sorted(self._dirty):
             state = self._resources[resource_id].closed.get(b)
             if state is not None:
-                out.append((resource_id, b, state.to_data()))
+                out.append((resource_id, "bucket", str(b), state.to_data()))
         self._dirty.clear()
         return out
 
-    def restore(self, resource_id: str, bucket_start_us: int, data: dict[str, Any]) -> None:
-        """Put back a closed bucket exported by :meth:`take_dirty` (at start-up)."""
+    def restore(self, resource_id: str, kind: str, key: str, data: dict[str, Any]) -> None:
+        """Put back what :meth:`take_dirty` exported (at start-up: inputs before buckets)."""
         res = self._resources[resource_id]
+        if kind == "rate":
+            rate = Rate(
+                resource_id,
+                int(data["start"]),
+                data["end"],
+                Decimal(data["price"]),
+                data["currency"],
+            )
+            if rate not in res.rates:
+                res.rates.append(rate)
+            return
+        if kind == "bill":
+            res.bills[key] = Bill(
+                key,
+                resource_id,
+                int(data["start"]),
+                int(data["end"]),
+                Decimal(data["cost"]),
+                data["currency"],
+            )
+            return
+        bucket_start_us = int(key)
         res.closed[bucket_start_us] = Closed.from_data(data)
         W = self.settings.bucket_us
         nxt = bucket_start_us + W

@@ -7,9 +7,11 @@ from typing import Any
 
 import faust
 
+from services.attribution import state
 from services.attribution.processor import AttributionProcessor, Output
+from services.ledger.db import make_engine
 from services.runtime import logs
-from services.runtime.config import ALLOCATIONS, EVENTS, RATES, Settings
+from services.runtime.config import ALLOCATIONS, BILLING, EVENTS, RATES, Settings
 from services.runtime.faustapp import make_app
 from services.runtime.kafka import publish_end_markers
 
@@ -20,11 +22,18 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
     """The app, and an event set once a bounded run (``run_id``) has published everything."""
     app = make_app(settings, "inferledger-attribution")
     proc = AttributionProcessor(settings, run_id)
+    if not settings.database_url:
+        raise ValueError("database_url is not resolved")
+    db = make_engine(settings.database_url)
+    restored = state.load(db, proc.book)  # before any message: the Book as it was stored
+    log.info("attribution state restored", items=restored)
     events_name, rates_name = settings.topic(EVENTS), settings.topic(RATES)
+    billing_name = settings.topic(BILLING)
     alloc_name = settings.topic(ALLOCATIONS)
     events_topic = app.topic(events_name)
     # no offsets are committed for rates: every start re-reads the (compacted) rates topic
     rates_topic = app.topic(rates_name, acks=False)
+    billing_topic = app.topic(billing_name, acks=False)
     done = asyncio.Event()
     lock = asyncio.Lock()
 
@@ -43,6 +52,8 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
         ]
         if futures:
             await asyncio.gather(*futures)
+        if out.state:
+            await asyncio.to_thread(state.save, db, out.state)
         for token in out.release:  # only now may Kafka commit past these messages
             token.ack()
 
@@ -51,7 +62,7 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
             parts = assigned(events_name)
             if not parts:
                 return
-            out = proc.step(parts, assigned(rates_name))
+            out = proc.step(parts, assigned(rates_name), assigned(billing_name))
             await publish(out)
             if out.finished and run_id is not None and not done.is_set():
                 await asyncio.to_thread(publish_end_markers, settings, [alloc_name], run_id)
@@ -72,6 +83,13 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
         async for batch in stream.take_events(settings.take_max, settings.take_within_seconds):
             for event in batch:
                 proc.on_rate(event.value, event.message.partition, event.message.offset)
+            await step()
+
+    @app.agent(billing_topic)
+    async def billing(stream: Any) -> None:
+        async for batch in stream.take_events(settings.take_max, settings.take_within_seconds):
+            for event in batch:
+                proc.on_billing(event.value, event.message.partition, event.message.offset)
             await step()
 
     progress = logs.Progress("inferledger.attribution", proc.counters)

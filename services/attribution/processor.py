@@ -15,6 +15,7 @@ from typing import Any
 
 from services.accounting import (
     Added,
+    Bill,
     Book,
     ClosedBucket,
     Entry,
@@ -25,12 +26,14 @@ from services.accounting import (
     to_us,
 )
 from services.contracts import (
+    BillingLine,
     CostAllocation,
     DecodeError,
     EndOfInput,
     GpuRate,
     InferenceEvent,
     LedgerEntry,
+    decode_billing,
     decode_events,
     decode_rate,
     dumps,
@@ -84,17 +87,45 @@ def to_ledger_entry(e: Entry) -> LedgerEntry:
         busy_seconds=e.busy_seconds,
         amount=e.amount,
         currency=e.currency,
+        billing_line_ids=list(e.billing_line_ids),
     )
 
 
-def allocation_message(closed: ClosedBucket, bucket_seconds: int) -> bytes:
-    return dumps(
-        CostAllocation(
-            resource_id=closed.resource_id,
-            bucket_start=from_us(closed.bucket_start_us),
-            bucket_seconds=bucket_seconds,
-            entries=[to_ledger_entry(e) for e in closed.entries],
+COUNTED_PER_MESSAGE = 5000
+
+
+def allocation_messages(closed: ClosedBucket, bucket_seconds: int) -> list[bytes]:
+    """One message per bucket decision; the counted event ids spill into further messages
+    (with no entries) so that no message grows past Apache Kafka's default size limit."""
+    counted = closed.counted
+    chunks = [
+        counted[i : i + COUNTED_PER_MESSAGE] for i in range(0, len(counted), COUNTED_PER_MESSAGE)
+    ] or [[]]
+    return [
+        dumps(
+            CostAllocation(
+                resource_id=closed.resource_id,
+                bucket_start=from_us(closed.bucket_start_us),
+                bucket_seconds=bucket_seconds,
+                entries=[to_ledger_entry(e) for e in closed.entries] if n == 0 else [],
+                counted_events=chunk,
+            )
         )
+        for n, chunk in enumerate(chunks)
+    ]
+
+
+def to_bill(line: BillingLine, allocated: frozenset[str]) -> Bill | None:
+    """The billing line as the core sees it, or None when it is not allocated to tenants."""
+    if line.resource_id is None or line.charge_category.lower() not in allocated:
+        return None
+    return Bill(
+        line_id=line.line_id,
+        resource_id=line.resource_id,
+        start_us=to_us(line.period_start),
+        end_us=to_us(line.period_end),
+        cost=line.cost,
+        currency=line.currency,
     )
 
 
@@ -105,6 +136,7 @@ class Output:
     allocations: list[tuple[str, bytes]] = field(default_factory=list)
     dead_letters: list[tuple[str, bytes]] = field(default_factory=list)
     release: list[Any] = field(default_factory=list)
+    state: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
     finished: bool = False
 
 
@@ -117,6 +149,9 @@ class AttributionProcessor:
         self.run_id = run_id
         self.events_topic = settings.topic("inference-events")
         self.rates_topic = settings.topic("gpu-rates")
+        self.billing_topic = settings.topic("gpu-billing")
+        self.allocated = frozenset(c.lower() for c in settings.allocated_charge_categories)
+        self._changes: list[ClosedBucket] = []  # adjustments decided while reading input
         self.counters: Counter[str] = Counter()
         self._out = Output()
         self._held: list[tuple[int, int, Any]] = []  # (release when closed through, seq, token)
@@ -168,19 +203,20 @@ class AttributionProcessor:
         W = self.book.settings.bucket_us
         for event in decoded.events:
             req = to_request(event)
-            added = self.book.add_request(req)
+            added, changes = self.book.add_request(req)
             self.counters[f"events.{added.value}"] += 1
-            if added is Added.LATE:
+            self._changes.extend(changes)
+            if added is Added.TOO_LATE:
                 self._reject(
                     topic,
                     "too_late",
-                    "its bucket already closed (allowed lateness "
-                    f"{self.settings.allowed_lateness_seconds} s)",
+                    "its bucket is beyond the late horizon "
+                    f"({self.settings.late_horizon_seconds} s behind the watermark)",
                     event.model_dump(mode="json"),
                     partition,
                     offset,
                 )
-            elif added is Added.ACCEPTED:
+            elif added is not Added.DUPLICATE:
                 last = request_buckets(req, W)[-1] + W
                 hold_until = last if hold_until is None else max(hold_until, last)
         if hold_until is None:
@@ -198,7 +234,23 @@ class AttributionProcessor:
             self._on_marker(self.rates_topic, partition, msg)
             return
         self.counters["rates"] += 1
-        self.book.add_rate(to_rate(msg))
+        self._changes.extend(self.book.add_rate(to_rate(msg)))
+
+    def on_billing(self, raw: bytes, partition: int, offset: int) -> None:
+        try:
+            msg = decode_billing(raw)
+        except DecodeError as exc:
+            self._reject(self.billing_topic, exc.reason, exc.detail, raw, partition, offset)
+            return
+        if isinstance(msg, EndOfInput):
+            self._on_marker(self.billing_topic, partition, msg)
+            return
+        bill = to_bill(msg, self.allocated)
+        if bill is None:
+            self.counters["billing.unallocated"] += 1
+            return
+        self.counters["billing.allocated"] += 1
+        self._changes.extend(self.book.add_bill(bill))
 
     def _on_marker(self, topic: str, partition: int, marker: EndOfInput) -> None:
         if self.run_id is not None and marker.run_id == self.run_id:
@@ -208,15 +260,24 @@ class AttributionProcessor:
     def drained(self, topic: str, partitions: set[int]) -> bool:
         return all((topic, p) in self._markers for p in partitions)
 
-    def step(self, events_partitions: set[int], rates_partitions: set[int]) -> Output:
-        """Close what may close, and hand over everything to publish and release."""
+    def step(
+        self,
+        events_partitions: set[int],
+        rates_partitions: set[int],
+        billing_partitions: set[int] | None = None,
+    ) -> Output:
+        """Close what may close, and hand over everything to publish, persist and release."""
         bounded = self.run_id is not None
-        rates_ready = not bounded or self.drained(self.rates_topic, rates_partitions)
-        closed: list[ClosedBucket] = []
+        rates_ready = not bounded or (
+            self.drained(self.rates_topic, rates_partitions)
+            and self.drained(self.billing_topic, billing_partitions or set())
+        )
+        closed: list[ClosedBucket] = self._changes
+        self._changes = []
         if rates_ready and not self._flushed:
             wm = self.book.watermark_us()
             if wm is not None:
-                closed = self.book.advance(wm)
+                closed += self.book.advance(wm)
                 W_us = self.book.settings.bucket_us
                 self._closed_until = max(self._closed_until, (wm // W_us) * W_us)
             if bounded and self.drained(self.events_topic, events_partitions):
@@ -224,8 +285,10 @@ class AttributionProcessor:
                 self._flushed = True
         W = self.settings.bucket_seconds
         for c in closed:
-            self.counters["buckets.closed"] += 1
-            self._out.allocations.append((c.resource_id, allocation_message(c, W)))
+            self.counters["allocations"] += 1
+            for message in allocation_messages(c, W):
+                self._out.allocations.append((c.resource_id, message))
+        self._out.state = self.book.take_dirty()
         self._release_closed()
         out, self._out = self._out, Output()
         out.finished = self._flushed and not self._held

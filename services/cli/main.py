@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from services.runtime import logs
-from services.runtime.config import EVENTS, RATES, Settings, load_settings
+from services.runtime.config import BILLING, EVENTS, RATES, Settings, load_settings
 from services.runtime.stack import local_stack
 
 log = logs.get("inferledger")
@@ -95,6 +95,41 @@ def ingest_rates_cmd(ctx: click.Context, file: str, fmt: str) -> None:
     click.echo(json.dumps(summary.as_dict()))
 
 
+def input_topics(settings: Settings) -> list[str]:
+    return [settings.topic(EVENTS), settings.topic(RATES), settings.topic(BILLING)]
+
+
+@ingest.command("billing")
+@click.argument("file")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["focus", "jsonl"]),
+    default="focus",
+    show_default=True,
+    help="FOCUS 1.0+ CSV (or .csv.gz), or BillingLine JSONL",
+)
+@click.option(
+    "--cost-column",
+    type=click.Choice(["EffectiveCost", "BilledCost", "ListCost", "ContractedCost"]),
+    default="EffectiveCost",
+    show_default=True,
+    help="FOCUS cost column to use",
+)
+@click.pass_context
+def ingest_billing_cmd(ctx: click.Context, file: str, fmt: str, cost_column: str) -> None:
+    """Publish billing lines from a FOCUS export or JSONL FILE (- for stdin)."""
+    from services.ingest.files import ingest_billing, open_input
+    from services.runtime.kafka import ensure_topics
+
+    _warn_ephemeral(_settings(ctx))
+    with local_stack(_settings(ctx), need_database=False) as s:
+        ensure_topics(s)
+        with open_input(file) as stream:
+            summary = ingest_billing(s, stream, fmt, cost_column)
+    click.echo(json.dumps(summary, indent=2))
+
+
 def _run_one(settings: Settings, which: str, until_idle: bool, run_id: str | None) -> None:
     from services.runtime.faustapp import run_until
 
@@ -114,7 +149,7 @@ def run_processors(settings: Settings, until_idle: bool, progress: bool = True) 
     run_id = None
     if until_idle:
         run_id = uuid.uuid4().hex
-        publish_end_markers(settings, [settings.topic(EVENTS), settings.topic(RATES)], run_id)
+        publish_end_markers(settings, input_topics(settings), run_id)
     env = dict(os.environ)
     env["INFERLEDGER_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap or ""
     env["INFERLEDGER_DATABASE_URL"] = settings.database_url or ""
@@ -181,7 +216,7 @@ def _ledger_rows(settings: Settings) -> int:
 def run(ctx: click.Context, which: str, until_idle: bool, run_id: str | None) -> None:
     """Run processors: attribution, ledger (writer) or all."""
     settings = _settings(ctx)
-    need_db = which != "attribution"
+    need_db = True  # the attribution processor keeps its durable state in Postgres too
     with local_stack(settings, need_database=need_db) as s:
         if which == "all":
             if need_db:
@@ -201,7 +236,7 @@ def run(ctx: click.Context, which: str, until_idle: bool, run_id: str | None) ->
 
             ensure_topics(s)
             run_id = uuid.uuid4().hex
-            publish_end_markers(s, [s.topic(EVENTS), s.topic(RATES)], run_id)
+            publish_end_markers(s, input_topics(s), run_id)
         _run_one(s, which, until_idle, run_id)
 
 
@@ -221,6 +256,31 @@ def report(ctx: click.Context, tenant: str | None, since: Any, until: Any, fmt: 
         engine = make_engine(s.database_url)
         rows = cost_per_completion(engine, tenant, _day(since), _day(until))
         click.echo(render(rows, fmt, "cost per completion"), nl=False)
+
+
+@cli.command()
+@click.pass_context
+def audit(ctx: click.Context) -> None:
+    """Check the ledger's invariants; exits non-zero with a report when one fails."""
+    from services.ledger.audit import run_audit
+    from services.ledger.db import make_engine
+
+    settings = _settings(ctx)
+    with local_stack(settings, need_broker=False) as s:
+        assert s.database_url
+        engine = make_engine(s.database_url)
+        checks = run_audit(engine, s.accounting(), s.allocated_charge_categories)
+        engine.dispose()
+    for c in checks:
+        click.echo(f"[{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
+        for p in c.problems[:20]:
+            click.echo(f"       - {p}")
+        if len(c.problems) > 20:
+            click.echo(f"       ... and {len(c.problems) - 20} more")
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise SystemExit(1)
+    click.echo("audit passed")
 
 
 def _day(value: Any) -> date | None:

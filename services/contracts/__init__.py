@@ -14,6 +14,7 @@ from services.contracts.models import (
 from services.contracts.wire import (
     DecodeError,
     decode_allocation,
+    decode_billing,
     decode_events,
     decode_rate,
     dumps,
@@ -31,6 +32,7 @@ __all__ = [
     "InferenceEventBatch",
     "LedgerEntry",
     "decode_allocation",
+    "decode_billing",
     "decode_events",
     "decode_rate",
     "dumps",

@@ -213,6 +213,10 @@ class CostAllocation(_Contract):
     bucket_start: Timestamp
     bucket_seconds: int = Field(gt=0)
     entries: list[LedgerEntry]
+    counted_events: list[tuple[Id, Literal["ok", "error", "cancelled"]]] = Field(
+        default_factory=list,
+        description="(event_id, status) of the requests these entries count for the first time",
+    )
 
 
 class BudgetAlert(_Contract):

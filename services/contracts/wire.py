@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from services.contracts.models import (
+    BillingLine,
     CostAllocation,
     EndOfInput,
     GpuRate,
@@ -22,6 +23,7 @@ _EVENT = "inferledger.inference_event.v1"
 _BATCH = "inferledger.inference_event_batch.v1"
 _RATE = "inferledger.gpu_rate.v1"
 _ALLOCATION = "inferledger.cost_allocation.v1"
+_BILLING = "inferledger.billing_line.v1"
 _EOI = "inferledger.control.end_of_input.v1"
 
 
@@ -152,3 +154,13 @@ def decode_allocation(raw: bytes | str) -> CostAllocation | EndOfInput:
     if kind == _EOI:
         return _validate(EndOfInput, obj, "invalid_control")
     raise DecodeError("unknown_type", f"unknown message type {kind!r} on cost-allocations")
+
+
+def decode_billing(raw: bytes | str) -> BillingLine | EndOfInput:
+    obj = load_json(raw)
+    kind = _type_of(obj, _BILLING)
+    if kind == _BILLING:
+        return _validate(BillingLine, obj, "invalid_billing_line")
+    if kind == _EOI:
+        return _validate(EndOfInput, obj, "invalid_control")
+    raise DecodeError("unknown_type", f"unknown message type {kind!r} on gpu-billing")

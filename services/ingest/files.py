@@ -14,9 +14,9 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
-from services.contracts import GpuRate, InferenceEvent, dumps
+from services.contracts import BillingLine, GpuRate, InferenceEvent, dumps
 from services.contracts.wire import DecodeError, decode_events, load_json
-from services.runtime.config import EVENTS, RATES, Settings
+from services.runtime.config import BILLING, EVENTS, RATES, Settings
 from services.runtime.kafka import dead_letter, make_producer
 
 
@@ -177,3 +177,59 @@ def ingest_rates(
     finally:
         producer.close(10)
     return summary
+
+
+def ingest_billing(
+    settings: Settings,
+    stream: IO[bytes],
+    fmt: str = "focus",
+    cost_column: str = "EffectiveCost",
+    source: str = "ingest",
+) -> dict[str, Any]:
+    """Publish billing lines (FOCUS CSV/gzip, or JSONL ``BillingLine``s) to ``gpu-billing``."""
+    from services.ingest.focus import FocusSummary, read_focus, summarize
+
+    topic = settings.topic(BILLING)
+    producer = make_producer(settings, compression_type="gzip")
+    summary = FocusSummary(cost_column)
+    try:
+        if fmt == "focus":
+            records: Iterable[tuple[int, Any, Any]] = read_focus(stream, cost_column)
+        else:
+            records = _billing_jsonl(stream)
+        for n, raw, line in records:
+            summary.rows += 1
+            if isinstance(line, str):
+                summary.skipped[line.split(":")[0]] += 1
+                if len(summary.examples) < 10:
+                    summary.examples.append(f"line {n}: skipped, {line}")
+                producer.send(
+                    f"{topic}.dlq",
+                    dead_letter(
+                        topic,
+                        "invalid_billing_line",
+                        f"line {n}: {line}",
+                        raw,
+                        settings.dlq_payload_limit,
+                        source=source,
+                    ),
+                )
+                continue
+            summarize(summary, n, raw if isinstance(raw, dict) else {}, line)
+            producer.send(topic, key=line.resource_id or "unallocated", value=dumps(line))
+            summary.published += 1
+        producer.flush(60)
+    finally:
+        producer.close(10)
+    return summary.as_dict()
+
+
+def _billing_jsonl(stream: IO[bytes]) -> Iterator[tuple[int, Any, BillingLine | str]]:
+    for n, line in _lines(stream):
+        try:
+            obj = load_json(line)
+            yield n, obj, BillingLine.model_validate(obj)
+        except DecodeError as exc:
+            yield n, line.decode("utf-8", "replace"), f"invalid row: {exc}"
+        except ValidationError as exc:
+            yield n, line.decode("utf-8", "replace"), f"invalid row: {str(exc).splitlines()[0]}"

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, select
+from sqlalchemy import Connection, Engine, create_engine, select
 from sqlalchemy.dialects.postgresql import insert
 
 from services.contracts import GpuRate, LedgerEntry
-from services.ledger.schema import consumer_offsets, gpu_rates, ledger_entries, resources
+from services.ledger.schema import (
+    billing_lines,
+    consumer_offsets,
+    counted_events,
+    gpu_rates,
+    ledger_entries,
+    resources,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +43,7 @@ def migrate(url: str, revision: str = "head") -> None:
 
 def entry_row(e: LedgerEntry) -> dict[str, Any]:
     row = e.model_dump()
+    row["row_hash"] = row_hash(row)
     return row
 
 
@@ -55,60 +64,61 @@ def rate_row(r: GpuRate) -> dict[str, Any]:
     return row
 
 
-def write_batch(
-    engine: Engine,
-    group: str,
-    entries: Sequence[LedgerEntry],
-    rates: Sequence[GpuRate],
-    offsets: dict[tuple[str, int], int],
-) -> int:
-    """Insert entries and rates idempotently and store the consumed offsets, in one transaction.
+def row_hash(row: dict[str, Any]) -> str:
+    """SHA-256 of an entry's identity, money and counts; ``inferledger audit`` recomputes it in
+    SQL (same text form: epoch seconds, amount with 12 decimals) to prove no row changed."""
+    amount = Decimal(row["amount"]).quantize(Decimal("1e-12"))
+    parts = [
+        row["entry_id"],
+        row["entry_kind"],
+        row["cost_basis"],
+        row["tenant_id"] or "",
+        row["model"] or "",
+        row["resource_id"],
+        str(int(row["bucket_start"].timestamp())),
+        str(row["bucket_seconds"]),
+        str(row["completions"]),
+        str(row["failed_requests"]),
+        str(row["prompt_tokens"]),
+        str(row["cached_prompt_tokens"]),
+        str(row["completion_tokens"]),
+        "0.000000000000" if amount == 0 else format(amount, "f"),
+        row["currency"],
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
-    Returns how many ledger rows were new.
+
+def write_batch(engine: Engine, group: str, batch: Any) -> int:
+    """Insert a batch idempotently and store the consumed offsets, in one transaction.
+
+    ``batch`` has ``entries``, ``rates``, ``bills``, ``counted`` and ``offsets``. Returns how
+    many ledger rows were new.
     """
     written = 0
     with engine.begin() as conn:
-        if entries:
-            rows = [entry_row(e) for e in entries]
+        if batch.entries:
+            rows = [entry_row(e) for e in batch.entries]
             stmt = insert(ledger_entries).on_conflict_do_nothing(index_elements=["entry_id"])
             for chunk in _chunks(rows, 5000):
-                written += len(conn.execute(stmt.returning(ledger_entries.c.entry_id), chunk).all())
-        if rates:
-            rrows = [rate_row(r) for r in rates]
-            conn.execute(
-                insert(gpu_rates).on_conflict_do_nothing(index_elements=["rate_id"]), rrows
-            )
-            res_rows = list(
-                {
-                    r["resource_id"]: {
-                        k: r[k]
-                        for k in (
-                            "resource_id",
-                            "provider",
-                            "instance_type",
-                            "gpu_model",
-                            "gpu_count",
-                            "region",
-                        )
-                    }
-                    for r in rrows
-                }.values()
-            )
-            ins = insert(resources)
-            conn.execute(
-                ins.on_conflict_do_update(
-                    index_elements=["resource_id"],
-                    set_={
-                        k: ins.excluded[k]
-                        for k in ("provider", "instance_type", "gpu_model", "gpu_count", "region")
-                    },
-                ),
-                res_rows,
-            )
-        if offsets:
+                result = conn.execute(stmt.returning(ledger_entries.c.entry_id), chunk)
+                written += len(result.all())
+        if batch.counted:
+            crows = [
+                {"event_id": e, "resource_id": r, "bucket_start": b, "status": s}
+                for e, r, b, s in batch.counted
+            ]
+            stmt = insert(counted_events).on_conflict_do_nothing()
+            for chunk in _chunks(crows, 5000):
+                conn.execute(stmt, chunk)
+        if batch.bills:
+            brows = [b.model_dump(exclude={"type"}) for b in batch.bills]
+            conn.execute(insert(billing_lines).on_conflict_do_nothing(), brows)
+        if batch.rates:
+            _write_rates(conn, batch.rates)
+        if batch.offsets:
             orows = [
                 {"consumer_group": group, "topic": t, "partition": p, "next_offset": o}
-                for (t, p), o in sorted(offsets.items())
+                for (t, p), o in sorted(batch.offsets.items())
             ]
             ins = insert(consumer_offsets)
             conn.execute(
@@ -122,6 +132,25 @@ def write_batch(
                 orows,
             )
     return written
+
+
+def _write_rates(conn: Connection, rates: Sequence[GpuRate]) -> None:
+    rrows = [rate_row(r) for r in rates]
+    conn.execute(insert(gpu_rates).on_conflict_do_nothing(index_elements=["rate_id"]), rrows)
+    fields = ("provider", "instance_type", "gpu_model", "gpu_count", "region")
+    res_rows = list(
+        {
+            r["resource_id"]: {"resource_id": r["resource_id"], **{k: r[k] for k in fields}}
+            for r in rrows
+        }.values()
+    )
+    ins = insert(resources)
+    conn.execute(
+        ins.on_conflict_do_update(
+            index_elements=["resource_id"], set_={k: ins.excluded[k] for k in fields}
+        ),
+        res_rows,
+    )
 
 
 def stored_offsets(engine: Engine, group: str) -> dict[tuple[str, int], int]:

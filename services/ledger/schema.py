@@ -18,7 +18,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = MetaData(
     naming_convention={
@@ -53,6 +53,7 @@ ledger_entries = Table(
     Column("currency", String(3), nullable=False),
     Column("billing_line_ids", ARRAY(Text), nullable=False, server_default=text("'{}'")),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("row_hash", String(64), nullable=False, server_default=text("''")),
     CheckConstraint(
         "entry_kind IN ('usage', 'idle', 'late_adjustment', 'reconciliation')", name="entry_kind"
     ),
@@ -101,4 +102,44 @@ consumer_offsets = Table(
     Column("partition", Integer, primary_key=True),
     Column("next_offset", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+billing_lines = Table(
+    "billing_lines",
+    metadata,
+    Column("line_id", String(128), primary_key=True),
+    Column("resource_id", Text),
+    Column("period_start", DateTime(timezone=True), nullable=False),
+    Column("period_end", DateTime(timezone=True), nullable=False),
+    Column("cost", AMOUNT, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("charge_category", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("provider", Text),
+    Column("sku", Text),
+    Column("pricing_category", Text),
+    Column("description", Text),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_billing_lines_resource_period", "resource_id", "period_start"),
+)
+
+counted_events = Table(
+    "counted_events",
+    metadata,
+    Column("event_id", String(128), primary_key=True),
+    Column("resource_id", Text, primary_key=True),
+    Column("bucket_start", DateTime(timezone=True), primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+attribution_state = Table(
+    "attribution_state",
+    metadata,
+    Column("resource_id", Text, primary_key=True),
+    Column("kind", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("data", JSONB, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("kind IN ('bucket', 'rate', 'bill')", name="kind"),
 )

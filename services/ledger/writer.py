@@ -5,22 +5,25 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import faust
 from sqlalchemy import Engine
 
 from services.contracts import (
+    BillingLine,
     DecodeError,
     EndOfInput,
     GpuRate,
     LedgerEntry,
     decode_allocation,
+    decode_billing,
     decode_rate,
 )
 from services.ledger.db import make_engine, stored_offsets, write_batch
 from services.runtime import logs
-from services.runtime.config import ALLOCATIONS, RATES, Settings
+from services.runtime.config import ALLOCATIONS, BILLING, RATES, Settings
 from services.runtime.faustapp import make_app
 from services.runtime.kafka import dead_letter
 
@@ -32,6 +35,8 @@ GROUP = "inferledger-ledger"
 class Batch:
     entries: list[LedgerEntry] = field(default_factory=list)
     rates: list[GpuRate] = field(default_factory=list)
+    bills: list[BillingLine] = field(default_factory=list)
+    counted: list[tuple[str, str, datetime, str]] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     dead_letters: list[tuple[str, bytes]] = field(default_factory=list)
     markers: list[tuple[str, int, str]] = field(default_factory=list)
@@ -44,6 +49,7 @@ class LedgerDecoder:
         self.settings = settings
         self.alloc_topic = settings.topic(ALLOCATIONS)
         self.rates_topic = settings.topic(RATES)
+        self.billing_topic = settings.topic(BILLING)
         self.counters: Counter[str] = Counter()
 
     def decode(self, messages: list[tuple[str, int, int, bytes]]) -> Batch:
@@ -51,11 +57,17 @@ class LedgerDecoder:
         for topic, partition, offset, raw in messages:
             batch.offsets[(topic, partition)] = offset + 1
             try:
-                msg = decode_allocation(raw) if topic == self.alloc_topic else decode_rate(raw)
+                msg: Any
+                if topic == self.alloc_topic:
+                    msg = decode_allocation(raw)
+                elif topic == self.billing_topic:
+                    msg = decode_billing(raw)
+                else:
+                    msg = decode_rate(raw)
             except DecodeError as exc:
                 if topic != self.alloc_topic:
-                    # the attribution processor owns the gpu-rates dead letters; count only
-                    self.counters[f"rates.rejected.{exc.reason}"] += 1
+                    # the attribution processor owns the input dead letters; count only
+                    self.counters[f"input.rejected.{exc.reason}"] += 1
                     continue
                 self.counters[f"dlq.{exc.reason}"] += 1
                 batch.dead_letters.append(
@@ -78,8 +90,14 @@ class LedgerDecoder:
                 batch.markers.append((topic, partition, msg.run_id))
             elif isinstance(msg, GpuRate):
                 batch.rates.append(msg)
+            elif isinstance(msg, BillingLine):
+                batch.bills.append(msg)
             else:
                 batch.entries.extend(msg.entries)
+                batch.counted.extend(
+                    (eid, msg.resource_id, msg.bucket_start, status)
+                    for eid, status in msg.counted_events
+                )
         return batch
 
 
@@ -92,6 +110,7 @@ def build(
     db = engine or make_engine(settings.database_url)
     decoder = LedgerDecoder(settings)
     alloc_name, rates_name = settings.topic(ALLOCATIONS), settings.topic(RATES)
+    billing_name = settings.topic(BILLING)
     done = asyncio.Event()
     seen_markers: set[tuple[str, int]] = set()
     counters = decoder.counters
@@ -104,11 +123,12 @@ def build(
             return
         needed = {(alloc_name, p) for p in assigned(alloc_name)}
         needed |= {(rates_name, p) for p in assigned(rates_name)}
+        needed |= {(billing_name, p) for p in assigned(billing_name)}
         if needed and needed <= seen_markers:
             log.info("ledger writer finished", **dict(counters))
             done.set()
 
-    @app.agent(app.topic(alloc_name, rates_name))
+    @app.agent(app.topic(alloc_name, rates_name, billing_name))
     async def write(stream: Any) -> None:
         async for events in stream.take_events(settings.take_max, settings.take_within_seconds):
             batch = decoder.decode(
@@ -116,12 +136,12 @@ def build(
             )
             for topic, value in batch.dead_letters:
                 await app.producer.send_and_wait(topic, None, value, None, None, None)
-            new = await asyncio.to_thread(
-                write_batch, db, GROUP, batch.entries, batch.rates, batch.offsets
-            )
+            new = await asyncio.to_thread(write_batch, db, GROUP, batch)
             counters["entries.received"] += len(batch.entries)
             counters["entries.written"] += new
             counters["rates"] += len(batch.rates)
+            counters["billing_lines"] += len(batch.bills)
+            counters["counted_events"] += len(batch.counted)
             for topic, partition, marker_run in batch.markers:
                 if marker_run == run_id:
                     seen_markers.add((topic, partition))

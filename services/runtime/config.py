@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     bucket_seconds: int = Field(default=60, gt=0)
     allowed_lateness_seconds: int = Field(default=120, ge=0)
     default_currency: str = "USD"
+    late_horizon_seconds: int = Field(default=7 * 86_400, ge=0)
+    billing_horizon_seconds: int = Field(default=62 * 86_400, ge=0)
+    allocated_charge_categories: list[str] = Field(
+        default_factory=lambda: ["usage", "credit", "adjustment"],
+        description="billing charge categories allocated to tenants (others stay unallocated)",
+    )
     token_weights: dict[str, dict[str, Decimal]] = Field(
         default_factory=dict,
         description='per-model weights, JSON: {"llama-70b": {"prompt": "1", "cached": "0.1", '
@@ -70,6 +76,8 @@ class Settings(BaseSettings):
             default_weights=default,
             model_weights=weights,
             default_currency=self.default_currency,
+            late_horizon_seconds=self.late_horizon_seconds,
+            billing_horizon_seconds=self.billing_horizon_seconds,
         )
 
 

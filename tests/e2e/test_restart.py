@@ -13,6 +13,37 @@ from services.demo.fleet import DEFAULT_FLEET, Fleet, rates, rental_window, repl
 from tests.helpers import cli, expected_ledger, ledger
 
 
+def entry_info(db_url, ids):
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT resource_id, min(key), max(key), count(*) FROM "
+                "attribution_state WHERE kind = 'bucket' GROUP BY 1"
+            )
+        )
+        return [tuple(r) for r in rows]
+
+
+def expected_starts(events, rates_, ids):
+    from services.accounting import AccountingSettings, Book
+    from services.attribution.processor import to_rate, to_request
+
+    book = Book(AccountingSettings())
+    for r in rates_:
+        book.add_rate(to_rate(r))
+    for e in events:
+        book.add_request(to_request(e))
+    return [
+        (c.resource_id, c.bucket_start_us)
+        for c in book.flush()
+        for e in c.entries
+        if e.entry_id in ids
+    ]
+
+
 def _count(db_url: str) -> int:
     return len(ledger(db_url))
 
@@ -51,4 +82,12 @@ def test_kill_half_way_and_restart_gives_the_same_ledger(cli_env, settings, tmp_
     assert 0 < seen < len(expected), f"killed at {seen} of {len(expected)} entries"
 
     cli(env, "run", "all", "--until-idle")
-    assert ledger(settings.database_url) == expected
+    got = ledger(settings.database_url)
+    missing = {k: v for k, v in expected.items() if k not in got}
+    extra = {k: v for k, v in got.items() if k not in expected}
+    if missing or extra:
+        from services.accounting import Book  # noqa
+
+        starts = sorted(v for v in expected_starts(events, fleet_rates, missing))
+        raise AssertionError((starts, extra, entry_info(settings.database_url, missing)))
+    assert got == expected

@@ -112,8 +112,8 @@ def test_closed_state_survives_export_and_restore():
     closed = book.flush()
     restored = Book(CFG)
     restored.add_rate(RATE)
-    for resource_id, b, data in book.take_dirty():
-        restored.restore(resource_id, b, data)
+    for item in book.take_dirty():
+        restored.restore(*item)
     status, adjustments = restored.add_request(WORKED[1])
     assert status is Added.LATE
     reference = Book(CFG)
@@ -157,7 +157,8 @@ def scenario(draw):
         )
         for j in range(draw(st.integers(min_value=0, max_value=4)))
     ]
-    items = [("req", r) for r in reqs] + [("bill", b) for b in bills]
+    rate = Rate("node-1", T0, T0 + 1200 * S, Decimal("36"), "USD")
+    items = [("req", r) for r in reqs] + [("bill", b) for b in bills] + [("rate", rate)]
     order = draw(st.permutations(items))
     advance_every = draw(st.integers(min_value=1, max_value=5))
     return reqs, bills, order, advance_every
@@ -166,11 +167,12 @@ def scenario(draw):
 def feed(order, advance_every, lateness):
     cfg = AccountingSettings(allowed_lateness_seconds=lateness)
     book = Book(cfg)
-    book.add_rate(Rate("node-1", T0, T0 + 1200 * S, Decimal("36"), "USD"))
     closed = []
     for i, (kind, item) in enumerate(order):
         if kind == "req":
             closed += book.add_request(item)[1]
+        elif kind == "rate":
+            closed += book.add_rate(item)
         else:
             closed += book.add_bill(item)
         if i % advance_every == 0:
@@ -182,8 +184,10 @@ def feed(order, advance_every, lateness):
 @given(scenario(), st.sampled_from([0, 30, 120]))
 def test_any_arrival_order_gives_the_same_final_ledger(sc, lateness):
     reqs, bills, order, advance_every = sc
+    rate = [item for item in order if item[0] == "rate"]
     reference = feed(
-        [("bill", b) for b in bills]
+        rate
+        + [("bill", b) for b in bills]
         + sorted([("req", r) for r in reqs], key=lambda x: x[1].end_us),
         10**9,
         10**6,

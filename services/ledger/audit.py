@@ -1,0 +1,212 @@
+"""``inferledger audit``: the ledger's invariants, checked against what was ingested.
+
+Every check reads Postgres only and recomputes independently of the processors' state: the
+current cost of each bucket from ``gpu_rates`` and ``billing_lines`` with the core arithmetic,
+counted events from ``counted_events``, row hashes in SQL.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from sqlalchemy import Connection, Engine, text
+
+from services.accounting import AccountingSettings, Bill, Rate, to_us
+from services.accounting.arithmetic import bucket_cost
+
+ROW_HASH_SQL = """
+encode(sha256(convert_to(concat_ws('|', entry_id, entry_kind, cost_basis,
+    coalesce(tenant_id, ''), coalesce(model, ''), resource_id,
+    extract(epoch FROM bucket_start)::bigint::text, bucket_seconds::text, completions::text,
+    failed_requests::text, prompt_tokens::text, cached_prompt_tokens::text,
+    completion_tokens::text, (amount::numeric(38, 12))::text, currency), 'UTF8')), 'hex')
+"""
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    problems: list[str] = field(default_factory=list)
+
+
+def run_audit(
+    engine: Engine, settings: AccountingSettings, allocated_categories: list[str]
+) -> list[Check]:
+    with engine.connect() as conn:
+        return [
+            _bucket_costs(conn, settings, [c.lower() for c in allocated_categories]),
+            _billed_lines_reflected(conn, [c.lower() for c in allocated_categories]),
+            _no_event_twice(conn),
+            _completions(conn),
+            _rows_unchanged(conn),
+        ]
+
+
+def _bucket_costs(conn: Connection, settings: AccountingSettings, allocated: list[str]) -> Check:
+    rates: dict[str, list[Rate]] = defaultdict(list)
+    for r in conn.execute(
+        text(
+            "SELECT DISTINCT resource_id, effective_from, effective_to, price_per_hour, currency "
+            "FROM gpu_rates"
+        )
+    ):
+        rates[r.resource_id].append(
+            Rate(
+                r.resource_id,
+                to_us(r.effective_from),
+                None if r.effective_to is None else to_us(r.effective_to),
+                r.price_per_hour,
+                r.currency,
+            )
+        )
+    bills: dict[str, list[Bill]] = defaultdict(list)
+    for b in conn.execute(
+        text(
+            "SELECT line_id, resource_id, period_start, period_end, cost, currency FROM "
+            "billing_lines WHERE resource_id IS NOT NULL AND charge_category = ANY(:cats)"
+        ),
+        {"cats": allocated},
+    ):
+        bills[b.resource_id].append(
+            Bill(
+                b.line_id,
+                b.resource_id,
+                to_us(b.period_start),
+                to_us(b.period_end),
+                b.cost,
+                b.currency,
+            )
+        )
+    rows = conn.execute(
+        text(
+            "SELECT resource_id, bucket_start, bucket_seconds, currency, sum(amount) AS amount, "
+            "bool_or(cost_basis = 'billed') AS billed FROM ledger_entries "
+            "GROUP BY resource_id, bucket_start, bucket_seconds, currency"
+        )
+    )
+    problems = []
+    totals: dict[tuple[str, int, int], dict[str, Decimal]] = defaultdict(dict)
+    for r in rows:
+        totals[(r.resource_id, to_us(r.bucket_start), r.bucket_seconds)][r.currency] = r.amount
+    billed = 0
+    for (resource, b0, width), amounts in sorted(totals.items()):
+        b1 = b0 + width * 1_000_000
+        res_bills = [x for x in bills.get(resource, []) if x.start_us < b1 and x.end_us > b0]
+        cost = bucket_cost(rates.get(resource, []), res_bills, b0, b1, settings.default_currency)
+        billed += cost.basis == "billed"
+        want = {c: a for c, a in cost.amounts.items() if a != 0}
+        got = {c: a for c, a in amounts.items() if a != 0}
+        if want != got:
+            problems.append(f"{resource} bucket {b0 // 1_000_000}: ledger {got}, cost {want}")
+    return Check(
+        "bucket entries sum to the bucket's current cost",
+        not problems,
+        f"{len(totals)} buckets checked, {billed} of them billed",
+        problems,
+    )
+
+
+def _billed_lines_reflected(conn: Connection, allocated: list[str]) -> Check:
+    rows = conn.execute(
+        text("""
+        SELECT b.line_id, b.resource_id, b.cost,
+               (SELECT count(*) FROM ledger_entries e
+                 WHERE e.resource_id = b.resource_id AND b.line_id = ANY(e.billing_line_ids))
+                 AS entries
+        FROM billing_lines b
+        WHERE b.resource_id IN (SELECT DISTINCT resource_id FROM ledger_entries)
+          AND b.charge_category = ANY(:cats) AND b.period_end > b.period_start
+    """),
+        {"cats": allocated},
+    ).all()
+    missing = [
+        f"line {r.line_id} of {r.resource_id} ({r.cost}) is in no ledger entry"
+        for r in rows
+        if r.entries == 0
+    ]
+    return Check(
+        "billed lines of GPU resources are reconciled into the ledger",
+        not missing,
+        f"{len(rows)} allocated lines of GPU resources",
+        missing,
+    )
+
+
+def _no_event_twice(conn: Connection) -> Check:
+    rows = conn.execute(
+        text(
+            "SELECT event_id, count(*) AS n FROM counted_events "
+            "GROUP BY event_id HAVING count(*) > 1"
+        )
+    ).all()
+    total = conn.execute(text("SELECT count(*) FROM counted_events")).scalar_one()
+    return Check(
+        "no event_id is counted twice",
+        not rows,
+        f"{total} counted events",
+        [f"{r.event_id} counted {r.n} times" for r in rows[:50]],
+    )
+
+
+def _completions(conn: Connection) -> Check:
+    ledger = conn.execute(
+        text(
+            "SELECT coalesce(sum(completions), 0), coalesce(sum(failed_requests), 0) "
+            "FROM ledger_entries"
+        )
+    ).one()
+    events = conn.execute(
+        text(
+            "SELECT count(DISTINCT event_id) FILTER (WHERE status = 'ok'), "
+            "count(DISTINCT event_id) FILTER (WHERE status <> 'ok') FROM counted_events"
+        )
+    ).one()
+    ok = tuple(ledger) == tuple(events)
+    detail = (
+        f"ledger: {ledger[0]} completions, {ledger[1]} failed; distinct events: "
+        f"{events[0]} ok, {events[1]} not ok"
+    )
+    return Check(
+        "completions in the ledger equal distinct ok events", ok, detail, [] if ok else [detail]
+    )
+
+
+def _rows_unchanged(conn: Connection) -> Check:
+    triggers = (
+        conn.execute(
+            text(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = 'ledger_entries'::regclass "
+                "AND NOT tgisinternal AND tgenabled <> 'D'"
+            )
+        )
+        .scalars()
+        .all()
+    )
+    problems = [
+        f"trigger {t} is missing or disabled"
+        for t in ("ledger_entries_no_update_delete", "ledger_entries_no_truncate")
+        if t not in triggers
+    ]
+    changed = (
+        conn.execute(
+            text(
+                "SELECT entry_id FROM ledger_entries "
+                f"WHERE row_hash <> '' AND row_hash <> {ROW_HASH_SQL}"
+            )
+        )
+        .scalars()
+        .all()
+    )
+    problems += [f"entry {e} differs from what was written" for e in changed[:50]]
+    unhashed = conn.execute(
+        text("SELECT count(*) FROM ledger_entries WHERE row_hash = ''")
+    ).scalar_one()
+    total = conn.execute(text("SELECT count(*) FROM ledger_entries")).scalar_one()
+    detail = f"{total} rows hashed and checked"
+    if unhashed:
+        detail += f" ({unhashed} written before row hashes existed)"
+    return Check("no row of ledger_entries was changed", not problems, detail, problems)
