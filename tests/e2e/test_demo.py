@@ -35,6 +35,7 @@ def test_demo_prints_the_table_and_writes_the_html_report(cli_env, settings, tmp
         ).one()
     engine.dispose()
     assert completions == sum(e.status == "ok" for e in events)
+    assert "audit passed" in cli(cli_env, "audit").stdout
     # the spare node was paid for and never used: its whole rental is idle cost
     start, end = rental_window(events)
     hours = Decimal((end - start).total_seconds()) / 3600

@@ -91,3 +91,4 @@ def test_kill_half_way_and_restart_gives_the_same_ledger(cli_env, settings, tmp_
         starts = sorted(v for v in expected_starts(events, fleet_rates, missing))
         raise AssertionError((starts, extra, entry_info(settings.database_url, missing)))
     assert got == expected
+    assert "audit passed" in cli(env, "audit").stdout

@@ -60,6 +60,7 @@ def test_worked_example_lands_exactly_and_reruns_change_nothing(cli_env, setting
     cli(cli_env, "ingest", "events", EVENTS)
     cli(cli_env, "run", "all", "--until-idle")
     assert ledger(settings.database_url) == rows
+    assert "audit passed" in cli(cli_env, "audit").stdout
 
 
 def test_events_from_stdin_and_rates_from_csv(cli_env, settings, tmp_path):

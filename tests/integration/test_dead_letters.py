@@ -94,6 +94,7 @@ def test_bad_messages_go_to_dead_letter_topics_and_good_ones_land(settings, cli_
     rows = ledger(settings.database_url).values()
     assert sum(c for _, _, _, _, c in rows) == 2  # good-1 and good-2
     assert sum(a for _, _, _, a, _ in rows) == Decimal("0.6")
+    assert "audit passed" in cli(cli_env, "audit").stdout
 
 
 def test_ingest_rejects_bad_lines_to_the_dead_letter_topic(settings, cli_env, tmp_path):
