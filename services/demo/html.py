@@ -44,7 +44,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_html(
-    path: Path, table: list[dict[str, Any]], nodes: list[dict[str, Any]], summary: dict[str, Any]
+    path: Path,
+    table: list[dict[str, Any]],
+    nodes: list[dict[str, Any]],
+    summary: dict[str, Any],
+    recon: list[dict[str, Any]] | None = None,
 ) -> Path:
     cur = str(summary["currency"])
     per_tenant: dict[str, Decimal] = {}
@@ -68,6 +72,9 @@ completions.</p>
 {_bars("Cost per completion, per tenant and model", cpc, cur, "#6a9f58")}
 {_bars("Busy fraction per node", busy, "%", "#d08a3c")}
 {_bars("Idle cost per node", idle, cur, "#b85450")}
+<h2>Provisional (rates) versus billed (FOCUS bill)</h2>
+<p>Provisional total {summary.get("provisional_total", 0):.2f} {cur}; after reconciliation with
+the bill {summary["total_cost"]:.2f} {cur}.</p>{_table(recon or [])}
 <h2>Cost per completion</h2>{_table(table)}
 <h2>Fleet</h2>{_table(nodes)}
 <p>Trace: Azure Public Dataset, "Azure LLM inference trace 2023" (CC BY 4.0), Patel et al.,

@@ -11,11 +11,26 @@ import click
 from sqlalchemy.engine import make_url
 
 from services.contracts import dumps
-from services.demo.fleet import DEFAULT_FLEET, TRACE, Fleet, rates, rental_window, replay
+from services.demo.fleet import (
+    DEFAULT_FLEET,
+    TRACE,
+    Fleet,
+    focus_bill,
+    rates,
+    rental_window,
+    replay,
+    write_focus_csv,
+)
 from services.demo.html import write_html
-from services.ingest.files import batch_events
+from services.ingest.files import batch_events, ingest_billing
+from services.ledger.audit import run_audit
 from services.ledger.db import make_engine, migrate
-from services.ledger.report import cost_per_completion, fleet_summary, render
+from services.ledger.report import (
+    cost_per_completion,
+    fleet_summary,
+    provisional_vs_billed,
+    render,
+)
 from services.runtime import logs
 from services.runtime.config import EVENTS, RATES, Settings
 from services.runtime.kafka import ensure_topics, make_producer
@@ -75,16 +90,46 @@ def run_demo(
         from services.cli.main import run_processors
 
         run_processors(s, until_idle=True)
-
         engine = make_engine(s.database_url)
+        provisional_total = _total(engine)
+        click.echo(
+            f"provisional ledger complete: {provisional_total:.2f} {fleet.currency}", err=True
+        )
+
+        # hours later the cloud bill arrives: FOCUS export, another price, a credit, a tax line
+        bill_path = write_focus_csv(
+            focus_bill(fleet, start, end), Path(html_path).parent / "demo-bill.focus.csv"
+        )
+        with bill_path.open("rb") as fh:
+            billing = ingest_billing(s, fh, "focus", "EffectiveCost")
+        click.echo(
+            f"ingested FOCUS bill {bill_path}: {billing['published']} lines, "
+            f"{billing['by_charge_category']}",
+            err=True,
+        )
+        run_processors(s, until_idle=True)
         table = cost_per_completion(engine)
         nodes = fleet_summary(engine)
         click.echo(render(table, "table", "cost per completion, per tenant and model"))
         click.echo(render(nodes, "table", "fleet: cost, busy fraction and idle cost per node"))
+        recon = provisional_vs_billed(engine)
+        click.echo(render(recon, "table", "provisional (rates) versus billed (FOCUS bill)"))
+        unallocated = _unallocated(engine)
+        click.echo(f"unallocated billing lines: {unallocated}")
+        checks = run_audit(engine, s.accounting(), s.allocated_charge_categories)
+        click.echo(
+            "audit: "
+            + (
+                "passed"
+                if all(c.ok for c in checks)
+                else "FAILED: " + "; ".join(c.name for c in checks if not c.ok)
+            )
+        )
         total = sum((n["cost"] for n in nodes), Decimal(0))
         idle = sum((n["idle_cost"] or Decimal(0) for n in nodes), Decimal(0))
         completions = sum(r["completions"] for r in table)
         summary: dict[str, Any] = {
+            "provisional_total": provisional_total,
             "events": len(events),
             "completions": completions,
             "total_cost": total,
@@ -95,9 +140,29 @@ def run_demo(
         }
         click.echo(
             f"fleet total {total:.2f} {fleet.currency}, idle {idle:.2f} "
-            f"({summary['idle_share']:.1%}); {completions} completions; "
+            f"({summary['idle_share']:.1%}); provisional was {provisional_total:.2f}; "
+            f"{completions} completions; "
             f"{summary['seconds']:.1f} s end to end"
         )
-        out = write_html(Path(html_path), table, nodes, summary)
+        out = write_html(Path(html_path), table, nodes, summary, recon)
         click.echo(f"HTML report: {out}")
         engine.dispose()
+
+
+def _total(engine: Any) -> Decimal:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return Decimal(
+            conn.execute(text("SELECT coalesce(sum(amount), 0) FROM ledger_entries")).scalar_one()
+        )
+
+
+def _unallocated(engine: Any) -> str:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT reason, count(*), sum(cost) FROM v_unallocated_billing GROUP BY reason")
+        )
+        return ", ".join(f"{n} x {reason} ({cost})" for reason, n, cost in rows) or "none"

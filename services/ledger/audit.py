@@ -111,28 +111,40 @@ def _bucket_costs(conn: Connection, settings: AccountingSettings, allocated: lis
 
 
 def _billed_lines_reflected(conn: Connection, allocated: list[str]) -> Check:
+    """Every bucket an allocated line of a GPU resource covers is in the ledger (so, with the
+    first check, the line's whole cost is: its per-bucket parts telescope to its cost)."""
     rows = conn.execute(
         text("""
         SELECT b.line_id, b.resource_id, b.cost,
-               (SELECT count(*) FROM ledger_entries e
-                 WHERE e.resource_id = b.resource_id AND b.line_id = ANY(e.billing_line_ids))
-                 AS entries
+               (SELECT count(DISTINCT e.bucket_start) FROM ledger_entries e
+                 WHERE e.resource_id = b.resource_id
+                   AND e.bucket_start < b.period_end
+                   AND e.bucket_start + make_interval(secs => e.bucket_seconds) > b.period_start)
+                 AS buckets,
+               (SELECT max(e.bucket_seconds) FROM ledger_entries e
+                 WHERE e.resource_id = b.resource_id) AS width,
+               b.period_start, b.period_end
         FROM billing_lines b
         WHERE b.resource_id IN (SELECT DISTINCT resource_id FROM ledger_entries)
           AND b.charge_category = ANY(:cats) AND b.period_end > b.period_start
     """),
         {"cats": allocated},
     ).all()
-    missing = [
-        f"line {r.line_id} of {r.resource_id} ({r.cost}) is in no ledger entry"
-        for r in rows
-        if r.entries == 0
-    ]
+    problems = []
+    for r in rows:
+        w = r.width * 1_000_000
+        first = to_us(r.period_start) // w
+        last = (to_us(r.period_end) - 1) // w
+        if r.buckets != last - first + 1:
+            problems.append(
+                f"line {r.line_id} of {r.resource_id} covers {last - first + 1} "
+                f"buckets, the ledger has {r.buckets} of them"
+            )
     return Check(
-        "billed lines of GPU resources are reconciled into the ledger",
-        not missing,
+        "billed lines of GPU resources cover only buckets in the ledger",
+        not problems,
         f"{len(rows)} allocated lines of GPU resources",
-        missing,
+        problems,
     )
 
 

@@ -39,13 +39,13 @@ def cost_per_completion(
 
 
 def fleet_summary(engine: Engine) -> list[dict[str, Any]]:
-    """Per resource and currency: total cost, busy fraction and idle cost."""
+    """Per resource and currency: total cost, busy fraction and idle cost (all entry kinds)."""
     sql = """
         SELECT resource_id, currency,
                sum(amount) AS cost,
-               sum(amount) FILTER (WHERE entry_kind = 'idle') AS idle_cost,
-               round(sum(busy_seconds) FILTER (WHERE entry_kind = 'idle')
-                     / nullif(sum(bucket_seconds) FILTER (WHERE entry_kind = 'idle'), 0), 4)
+               coalesce(sum(amount) FILTER (WHERE tenant_id IS NULL), 0) AS idle_cost,
+               round(sum(busy_seconds) FILTER (WHERE tenant_id IS NULL)
+                     / nullif(count(DISTINCT bucket_start) * max(bucket_seconds), 0), 4)
                    AS busy_fraction
         FROM ledger_entries
         GROUP BY resource_id, currency
@@ -86,3 +86,21 @@ def render(rows: list[dict[str, Any]], fmt: str, title: str = "") -> str:
     buffer = io.StringIO()
     Console(file=buffer, width=200, force_terminal=False).print(table)
     return buffer.getvalue()
+
+
+def provisional_vs_billed(engine: Engine) -> list[dict[str, Any]]:
+    """Per tenant (idle as its own row): what provisional rates said, what the bill says."""
+    sql = """
+        SELECT coalesce(tenant_id, '(idle)') AS tenant, currency,
+               sum(amount) FILTER (WHERE entry_kind <> 'reconciliation') AS provisional,
+               coalesce(sum(amount) FILTER (WHERE entry_kind = 'reconciliation'), 0)
+                   AS reconciliation,
+               sum(amount) AS billed,
+               sum(completions)::bigint AS completions,
+               round(sum(amount) / nullif(sum(completions), 0), 12) AS billed_per_completion
+        FROM ledger_entries
+        GROUP BY tenant_id, currency
+        ORDER BY tenant_id IS NULL, tenant_id, currency
+    """
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(text(sql))]

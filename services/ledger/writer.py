@@ -161,9 +161,17 @@ def build(
         stored = await asyncio.to_thread(stored_offsets, db, GROUP)
         for tp in assigned:
             offset = stored.get((tp.topic, tp.partition))
-            if offset is not None:
+            if offset is None:
+                continue
+            try:
                 await app.consumer.seek(tp, offset)
                 counters["partitions.resumed_from_db"] += 1
+            except Exception as exc:  # noqa: BLE001 - a rebalance raced us: Kafka's offset holds
+                # (writes are idempotent, so resuming from Kafka's committed offset is safe)
+                counters["partitions.resume_skipped"] += 1
+                log.warning(
+                    "could not resume partition from the database", tp=str(tp), error=repr(exc)
+                )
 
     app.inferledger_counters = counters  # type: ignore[attr-defined]
     return app, done
