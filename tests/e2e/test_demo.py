@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from sqlalchemy import create_engine, text
 
-from services.demo.fleet import DEFAULT_FLEET, Fleet, rental_window, replay
+from services.demo.fleet import DEFAULT_FLEET, Fleet, focus_bill, rental_window, replay
 from tests.helpers import cli
 
 
@@ -18,6 +18,9 @@ def test_demo_prints_the_table_and_writes_the_html_report(cli_env, settings, tmp
         assert tenant in out
     assert "i-0h100spare" in out and "busy_fraction" in out
     assert "HTML report" in out
+    assert "provisional (rates) versus billed (FOCUS bill)" in out
+    assert "audit: passed" in out
+    assert "1 x no resource id" in out  # the tax line stays visible, unallocated
     page = html.read_text()
     assert "<svg" in page and "Idle cost per node" in page
 
@@ -29,14 +32,23 @@ def test_demo_prints_the_table_and_writes_the_html_report(cli_env, settings, tmp
         ).scalar_one()
         spare = conn.execute(
             text(
-                "SELECT sum(amount), bool_and(entry_kind = 'idle') FROM ledger_entries "
+                "SELECT sum(amount), bool_and(tenant_id IS NULL) FROM ledger_entries "
                 "WHERE resource_id = 'i-0h100spare'"
             )
         ).one()
+        kinds = set(conn.execute(text("SELECT DISTINCT entry_kind FROM ledger_entries")).scalars())
+        util = conn.execute(
+            text("SELECT min(busy_fraction), max(busy_fraction), sum(cost) FROM v_gpu_utilization")
+        ).one()
     engine.dispose()
+    assert {"usage", "idle", "reconciliation"} <= kinds
+    assert util[0] == 0 and 0 < util[1] < 1
     assert completions == sum(e.status == "ok" for e in events)
     assert "audit passed" in cli(cli_env, "audit").stdout
     # the spare node was paid for and never used: its whole rental is idle cost
     start, end = rental_window(events)
     hours = Decimal((end - start).total_seconds()) / 3600
-    assert spare[1] is True and spare[0] == (Decimal("98.32") * hours).quantize(Decimal("1e-12"))
+    # billed: the spare node's hours at the committed price (72 % of list), less a 20.00 credit
+    bill = focus_bill(Fleet.from_dict(DEFAULT_FLEET), start, end)
+    billed = sum(Decimal(r["EffectiveCost"]) for r in bill if r["ResourceId"] == "i-0h100spare")
+    assert hours > 0 and spare[1] is True and spare[0] == billed

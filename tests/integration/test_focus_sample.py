@@ -23,8 +23,9 @@ def test_the_focus_sample_ingests_completely(cli_env, settings, tmp_path):
     assert summary["chosen_cost_empty_or_zero_while_another_is_not"] > 500
     assert summary["examples"] and "EffectiveCost is empty or 0" in summary["examples"][0]
 
-    billed = json.loads(cli(cli_env, "ingest", "billing", str(SAMPLE), "--cost-column",
-                            "BilledCost").stdout)
+    billed = json.loads(
+        cli(cli_env, "ingest", "billing", str(SAMPLE), "--cost-column", "BilledCost").stdout
+    )
     assert billed["chosen_cost_empty_or_zero_while_another_is_not"] < 400
     assert billed["cost_total"] != summary["cost_total"]
 
@@ -40,10 +41,14 @@ def test_the_focus_sample_ingests_completely(cli_env, settings, tmp_path):
     with engine.connect() as conn:
         lines = conn.execute(text("SELECT count(*), count(DISTINCT line_id) FROM billing_lines"))
         count, distinct = lines.one()
-        reasons = dict(conn.execute(text(
-            "SELECT reason, count(*) FROM v_unallocated_billing GROUP BY reason")).all())
-        credit = conn.execute(text(
-            "SELECT cost FROM billing_lines WHERE charge_category = 'credit'")).scalar_one()
+        reasons = dict(
+            conn.execute(
+                text("SELECT reason, count(*) FROM v_unallocated_billing GROUP BY reason")
+            ).all()
+        )
+        credit = conn.execute(
+            text("SELECT cost FROM billing_lines WHERE charge_category = 'credit'")
+        ).scalar_one()
         entries = conn.execute(text("SELECT count(*) FROM ledger_entries")).scalar_one()
     engine.dispose()
     # a line is its source row: re-ingesting (another cost column, a gzip copy) adds nothing;

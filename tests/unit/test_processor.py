@@ -1,0 +1,119 @@
+"""The attribution step without faust or Kafka: decode, account, emit, hold and release."""
+
+from __future__ import annotations
+
+import json
+
+from services.attribution.processor import AttributionProcessor
+from services.contracts import decode_allocation
+from services.runtime.config import Settings
+
+EVENT = {
+    "event_id": "e1",
+    "tenant_id": "acme",
+    "resource_id": "node-1",
+    "model": "m",
+    "engine": "vllm",
+    "started_at": "2024-01-01T00:00:00Z",
+    "finished_at": "2024-01-01T00:00:30Z",
+    "prompt_tokens": 10,
+    "completion_tokens": 5,
+    "status": "ok",
+}
+RATE = {
+    "resource_id": "node-1",
+    "price_per_hour": "36.00",
+    "currency": "USD",
+    "effective_from": "2024-01-01T00:00:00Z",
+}
+
+
+def raw(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def allocations(out):
+    return [decode_allocation(v) for _, v in out.allocations]
+
+
+def test_messages_are_held_until_their_buckets_close_then_released():
+    proc = AttributionProcessor(Settings(allowed_lateness_seconds=0))
+    proc.on_rate(raw(RATE), 0, 0)
+    proc.on_events(raw(EVENT), "m1", 0, 0)
+    out = proc.step({0}, {0})
+    assert out.release == [] and out.allocations == []  # watermark 00:30: bucket still open
+    assert [k for _, k, _, _ in out.state] == ["rate"]  # stored before anything depends on it
+    later = dict(
+        EVENT, event_id="e2", started_at="2024-01-01T00:01:00Z", finished_at="2024-01-01T00:01:10Z"
+    )
+    proc.on_events(raw(later), "m2", 0, 1)
+    out = proc.step({0}, {0})
+    (alloc,) = allocations(out)
+    assert str(sum(e.amount for e in alloc.entries)) == "0.600000000000"
+    assert alloc.counted_events == [("e1", "ok")]
+    assert out.release == ["m1"]  # m2's bucket is still open
+    assert [k for _, k, _, _ in out.state] == ["bucket"]
+
+
+def test_late_adjustments_and_reconciliations_are_emitted_with_the_closing_buckets():
+    proc = AttributionProcessor(Settings(allowed_lateness_seconds=0))
+    proc.on_events(raw(EVENT), "m1", 0, 0)
+    proc.on_events(
+        raw(
+            dict(
+                EVENT,
+                event_id="e9",
+                started_at="2024-01-01T00:05:00Z",
+                finished_at="2024-01-01T00:05:01Z",
+            )
+        ),
+        "m2",
+        0,
+        1,
+    )
+    first = allocations(proc.step({0}, {0}))
+    assert {e.cost_basis for a in first for e in a.entries} == {"unpriced"}
+    proc.on_rate(raw(RATE), 0, 0)  # a rate arrives late: the closed buckets are priced
+    proc.on_events(
+        raw(
+            dict(
+                EVENT,
+                event_id="e10",
+                started_at="2024-01-01T00:06:00Z",
+                finished_at="2024-01-01T00:06:01Z",
+            )
+        ),
+        "m3",
+        0,
+        2,
+    )
+    out = allocations(proc.step({0}, {0}))
+    kinds = {e.entry_kind for a in out for e in a.entries}
+    assert "reconciliation" in kinds and ("usage" in kinds or "idle" in kinds)
+
+
+def test_bad_input_goes_to_the_dead_letter_topic_and_is_released():
+    proc = AttributionProcessor(Settings())
+    proc.on_events(b"{nope", "bad", 3, 7)
+    proc.on_events(raw(dict(EVENT, prompt_tokens=-1)), "bad2", 3, 8)
+    out = proc.step({3}, set())
+    assert out.release == ["bad", "bad2"]
+    reasons = [json.loads(v)["reason"] for _, v in out.dead_letters]
+    assert reasons == ["invalid_json", "invalid_event"]
+    assert all(t == "inference-events.dlq" for t, _ in out.dead_letters)
+    assert proc.counters["dlq.invalid_json"] == 1
+
+
+def test_a_bounded_run_flushes_only_after_every_input_partition_saw_its_marker():
+    proc = AttributionProcessor(Settings(), run_id="run-1")
+    proc.on_rate(raw(RATE), 0, 0)
+    proc.on_events(raw(EVENT), "m1", 0, 0)
+    marker = raw({"type": "inferledger.control.end_of_input.v1", "run_id": "run-1"})
+    other = raw({"type": "inferledger.control.end_of_input.v1", "run_id": "old-run"})
+    proc.on_events(other, "x", 0, 1)
+    proc.on_events(marker, "mk", 0, 2)
+    assert not proc.step({0}, {0}, {0}).finished  # rates and billing not drained yet
+    proc.on_rate(marker, 0, 1)
+    proc.on_billing(marker, 0, 0)
+    out = proc.step({0}, {0}, {0})
+    assert out.finished and allocations(out) and "m1" in out.release
