@@ -78,19 +78,20 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                 proc.on_events(event.value, event, msg.partition, msg.offset)
             await step()
 
-    @app.agent(rates_topic)
-    async def rates(stream: Any) -> None:
-        async for batch in stream.take_events(settings.take_max, settings.take_within_seconds):
-            for event in batch:
-                proc.on_rate(event.value, event.message.partition, event.message.offset)
-            await step()
+    def reference_agent(topic: Any, handle: Any) -> None:
+        """Rates and bills: read from the start on every start (no offsets are committed)."""
 
-    @app.agent(billing_topic)
-    async def billing(stream: Any) -> None:
-        async for batch in stream.take_events(settings.take_max, settings.take_within_seconds):
-            for event in batch:
-                proc.on_billing(event.value, event.message.partition, event.message.offset)
-            await step()
+        async def consume(stream: Any) -> None:
+            take = stream.take_events(settings.take_max, settings.take_within_seconds)
+            async for batch in take:
+                for event in batch:
+                    handle(event.value, event.message.partition, event.message.offset)
+                await step()
+
+        app.agent(topic, name=f"inferledger.{topic.get_topic_name()}")(consume)
+
+    reference_agent(rates_topic, proc.on_rate)
+    reference_agent(billing_topic, proc.on_billing)
 
     progress = logs.Progress("inferledger.attribution", proc.counters)
 

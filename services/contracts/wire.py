@@ -136,31 +136,25 @@ def _validate(model: type[M], obj: Any, reason: str) -> M:
         raise DecodeError(reason, _explain(exc)) from None
 
 
-def decode_rate(raw: bytes | str) -> GpuRate | EndOfInput:
+def _decode_one(
+    raw: bytes | str, model: type[M], default: str, reason: str, topic: str
+) -> M | EndOfInput:
     obj = load_json(raw)
-    kind = _type_of(obj, _RATE)
-    if kind == _RATE:
-        return _validate(GpuRate, obj, "invalid_rate")
+    kind = _type_of(obj, default)
+    if kind == default:
+        return _validate(model, obj, reason)
     if kind == _EOI:
         return _validate(EndOfInput, obj, "invalid_control")
-    raise DecodeError("unknown_type", f"unknown message type {kind!r} on gpu-rates")
+    raise DecodeError("unknown_type", f"unknown message type {kind!r} on {topic}")
+
+
+def decode_rate(raw: bytes | str) -> GpuRate | EndOfInput:
+    return _decode_one(raw, GpuRate, _RATE, "invalid_rate", "gpu-rates")
 
 
 def decode_allocation(raw: bytes | str) -> CostAllocation | EndOfInput:
-    obj = load_json(raw)
-    kind = _type_of(obj, _ALLOCATION)
-    if kind == _ALLOCATION:
-        return _validate(CostAllocation, obj, "invalid_allocation")
-    if kind == _EOI:
-        return _validate(EndOfInput, obj, "invalid_control")
-    raise DecodeError("unknown_type", f"unknown message type {kind!r} on cost-allocations")
+    return _decode_one(raw, CostAllocation, _ALLOCATION, "invalid_allocation", "cost-allocations")
 
 
 def decode_billing(raw: bytes | str) -> BillingLine | EndOfInput:
-    obj = load_json(raw)
-    kind = _type_of(obj, _BILLING)
-    if kind == _BILLING:
-        return _validate(BillingLine, obj, "invalid_billing_line")
-    if kind == _EOI:
-        return _validate(EndOfInput, obj, "invalid_control")
-    raise DecodeError("unknown_type", f"unknown message type {kind!r} on gpu-billing")
+    return _decode_one(raw, BillingLine, _BILLING, "invalid_billing_line", "gpu-billing")

@@ -21,7 +21,7 @@ from services.contracts import (
     decode_billing,
     decode_rate,
 )
-from services.ledger.db import make_engine, stored_offsets, write_batch
+from services.ledger.db import make_engine, write_batch
 from services.runtime import logs
 from services.runtime.config import ALLOCATIONS, BILLING, RATES, Settings
 from services.runtime.faustapp import make_app
@@ -154,24 +154,6 @@ def build(
     async def tick() -> None:
         check_done()
         progress.tick()
-
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-    async def resume_from_database(sender: Any, assigned: Any, **_: Any) -> None:
-        """Postgres holds the offsets written with the entries: resume from there."""
-        stored = await asyncio.to_thread(stored_offsets, db, GROUP)
-        for tp in assigned:
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is None:
-                continue
-            try:
-                await app.consumer.seek(tp, offset)
-                counters["partitions.resumed_from_db"] += 1
-            except Exception as exc:  # noqa: BLE001 - a rebalance raced us: Kafka's offset holds
-                # (writes are idempotent, so resuming from Kafka's committed offset is safe)
-                counters["partitions.resume_skipped"] += 1
-                log.warning(
-                    "could not resume partition from the database", tp=str(tp), error=repr(exc)
-                )
 
     app.inferledger_counters = counters  # type: ignore[attr-defined]
     return app, done
