@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, text
 
 from tests.helpers import cli
 
-SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "focus-1.0-sample-1000.csv"
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "focus-1.0-sample-1000.csv"
 
 
 def test_the_focus_sample_ingests_completely(cli_env, settings, tmp_path):
