@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -54,7 +55,9 @@ def ingest() -> None:
 
 
 def _warn_ephemeral(settings: Settings) -> None:
-    if not settings.kafka_bootstrap:
+    from services.runtime.stack import running_stack
+
+    if not settings.kafka_bootstrap and not running_stack(settings):
         click.echo(
             "note: no INFERLEDGER_KAFKA_BOOTSTRAP and no `inferledger up` running: "
             "publishing to a broker that stops with this command",
@@ -161,6 +164,12 @@ def run_processors(settings: Settings, until_idle: bool, progress: bool = True) 
             cmd += ["--until-idle", "--run-id", run_id or ""]
         procs.append((which, subprocess.Popen(cmd, env=env)))
     started = time.monotonic()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored
+        signal.signal(sig, _stop)
     try:
         status: Any = None
         if progress and sys.stderr.isatty():

@@ -147,7 +147,7 @@ def _state_file(settings: Settings) -> Path:
     return settings.data_dir / "stack.json"
 
 
-def _running_stack(settings: Settings) -> dict[str, str] | None:
+def running_stack(settings: Settings) -> dict[str, str] | None:
     path = _state_file(settings)
     try:
         state = json.loads(path.read_text())
@@ -166,7 +166,7 @@ def local_stack(
     publish_state: bool = False,
 ) -> Iterator[Settings]:
     """Yield settings whose broker and database are reachable, starting what is missing."""
-    running = _running_stack(settings) or {}
+    running = running_stack(settings) or {}
     updates: dict[str, object] = {}
     broker: EmbeddedBroker | None = None
     if need_broker and not settings.kafka_bootstrap:
