@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import faust
@@ -69,9 +70,15 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                 log.info("attribution finished", **dict(proc.counters))
                 done.set()
 
+    first_seen = False
+
     @app.agent(events_topic)
     async def attribute(stream: Any) -> None:
+        nonlocal first_seen
         async for batch in stream.take_events(settings.take_max, settings.take_within_seconds):
+            if not first_seen:
+                first_seen = True
+                log.info("first message consumed", at=time.time())
             for event in batch:
                 event.message.incref()  # held until its buckets close (see processor)
                 msg = event.message

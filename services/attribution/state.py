@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from psycopg.types.json import Jsonb
 from sqlalchemy import Engine, select
-from sqlalchemy.dialects.postgresql import insert
 
 from services.accounting import Book
+from services.ledger.db import copy_insert
 from services.ledger.schema import attribution_state
 
 Item = tuple[str, str, str, dict[str, Any]]
@@ -21,15 +22,16 @@ Item = tuple[str, str, str, dict[str, Any]]
 def save(engine: Engine, items: list[Item]) -> None:
     if not items:
         return
-    rows = [{"resource_id": r, "kind": k, "key": key, "data": d} for r, k, key, d in items]
-    stmt = insert(attribution_state)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["resource_id", "kind", "key"],
-        set_={"data": stmt.excluded.data, "updated_at": stmt.excluded.updated_at},
-    )
+    rows = [[r, k, key, Jsonb(d)] for r, k, key, d in items]
     with engine.begin() as conn:
-        for i in range(0, len(rows), 2000):
-            conn.execute(stmt, rows[i : i + 2000])
+        copy_insert(
+            conn,
+            attribution_state.name,
+            ("resource_id", "kind", "key", "data"),
+            rows,
+            "ON CONFLICT (resource_id, kind, key) DO UPDATE SET data = EXCLUDED.data, "
+            "updated_at = now()",
+        )
 
 
 def load(engine: Engine, book: Book) -> int:

@@ -141,7 +141,19 @@ def _run_one(settings: Settings, which: str, until_idle: bool, run_id: str | Non
     else:
         from services.ledger.writer import build
     app, done = build(settings, run_id)
-    asyncio.run(run_until(app, done if until_idle else None))
+    if settings.profile_dir is None:
+        asyncio.run(run_until(app, done if until_idle else None))
+        return
+    import cProfile
+
+    settings.profile_dir.mkdir(parents=True, exist_ok=True)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        asyncio.run(run_until(app, done if until_idle else None))
+    finally:
+        profiler.disable()
+        profiler.dump_stats(str(settings.profile_dir / f"{which}.prof"))
 
 
 def run_processors(settings: Settings, until_idle: bool, progress: bool = True) -> None:

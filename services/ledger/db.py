@@ -88,6 +88,62 @@ def row_hash(row: dict[str, Any]) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
+ENTRY_COLUMNS = (
+    "entry_id",
+    "entry_kind",
+    "cost_basis",
+    "tenant_id",
+    "model",
+    "resource_id",
+    "bucket_start",
+    "bucket_seconds",
+    "completions",
+    "failed_requests",
+    "prompt_tokens",
+    "cached_prompt_tokens",
+    "completion_tokens",
+    "work_units",
+    "busy_seconds",
+    "amount",
+    "currency",
+    "billing_line_ids",
+    "row_hash",
+)
+COUNTED_COLUMNS = ("event_id", "resource_id", "bucket_start", "status")
+
+
+def copy_insert(
+    conn: Connection,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    conflict: str,
+) -> int:
+    """COPY rows into a session-local staging table, then one INSERT ... SELECT with
+    ``conflict`` (idempotent), in the caller's transaction. Returns the rows inserted.
+
+    Much cheaper than multi-row INSERTs for thousands of rows: no giant statement to build,
+    send and parse."""
+    if not rows:
+        return 0
+    cols = ", ".join(columns)
+    stage = f"stage_{table}"
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
+            f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        cursor.execute(f"TRUNCATE {stage}")
+        with cursor.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} {conflict}")
+        return int(cursor.rowcount)
+    finally:
+        cursor.close()
+
+
 def write_batch(engine: Engine, group: str, batch: Any) -> int:
     """Insert a batch idempotently and store the consumed offsets, in one transaction.
 
@@ -98,18 +154,21 @@ def write_batch(engine: Engine, group: str, batch: Any) -> int:
     with engine.begin() as conn:
         if batch.entries:
             rows = [entry_row(e) for e in batch.entries]
-            stmt = insert(ledger_entries).on_conflict_do_nothing(index_elements=["entry_id"])
-            for chunk in _chunks(rows, 5000):
-                result = conn.execute(stmt.returning(ledger_entries.c.entry_id), chunk)
-                written += len(result.all())
+            written += copy_insert(
+                conn,
+                ledger_entries.name,
+                ENTRY_COLUMNS,
+                [[r[c] for c in ENTRY_COLUMNS] for r in rows],
+                "ON CONFLICT (entry_id) DO NOTHING",
+            )
         if batch.counted:
-            crows = [
-                {"event_id": e, "resource_id": r, "bucket_start": b, "status": s}
-                for e, r, b, s in batch.counted
-            ]
-            stmt = insert(counted_events).on_conflict_do_nothing()
-            for chunk in _chunks(crows, 5000):
-                conn.execute(stmt, chunk)
+            copy_insert(
+                conn,
+                counted_events.name,
+                COUNTED_COLUMNS,
+                [list(row) for row in batch.counted],
+                "ON CONFLICT DO NOTHING",
+            )
         if batch.bills:
             brows = [b.model_dump(exclude={"type"}) for b in batch.bills]
             conn.execute(insert(billing_lines).on_conflict_do_nothing(), brows)

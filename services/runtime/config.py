@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     dlq_payload_limit: int = Field(default=65_536, ge=256)
 
     data_dir: Path = Field(default=Path(".embedded"), description="embedded broker/db state")
+    profile_dir: Path | None = Field(
+        default=None, description="write a cProfile of each `run` process here (bench/)"
+    )
     log_level: str = "INFO"
     log_format: str = Field(default="auto", description="auto, json or console")
 

@@ -1,0 +1,379 @@
+"""The inferledger benchmark: one command, real broker and Postgres, results in bench/results/.
+
+    ./dev bench                          # 1,000,000 events, batched, then one event per message
+    ./dev bench --events 200000 --cases batched
+
+For each case it produces the workload (bench/workload.py) to fresh topics, measures the raw
+ceiling (aiokafka consuming and JSON-decoding the same messages, nothing else), then runs the
+pipeline (`inferledger run all --until-idle`, one process per processor) and reports events/s
+end to end (first message consumed by the attribution processor to the last ledger row
+committed), the ratio to the raw ceiling, each process's peak resident memory, ledger rows/s,
+and where the processors spent their time (a cProfile of each process, by package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import pstats
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from bench.workload import Workload, encode_batches
+from services.ledger.db import migrate
+from services.runtime.config import EVENTS, RATES, Settings, load_settings
+from services.runtime.kafka import ensure_topics, make_producer
+from services.runtime.stack import local_stack, recreate_database
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def produce(settings: Settings, work: Workload, per_message: int) -> dict[str, Any]:
+    producer = make_producer(settings, linger_ms=50, batch_size=1_048_576, compression_type=None)
+    for rate in work.rates():
+        producer.send(
+            settings.topic(RATES), key=rate["resource_id"], value=json.dumps(rate).encode()
+        )
+    started = time.monotonic()
+    messages = events = 0
+    for resource, value, count in encode_batches(work.generate(), per_message):
+        producer.send(settings.topic(EVENTS), key=resource, value=value)
+        messages += 1
+        events += count
+    producer.flush(600)
+    producer.close(30)
+    return {"messages": messages, "events": events, "seconds": time.monotonic() - started}
+
+
+async def raw_ceiling(settings: Settings, messages: int) -> dict[str, Any]:
+    """aiokafka reading the events topic from the start and decoding every message."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        settings.topic(EVENTS),
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"bench-raw-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 * 1_048_576,
+        fetch_max_bytes=64 * 1_048_576,
+    )
+    await consumer.start()
+    seen = events = 0
+    started: float | None = None
+    try:
+        while seen < messages:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for records in batch.values():
+                if started is None:
+                    started = time.monotonic()
+                for record in records:
+                    obj = json.loads(record.value)
+                    events += len(obj["events"]) if "events" in obj else 1
+                    seen += 1
+    finally:
+        await consumer.stop()
+    seconds = time.monotonic() - (started or time.monotonic())
+    return {
+        "messages": seen,
+        "events": events,
+        "seconds": seconds,
+        "messages_per_s": seen / seconds,
+        "events_per_s": events / seconds,
+    }
+
+
+class PeakMemory(threading.Thread):
+    """Polls VmHWM (peak resident set) of a process tree's processes, by command."""
+
+    def __init__(self, root_pid: int) -> None:
+        super().__init__(daemon=True)
+        self.root_pid = root_pid
+        self.peaks: dict[str, int] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for pid, name in self._tree():
+                try:
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            kb = int(line.split()[1])
+                            self.peaks[name] = max(self.peaks.get(name, 0), kb)
+                except OSError:
+                    pass
+            self.stop.wait(0.2)
+
+    def _tree(self) -> list[tuple[int, str]]:
+        out = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if ppid == self.root_pid and b"run" in cmd:
+                which = cmd[cmd.index(b"run") + 1].decode() if b"run" in cmd else "?"
+                out.append((int(entry.name), which))
+        return out
+
+
+def run_pipeline(settings: Settings, profile_dir: Path | None) -> dict[str, Any]:
+    env = dict(
+        os.environ,
+        INFERLEDGER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap or "",
+        INFERLEDGER_DATABASE_URL=settings.database_url or "",
+        INFERLEDGER_TOPIC_PREFIX=settings.topic_prefix,
+        INFERLEDGER_LOG_FORMAT="json",
+    )
+    if profile_dir is not None:
+        env["INFERLEDGER_PROFILE_DIR"] = str(profile_dir)
+    started = time.time()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "run", "all", "--until-idle"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    memory = PeakMemory(proc.pid)
+    memory.start()
+    _, err = proc.communicate()
+    memory.stop.set()
+    memory.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"pipeline failed:\n{err[-4000:]}")
+    logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    first = min(
+        (x["at"] for x in logs if x.get("event") == "first message consumed"), default=started
+    )
+    finished = {x["event"]: x for x in logs if x.get("event", "").endswith("finished")}
+    return {
+        "wall_seconds": time.time() - started,
+        "first_consumed_at": first,
+        "peak_rss_mb": {k: round(v / 1024, 1) for k, v in memory.peaks.items()},
+        "counters": finished,
+    }
+
+
+def ledger_stats(db_url: str) -> dict[str, Any]:
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT count(*), extract(epoch FROM min(recorded_at)), "
+                "extract(epoch FROM max(recorded_at)), sum(completions) + sum(failed_requests) "
+                "FROM ledger_entries"
+            )
+        ).one()
+    engine.dispose()
+    rows, first, last, counted = row
+    return {
+        "rows": rows,
+        "first_at": float(first),
+        "last_at": float(last),
+        "requests_counted": int(counted),
+    }
+
+
+def profile_shares(path: Path) -> dict[str, float]:
+    """Share of profiled own time by area (from a cProfile of one process)."""
+    if not path.exists():
+        return {}
+    stats = pstats.Stats(str(path))
+    areas: dict[str, float] = {}
+    rules = [
+        ("decode", ("pydantic", "/json/", "services/contracts", "wire.py")),
+        ("accounting", ("services/accounting",)),
+        ("postgres", ("sqlalchemy", "psycopg")),
+        ("kafka", ("aiokafka", "/kafka/", "faust", "mode/")),
+        (
+            "idle wait",
+            (
+                "selectors.py",
+                "{method 'poll'",
+                "{method 'select'",
+                "{method 'acquire'",
+                "threading.py",
+            ),
+        ),
+    ]
+    total = 0.0
+    for (filename, _, name), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        where = f"{filename} {name}"
+        area = next((a for a, keys in rules if any(k in where for k in keys)), "other")
+        areas[area] = areas.get(area, 0.0) + tottime
+        total += tottime
+    return {a: round(t / total, 3) for a, t in sorted(areas.items())} if total else {}
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gb": round(mem / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "commit": commit,
+    }
+
+
+def run_case(
+    base: Settings, name: str, work: Workload, per_message: int, profile: bool
+) -> dict[str, Any]:
+    prefix = f"bench{uuid.uuid4().hex[:8]}."
+    assert base.database_url
+    db_url = (
+        make_url(base.database_url).set(database=f"bench_{prefix[5:-1]}").render_as_string(False)
+    )
+    recreate_database(db_url)
+    migrate(db_url)
+    settings = base.model_copy(update={"topic_prefix": prefix, "database_url": db_url})
+    ensure_topics(settings)
+    print(f"[{name}] producing {work.events:,} events ...", file=sys.stderr)
+    produced = produce(settings, work, per_message)
+    print(f"[{name}] raw ceiling ...", file=sys.stderr)
+    raw = asyncio.run(raw_ceiling(settings, produced["messages"]))
+    print(f"[{name}] pipeline ...", file=sys.stderr)
+    profile_dir = RESULTS / "profiles" / name if profile else None
+    pipe = run_pipeline(settings, profile_dir)
+    stats = ledger_stats(db_url)
+    seconds = stats["last_at"] - pipe["first_consumed_at"]
+    events_per_s = produced["events"] / seconds
+    result = {
+        "case": name,
+        "events": produced["events"],
+        "messages": produced["messages"],
+        "events_per_message": per_message,
+        "produce_seconds": round(produced["seconds"], 2),
+        "raw_ceiling": {k: round(v, 1) if isinstance(v, float) else v for k, v in raw.items()},
+        "pipeline": {
+            "seconds_first_consumed_to_last_committed": round(seconds, 2),
+            "events_per_s": round(events_per_s, 1),
+            "ratio_to_raw_events_per_s": round(events_per_s / raw["events_per_s"], 4),
+            "messages_per_s": round(produced["messages"] / seconds, 1),
+            "ratio_to_raw_messages_per_s": round(
+                produced["messages"] / seconds / raw["messages_per_s"], 4
+            ),
+            "ledger_rows": stats["rows"],
+            "ledger_rows_per_s": round(
+                stats["rows"] / max(stats["last_at"] - stats["first_at"], 1e-9), 1
+            ),
+            "requests_counted": stats["requests_counted"],
+            "peak_rss_mb": pipe["peak_rss_mb"],
+            "wall_seconds": round(pipe["wall_seconds"], 2),
+        },
+        "time_share": {
+            which: profile_shares(profile_dir / f"{which}.prof")
+            for which in ("attribution", "ledger")
+        }
+        if profile_dir
+        else {},
+    }
+    if stats["requests_counted"] != produced["events"]:
+        result["warning"] = "not every event was counted in the ledger"
+    return result
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        f"# inferledger benchmark, {report['started_at']}",
+        "",
+        f"Machine: {m['cpus']} CPUs ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']}, "
+        f"commit {m['commit']}; broker {report['broker']}.",
+        "",
+        "| case | events | msgs | raw ceiling ev/s | pipeline ev/s | ratio | msgs/s ratio |"
+        " ledger rows/s | peak RSS MB (attribution / ledger) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in report["cases"]:
+        p = c["pipeline"]
+        rss = p["peak_rss_mb"]
+        lines.append(
+            f"| {c['case']} | {c['events']:,} | {c['messages']:,} | "
+            f"{c['raw_ceiling']['events_per_s']:,.0f} | {p['events_per_s']:,.0f} | "
+            f"{p['ratio_to_raw_events_per_s']:.1%} | {p['ratio_to_raw_messages_per_s']:.1%} | "
+            f"{p['ledger_rows_per_s']:,.0f} | {rss.get('attribution', '?')} / "
+            f"{rss.get('ledger', '?')} |"
+        )
+    for c in report["cases"]:
+        for which, shares in c.get("time_share", {}).items():
+            if shares:
+                parts = ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
+                lines.append(f"\n{c['case']}, {which} process time: {parts}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument(
+        "--single-events",
+        type=int,
+        default=200_000,
+        help="events of the one-event-per-message case",
+    )
+    parser.add_argument("--resources", type=int, default=64)
+    parser.add_argument("--tenants", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=500, help="events per batch message")
+    parser.add_argument("--cases", default="batched,single")
+    parser.add_argument("--no-profile", action="store_true")
+    args = parser.parse_args()
+    settings = load_settings()
+    report: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "cases": [],
+    }
+    with local_stack(settings) as s:
+        report["broker"] = "configured" if settings.kafka_bootstrap else "embedded Tansu"
+        for case in args.cases.split(","):
+            n = args.events if case == "batched" else args.single_events
+            work = Workload(n, args.resources, args.tenants)
+            per = args.batch if case == "batched" else 1
+            report["cases"].append(run_case(s, case, work, per, not args.no_profile))
+            print(json.dumps(report["cases"][-1], indent=2), file=sys.stderr)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = report["started_at"].replace(":", "").replace("-", "")
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{stamp}.md").write_text(markdown(report))
+    (RESULTS / "latest.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
