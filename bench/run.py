@@ -19,12 +19,13 @@ import json
 import os
 import platform
 import pstats
+import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -306,6 +307,129 @@ def run_case(
     return result
 
 
+def streaming_latency(
+    base: Settings, rate: int, seconds: int, bucket: int, lateness: int, resources: int
+) -> dict[str, Any]:
+    """Offer ``rate`` events/s for ``seconds`` with event time = wall clock to processors that
+    stream (`run all`, no --until-idle), and measure, per closed (resource, bucket), when its
+    first entry was visible in Postgres minus the earliest moment the design allows it to
+    close (bucket end + allowed lateness)."""
+    prefix = f"lat{uuid.uuid4().hex[:8]}."
+    assert base.database_url
+    db_url = (
+        make_url(base.database_url).set(database=f"bench_{prefix[:-1]}").render_as_string(False)
+    )
+    recreate_database(db_url)
+    migrate(db_url)
+    settings = base.model_copy(update={"topic_prefix": prefix, "database_url": db_url})
+    ensure_topics(settings)
+    env = dict(
+        os.environ,
+        INFERLEDGER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap or "",
+        INFERLEDGER_DATABASE_URL=db_url,
+        INFERLEDGER_TOPIC_PREFIX=prefix,
+        INFERLEDGER_BUCKET_SECONDS=str(bucket),
+        INFERLEDGER_ALLOWED_LATENESS_SECONDS=str(lateness),
+        INFERLEDGER_LOG_FORMAT="json",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "run", "all"],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    producer = make_producer(settings, linger_ms=5)
+    nodes = [f"lat-node-{i:03d}" for i in range(resources)]
+    now = datetime.now(UTC)
+    for node in nodes:
+        producer.send(
+            settings.topic(RATES),
+            key=node,
+            value=json.dumps(
+                {
+                    "resource_id": node,
+                    "price_per_hour": "20.00",
+                    "currency": "USD",
+                    "effective_from": now.isoformat(),
+                }
+            ).encode(),
+        )
+    time.sleep(8)  # consumer groups join (half the session timeout on Tansu)
+    tick = 0.05
+    per_tick = max(1, int(rate * tick))
+    sent = 0
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        t0 = time.monotonic()
+        finish = datetime.now(UTC)
+        batches: dict[str, list[bytes]] = {}
+        for i in range(per_tick):
+            node = nodes[(sent + i) % len(nodes)]
+            ev = {
+                "event_id": f"l{sent + i}",
+                "tenant_id": f"tenant-{(sent + i) % 20:02d}",
+                "resource_id": node,
+                "model": "m",
+                "engine": "vllm",
+                "started_at": (finish - timedelta(milliseconds=300)).isoformat(),
+                "finished_at": finish.isoformat(),
+                "prompt_tokens": 500,
+                "completion_tokens": 50,
+                "status": "ok",
+            }
+            batches.setdefault(node, []).append(json.dumps(ev).encode())
+        for node, items in batches.items():
+            producer.send(
+                settings.topic(EVENTS),
+                key=node,
+                value=b'{"resource_id":"'
+                + node.encode()
+                + b'","events":['
+                + b",".join(items)
+                + b"]}",
+            )
+        sent += per_tick
+        time.sleep(max(0.0, tick - (time.monotonic() - t0)))
+    producer.flush(60)
+    offered_s = time.monotonic() - started
+    time.sleep(bucket + lateness + 10)  # let the last full buckets close
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        rows = (
+            conn.execute(
+                text(
+                    "SELECT extract(epoch FROM min(recorded_at)) "
+                    "- extract(epoch FROM bucket_start) - :w - :l FROM ledger_entries "
+                    "WHERE entry_kind IN ('usage', 'idle') "
+                    "AND completions + work_units > 0 GROUP BY resource_id, bucket_start"
+                ),
+                {"w": bucket, "l": lateness},
+            )
+            .scalars()
+            .all()
+        )
+    engine.dispose()
+    lat = sorted(float(x) for x in rows)
+    if not lat:
+        return {"offered_events_per_s": rate, "buckets": 0}
+
+    def q(p: float) -> float:
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))], 3)
+
+    return {
+        "offered_events_per_s": rate,
+        "achieved_offer_events_per_s": round(sent / offered_s),
+        "seconds": seconds,
+        "bucket_seconds": bucket,
+        "allowed_lateness_seconds": lateness,
+        "buckets": len(lat),
+        "p50_s": q(0.5),
+        "p99_s": q(0.99),
+        "max_s": round(lat[-1], 3),
+    }
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
@@ -327,6 +451,15 @@ def markdown(report: dict[str, Any]) -> str:
             f"{p['ratio_to_raw_events_per_s']:.1%} | {p['ratio_to_raw_messages_per_s']:.1%} | "
             f"{p['ledger_rows_per_s']:,.0f} | {rss.get('attribution', '?')} / "
             f"{rss.get('ledger', '?')} |"
+        )
+    lat = report.get("streaming")
+    if lat:
+        lines.append(
+            f"\nStreaming, {lat.get('achieved_offer_events_per_s', '?')} events/s offered for "
+            f"{lat.get('seconds')} s (W = {lat.get('bucket_seconds')} s, lateness "
+            f"{lat.get('allowed_lateness_seconds')} s): latency beyond what the design makes a "
+            f"bucket wait, over {lat['buckets']} buckets: p50 {lat.get('p50_s')} s, "
+            f"p99 {lat.get('p99_s')} s, max {lat.get('max_s')} s"
         )
     for c in report["cases"]:
         for which, shares in c.get("time_share", {}).items():
@@ -352,6 +485,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500, help="events per batch message")
     parser.add_argument("--cases", default="batched,single")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--stream-rate",
+        type=int,
+        default=20_000,
+        help="events/s offered in the streaming case (0: skip it)",
+    )
+    parser.add_argument("--stream-seconds", type=int, default=60)
     args = parser.parse_args()
     settings = load_settings()
     report: dict[str, Any] = {
@@ -367,6 +507,12 @@ def main() -> None:
             per = args.batch if case == "batched" else 1
             report["cases"].append(run_case(s, case, work, per, not args.no_profile))
             print(json.dumps(report["cases"][-1], indent=2), file=sys.stderr)
+        if args.stream_rate:
+            print("[streaming] offering load ...", file=sys.stderr)
+            report["streaming"] = streaming_latency(
+                s, args.stream_rate, args.stream_seconds, 10, 5, args.resources
+            )
+            print(json.dumps(report["streaming"], indent=2), file=sys.stderr)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = report["started_at"].replace(":", "").replace("-", "")
     (RESULTS / f"{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -1,8 +1,8 @@
 """A large workload shaped like the real Azure LLM trace, produced straight to Kafka.
 
-The trace (8,819 requests in about an hour) is tiled ``copies`` times: copy ``k`` keeps every
-request's arrival time and token counts, adds ``k`` microseconds (so event ids and intervals
-differ) and is spread over ``resources`` nodes and ``tenants`` tenants by a seeded hash. The
+The trace (8,819 requests in about an hour) is repeated: each request comes ``copies`` times
+(copy ``k`` arrives ``k`` microseconds later, so event ids and intervals differ), in arrival
+order, spread over ``resources`` nodes and ``tenants`` tenants by a seeded hash. The
 demo's service-time model gives finish times. Events are written as JSON directly (no pydantic
 objects) so that generation does not dominate the run.
 """
@@ -54,13 +54,14 @@ class Workload:
         ]
 
     def generate(self) -> Iterator[dict[str, object]]:
-        """Events in arrival order within each copy of the trace."""
+        """Events in arrival order, as a fleet would send them: each trace request is repeated
+        ``ceil(events / 8819)`` times (copy ``k`` arrives ``k`` microseconds later)."""
         trace = list(read_trace(TRACE))
         resources = self.resource_ids()
+        copies = -(-self.events // len(trace))
         n = 0
-        copy = 0
-        while n < self.events:
-            for row, (arrival, prompt, completion) in enumerate(trace):
+        for row, (arrival, prompt, completion) in enumerate(trace):
+            for copy in range(copies):
                 if n >= self.events:
                     return
                 h = hashlib.blake2b(f"{self.seed}|{copy}|{row}".encode(), digest_size=8).digest()
@@ -86,7 +87,6 @@ class Workload:
                     "gpu_count": gpus,
                 }
                 n += 1
-            copy += 1
 
 
 def _ts(t: datetime) -> str:
@@ -94,17 +94,35 @@ def _ts(t: datetime) -> str:
 
 
 def encode_batches(
-    events: Iterator[dict[str, object]], per_message: int, max_bytes: int = 900_000
+    events: Iterator[dict[str, object]],
+    per_message: int,
+    max_bytes: int = 900_000,
+    linger_s: float = 1.0,
 ) -> Iterator[tuple[str, bytes, int]]:
-    """Per-resource batch messages (``per_message`` 1: one event per message)."""
+    """Per-resource batch messages (``per_message`` 1: one event per message).
+
+    Like an emitter with a linger: every resource's pending events are flushed each time
+    event time moves ``linger_s`` on, or when a batch is full, so no batch spans more event
+    time than a serving node would hold back."""
     pending: dict[str, list[bytes]] = {}
     size: dict[str, int] = {}
+    window: str | None = None
     for e in events:
         r = str(e["resource_id"])
         raw = json.dumps(e, separators=(",", ":")).encode()
         if per_message == 1:
             yield r, raw, 1
             continue
+        at = str(e["started_at"])
+        if window is None:
+            window = at
+        elif _seconds_between(window, at) >= linger_s:
+            for pr in sorted(pending):
+                if pending[pr]:
+                    yield pr, _batch(pr, pending[pr]), len(pending[pr])
+            pending.clear()
+            size.clear()
+            window = at
         items = pending.setdefault(r, [])
         if items and (len(items) >= per_message or size[r] + len(raw) > max_bytes):
             yield r, _batch(r, items), len(items)
@@ -115,6 +133,13 @@ def encode_batches(
     for r, items in pending.items():
         if items:
             yield r, _batch(r, items), len(items)
+
+
+def _seconds_between(a: str, b: str) -> float:
+    return (
+        datetime.fromisoformat(b.replace("Z", "+00:00"))
+        - datetime.fromisoformat(a.replace("Z", "+00:00"))
+    ).total_seconds()
 
 
 def _batch(resource: str, items: list[bytes]) -> bytes:

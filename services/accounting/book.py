@@ -301,7 +301,7 @@ class Book:
             state = res.closed.get(b)
             if state is None:  # closed with nothing in it (no traffic, no price): now it has
                 state = Closed(BucketFacts(b), {})
-            facts = state.facts.copy() if add is not None else state.facts
+            facts = state.facts  # updated in place: the old positions are kept below
             if add is not None:
                 facts.add(add[0], add[1], self.settings)
             cost = self._cost(res, b)

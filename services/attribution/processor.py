@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,6 +153,11 @@ class AttributionProcessor:
         self.billing_topic = settings.topic("gpu-billing")
         self.allocated = frozenset(c.lower() for c in settings.allocated_charge_categories)
         self._changes: list[ClosedBucket] = []  # adjustments decided while reading input
+        # latest finish seen per events partition: the watermark is the slowest partition's
+        # (a partition consumed ahead of the others must not make their events late)
+        self._partition_max: dict[int, int] = {}
+        self._partition_seen: dict[int, float] = {}  # monotonic time of its latest event
+        self.clock = time.monotonic
         self.counters: Counter[str] = Counter()
         self._out = Output()
         self._held: list[tuple[int, int, Any]] = []  # (release when closed through, seq, token)
@@ -217,6 +223,9 @@ class AttributionProcessor:
                     offset,
                 )
             elif added is not Added.DUPLICATE:
+                if req.end_us > self._partition_max.get(partition, -(2**62)):
+                    self._partition_max[partition] = req.end_us
+                self._partition_seen[partition] = self.clock()
                 last = request_buckets(req, W)[-1] + W
                 hold_until = last if hold_until is None else max(hold_until, last)
         if hold_until is None:
@@ -275,7 +284,7 @@ class AttributionProcessor:
         closed: list[ClosedBucket] = self._changes
         self._changes = []
         if rates_ready and not self._flushed:
-            wm = self.book.watermark_us()
+            wm = self.watermark_us(events_partitions)
             if wm is not None:
                 closed += self.book.advance(wm)
                 W_us = self.book.settings.bucket_us
@@ -293,6 +302,24 @@ class AttributionProcessor:
         out, self._out = self._out, Output()
         out.finished = self._flushed and not self._held
         return out
+
+    def watermark_us(self, partitions: set[int]) -> int | None:
+        """Event time up to which buckets may close: the slowest assigned partition's latest
+        finish (partitions without data yet do not hold it back) minus allowed lateness."""
+        idle_after = self.clock() - self.settings.idle_partition_seconds
+        active = [
+            p
+            for p in partitions
+            if p in self._partition_max
+            and (self.events_topic, p) not in self._markers  # drained: no more data coming
+            and self._partition_seen[p] >= idle_after  # idle: does not hold the others back
+        ]
+        if not active:
+            active = [p for p in partitions if p in self._partition_max]
+            if not active:
+                return None
+            return max(self._partition_max[p] for p in active) - self.book.settings.lateness_us
+        return min(self._partition_max[p] for p in active) - self.book.settings.lateness_us
 
     def _release_closed(self) -> None:
         while self._held:

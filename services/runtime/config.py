@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     bucket_seconds: int = Field(default=60, gt=0)
     allowed_lateness_seconds: int = Field(default=120, ge=0)
     default_currency: str = "USD"
+    idle_partition_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="an events partition without events this long stops holding the watermark",
+    )
     late_horizon_seconds: int = Field(default=7 * 86_400, ge=0)
     billing_horizon_seconds: int = Field(default=62 * 86_400, ge=0)
     allocated_charge_categories: list[str] = Field(

@@ -11,6 +11,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.serializer import Serializer
 
 from services.contracts import EndOfInput, dumps
 from services.runtime import logs
@@ -59,13 +60,20 @@ def ensure_topics(settings: Settings, timeout: float = 30) -> None:
         admin.close()
 
 
+class KeyEncoder(Serializer):  # type: ignore[misc]
+    """Message keys are resource ids: str to UTF-8 bytes (bytes and None pass through)."""
+
+    def serialize(self, topic: str, headers: Any, data: Any) -> bytes | None:
+        return data.encode() if isinstance(data, str) else data
+
+
 def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     config: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap,
         "acks": "all",
         "linger_ms": 20,
         "max_request_size": max(settings.max_message_bytes * 2, 1_048_576),
-        "key_serializer": lambda k: k.encode() if isinstance(k, str) else k,
+        "key_serializer": KeyEncoder(),
         "client_id": "inferledger-producer",
     }
     config.update(overrides)

@@ -117,3 +117,22 @@ def test_a_bounded_run_flushes_only_after_every_input_partition_saw_its_marker()
     proc.on_billing(marker, 0, 0)
     out = proc.step({0}, {0}, {0})
     assert out.finished and allocations(out) and "m1" in out.release
+
+
+def test_the_watermark_is_the_slowest_partitions_and_an_idle_one_stops_holding_it():
+    proc = AttributionProcessor(Settings(allowed_lateness_seconds=0, idle_partition_seconds=30))
+    now = [1000.0]
+    proc.clock = lambda: now[0]
+    proc.on_rate(raw(RATE), 0, 0)
+    ahead = dict(
+        EVENT, event_id="far", started_at="2024-01-01T00:10:00Z", finished_at="2024-01-01T00:10:01Z"
+    )
+    proc.on_events(raw(ahead), "a", 0, 0)  # partition 0 consumed far ahead
+    proc.on_events(raw(EVENT), "b", 1, 0)  # partition 1 is still at 00:00:30
+    assert proc.watermark_us({0, 1}) == proc.book.settings.bucket_us * 0 + (proc._partition_max[1])
+    out = proc.step({0, 1}, {0})
+    assert allocations(out) == []  # nothing closes past the slow partition
+    now[0] += 31  # partition 1 goes quiet: it no longer holds the others back
+    proc._partition_seen[0] = now[0]
+    assert proc.watermark_us({0, 1}) == proc._partition_max[0]
+    assert allocations(proc.step({0, 1}, {0}))
