@@ -204,12 +204,12 @@ def profile_shares(path: Path) -> dict[str, float]:
         ("postgres", ("sqlalchemy", "psycopg")),
         ("kafka", ("aiokafka", "/kafka/", "faust", "mode/")),
         (
-            "idle wait",
+            "waiting (event loop idle)",
             (
                 "selectors.py",
-                "{method 'poll'",
-                "{method 'select'",
-                "{method 'acquire'",
+                "method 'poll'",
+                "method 'select'",
+                "method 'acquire'",
                 "threading.py",
             ),
         ),

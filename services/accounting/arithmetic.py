@@ -44,12 +44,12 @@ def request_work(req: Request, settings: AccountingSettings) -> Decimal:
     """Work units of a request: weighted tokens times the GPUs its replica spans."""
     w = settings.weights_for(req.model)
     uncached = req.prompt_tokens - req.cached_prompt_tokens
-    with localcontext(_CONTEXT):
-        return (
-            w.prompt * uncached
-            + w.cached * req.cached_prompt_tokens
-            + w.completion * req.completion_tokens
-        ) * req.gpu_count
+    c = _CONTEXT  # exact: token counts times weights with few digits, far below 60 digits
+    tokens = c.add(
+        c.add(c.multiply(w.prompt, uncached), c.multiply(w.cached, req.cached_prompt_tokens)),
+        c.multiply(w.completion, req.completion_tokens),
+    )
+    return c.multiply(tokens, req.gpu_count)
 
 
 def request_buckets(req: Request, bucket_us: int) -> range:

@@ -7,17 +7,27 @@ exact and the facts of a bucket do not depend on the order in which requests arr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal, localcontext
+from decimal import Context, Decimal
 from typing import Any
 
 from services.accounting.model import AccountingSettings, Request
 
 WORK_QUANTUM = Decimal("1e-9")
+_CTX = Context(prec=60)
+_ZERO = Decimal(0)
 GroupKey = tuple[str, str]
 
 
 def merge_interval(intervals: list[tuple[int, int]], lo: int, hi: int) -> None:
     """Insert ``[lo, hi)`` into a sorted list of disjoint intervals, merging overlaps."""
+    if not intervals or lo > intervals[-1][1]:  # the common case: after everything so far
+        intervals.append((lo, hi))
+        return
+    last_lo, last_hi = intervals[-1]
+    if lo >= last_lo:  # overlaps or touches only the last interval
+        if hi > last_hi:
+            intervals[-1] = (last_lo, hi)
+        return
     out: list[tuple[int, int]] = []
     placed = False
     for a, b in intervals:
@@ -88,14 +98,16 @@ class BucketFacts:
         b0, b1 = self.start_us, self.start_us + settings.bucket_us
         lo, hi = max(req.start_us, b0), min(req.end_us, b1)
         duration = req.end_us - req.start_us
-        with localcontext() as ctx:
-            ctx.prec = 60
-            if duration == 0:
-                work = work_units if b0 <= req.start_us < b1 else Decimal(0)
-            elif hi > lo:
-                work = (work_units * (hi - lo) / duration).quantize(WORK_QUANTUM)
-            else:
-                work = Decimal(0)
+        if duration == 0:
+            work = work_units if b0 <= req.start_us < b1 else _ZERO
+        elif hi - lo == duration:  # wholly inside this bucket
+            work = work_units
+        elif hi > lo:
+            work = _CTX.quantize(
+                _CTX.divide(_CTX.multiply(work_units, hi - lo), duration), WORK_QUANTUM
+            )
+        else:
+            work = _ZERO
         g = self.groups.get((req.tenant_id, req.model))
         if g is None:
             g = self.groups[(req.tenant_id, req.model)] = GroupFacts()

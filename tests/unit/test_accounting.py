@@ -263,3 +263,18 @@ def test_buckets_without_rate_or_traffic_are_skipped_and_later_ones_still_close(
     book.add_request(req("late", "acme", "m", 1000, 1010, 10, 0, 1))
     starts = [(c.bucket_start_us - T0) // S for c in book.flush()]
     assert starts == [0, 60, 600, 960]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 100), st.integers(1, 30)), max_size=30))
+def test_merged_intervals_cover_exactly_the_union(spans):
+    from services.accounting.facts import length, merge_interval
+
+    merged: list[tuple[int, int]] = []
+    points: set[int] = set()
+    for lo, d in spans:
+        merge_interval(merged, lo, lo + d)
+        points.update(range(lo, lo + d))
+    assert length(merged) == len(points)
+    assert all(a < b for a, b in merged)
+    assert all(b1 < a2 for (_, b1), (a2, _) in zip(merged, merged[1:], strict=False))
