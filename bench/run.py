@@ -430,6 +430,64 @@ def streaming_latency(
     }
 
 
+def ledger_write_capacity(
+    base: Settings, rows: int = 200_000, batch: int = 5_000
+) -> dict[str, Any]:
+    """How fast the ledger writer's transaction (COPY, INSERT ... ON CONFLICT DO NOTHING,
+    offsets) writes ledger rows into Postgres, fed directly (no Kafka)."""
+    from decimal import Decimal
+    from types import SimpleNamespace
+
+    from services.contracts import LedgerEntry
+    from services.ledger.db import make_engine, write_batch
+
+    assert base.database_url
+    db_url = (
+        make_url(base.database_url)
+        .set(database=f"bench_w{uuid.uuid4().hex[:8]}")
+        .render_as_string(False)
+    )
+    recreate_database(db_url)
+    migrate(db_url)
+    engine = make_engine(db_url)
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    entries = [
+        LedgerEntry(
+            entry_id=f"{i:032x}",
+            entry_kind="usage",
+            cost_basis="provisional",
+            tenant_id=f"tenant-{i % 20}",
+            model="m",
+            resource_id=f"n{i % 64}",
+            bucket_start=start + timedelta(minutes=i // 1000),
+            bucket_seconds=60,
+            completions=1,
+            amount=Decimal("0.000123456789"),
+            currency="USD",
+        )
+        for i in range(rows)
+    ]
+    started = time.monotonic()
+    written = 0
+    for i in range(0, rows, batch):
+        chunk = SimpleNamespace(
+            entries=entries[i : i + batch],
+            rates=[],
+            bills=[],
+            counted=[],
+            offsets={("bench", 0): i + batch},
+        )
+        written += write_batch(engine, "bench", chunk)
+    seconds = time.monotonic() - started
+    engine.dispose()
+    return {
+        "rows": written,
+        "batch": batch,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(written / seconds, 1),
+    }
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
@@ -451,6 +509,12 @@ def markdown(report: dict[str, Any]) -> str:
             f"{p['ratio_to_raw_events_per_s']:.1%} | {p['ratio_to_raw_messages_per_s']:.1%} | "
             f"{p['ledger_rows_per_s']:,.0f} | {rss.get('attribution', '?')} / "
             f"{rss.get('ledger', '?')} |"
+        )
+    cap = report.get("ledger_write_capacity")
+    if cap:
+        lines.append(
+            f"\nLedger writer transaction fed directly: {cap['rows']:,} rows in batches "
+            f"of {cap['batch']:,}: {cap['rows_per_s']:,.0f} rows/s"
         )
     lat = report.get("streaming")
     if lat:
@@ -507,6 +571,8 @@ def main() -> None:
             per = args.batch if case == "batched" else 1
             report["cases"].append(run_case(s, case, work, per, not args.no_profile))
             print(json.dumps(report["cases"][-1], indent=2), file=sys.stderr)
+        print("[ledger write capacity] ...", file=sys.stderr)
+        report["ledger_write_capacity"] = ledger_write_capacity(s)
         if args.stream_rate:
             print("[streaming] offering load ...", file=sys.stderr)
             report["streaming"] = streaming_latency(

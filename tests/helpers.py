@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from decimal import Decimal
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import create_engine, text
 
 from services.accounting import AccountingSettings, Book, ClosedBucket
@@ -67,17 +68,36 @@ def expected_ledger(
     }
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 5) -> list[dict[str, Any]]:
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=int(timeout_s * 1000),
-    )
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        consumer.assign([TopicPartition(topic, p) for p in parts])
-        consumer.seek_to_beginning()
-        return [json.loads(m.value) for m in consumer]
-    finally:
-        consumer.close()
+def read_topic(
+    bootstrap: str, topic: str, quiet_s: float = 3, limit_s: float = 30
+) -> list[dict[str, Any]]:
+    """Every message of ``topic``, read with aiokafka until nothing new came for ``quiet_s``
+    (bounded by ``limit_s``: a test never hangs here)."""
+
+    async def read() -> list[dict[str, Any]]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(topic) or set()
+            if not parts:
+                await consumer._client.force_metadata_update()  # noqa: SLF001
+                parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            out: list[dict[str, Any]] = []
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + limit_s
+            quiet_until = loop.time() + quiet_s
+            while loop.time() < min(deadline, quiet_until):
+                batch = await consumer.getmany(timeout_ms=300)
+                for records in batch.values():
+                    out.extend(json.loads(r.value) for r in records)
+                    quiet_until = loop.time() + quiet_s
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(asyncio.wait_for(read(), limit_s + 15))
