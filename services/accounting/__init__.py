@@ -11,7 +11,6 @@ from services.accounting.arithmetic import (
     provisional_cost,
     request_buckets,
     request_work,
-    union_length,
 )
 from services.accounting.book import Added, Book, ClosedBucket
 from services.accounting.model import (
@@ -47,5 +46,4 @@ __all__ = [
     "request_buckets",
     "request_work",
     "to_us",
-    "union_length",
 ]

@@ -161,21 +161,6 @@ def bucket_cost(
     return BucketCost(costs, basis, tuple(line_ids))
 
 
-def union_length(intervals: Iterable[tuple[int, int]]) -> int:
-    total = 0
-    cur_lo = cur_hi = None
-    for lo, hi in sorted(intervals):
-        if cur_hi is None or lo > cur_hi:
-            if cur_hi is not None and cur_lo is not None:
-                total += cur_hi - cur_lo
-            cur_lo, cur_hi = lo, hi
-        elif hi > cur_hi:
-            cur_hi = hi
-    if cur_hi is not None and cur_lo is not None:
-        total += cur_hi - cur_lo
-    return total
-
-
 def largest_remainder(
     raw: Sequence[Decimal], total: Decimal, quantum: Decimal = QUANTUM
 ) -> list[Decimal]:
