@@ -42,6 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
+def fresh_database(base: Settings, name: str) -> str:
+    """A new, migrated database beside the configured one, for one benchmark case."""
+    assert base.database_url
+    url = make_url(base.database_url).set(database=name).render_as_string(False)
+    recreate_database(url)
+    migrate(url)
+    return url
+
+
 def produce(settings: Settings, work: Workload, per_message: int) -> dict[str, Any]:
     producer = make_producer(settings, linger_ms=50, batch_size=1_048_576, compression_type=None)
     for rate in work.rates():
@@ -254,12 +263,7 @@ def run_case(
     base: Settings, name: str, work: Workload, per_message: int, profile: bool
 ) -> dict[str, Any]:
     prefix = f"bench{uuid.uuid4().hex[:8]}."
-    assert base.database_url
-    db_url = (
-        make_url(base.database_url).set(database=f"bench_{prefix[5:-1]}").render_as_string(False)
-    )
-    recreate_database(db_url)
-    migrate(db_url)
+    db_url = fresh_database(base, f"bench_{prefix[5:-1]}")
     settings = base.model_copy(update={"topic_prefix": prefix, "database_url": db_url})
     ensure_topics(settings)
     print(f"[{name}] producing {work.events:,} events ...", file=sys.stderr)
@@ -315,12 +319,7 @@ def streaming_latency(
     first entry was visible in Postgres minus the earliest moment the design allows it to
     close (bucket end + allowed lateness)."""
     prefix = f"lat{uuid.uuid4().hex[:8]}."
-    assert base.database_url
-    db_url = (
-        make_url(base.database_url).set(database=f"bench_{prefix[:-1]}").render_as_string(False)
-    )
-    recreate_database(db_url)
-    migrate(db_url)
+    db_url = fresh_database(base, f"bench_{prefix[:-1]}")
     settings = base.model_copy(update={"topic_prefix": prefix, "database_url": db_url})
     ensure_topics(settings)
     env = dict(
@@ -442,13 +441,7 @@ def ledger_write_capacity(
     from services.ledger.db import make_engine, write_batch
 
     assert base.database_url
-    db_url = (
-        make_url(base.database_url)
-        .set(database=f"bench_w{uuid.uuid4().hex[:8]}")
-        .render_as_string(False)
-    )
-    recreate_database(db_url)
-    migrate(db_url)
+    db_url = fresh_database(base, f"bench_w{uuid.uuid4().hex[:8]}")
     engine = make_engine(db_url)
     start = datetime(2024, 1, 1, tzinfo=UTC)
     entries = [

@@ -233,28 +233,29 @@ class AttributionProcessor:
         else:
             heapq.heappush(self._held, (hold_until, next(self._seq), token))
 
-    def on_rate(self, raw: bytes, partition: int, offset: int) -> None:
+    def _reference(self, decode: Any, topic: str, raw: bytes, partition: int, offset: int) -> Any:
+        """Decode a rates or billing message; markers and rejects are handled here (None)."""
         try:
-            msg = decode_rate(raw)
+            msg = decode(raw)
         except DecodeError as exc:
-            self._reject(self.rates_topic, exc.reason, exc.detail, raw, partition, offset)
-            return
+            self._reject(topic, exc.reason, exc.detail, raw, partition, offset)
+            return None
         if isinstance(msg, EndOfInput):
-            self._on_marker(self.rates_topic, partition, msg)
-            return
-        self.counters["rates"] += 1
-        self._changes.extend(self.book.add_rate(to_rate(msg)))
+            self._on_marker(topic, partition, msg)
+            return None
+        return msg
+
+    def on_rate(self, raw: bytes, partition: int, offset: int) -> None:
+        rate = self._reference(decode_rate, self.rates_topic, raw, partition, offset)
+        if rate is not None:
+            self.counters["rates"] += 1
+            self._changes.extend(self.book.add_rate(to_rate(rate)))
 
     def on_billing(self, raw: bytes, partition: int, offset: int) -> None:
-        try:
-            msg = decode_billing(raw)
-        except DecodeError as exc:
-            self._reject(self.billing_topic, exc.reason, exc.detail, raw, partition, offset)
+        line = self._reference(decode_billing, self.billing_topic, raw, partition, offset)
+        if line is None:
             return
-        if isinstance(msg, EndOfInput):
-            self._on_marker(self.billing_topic, partition, msg)
-            return
-        bill = to_bill(msg, self.allocated)
+        bill = to_bill(line, self.allocated)
         if bill is None:
             self.counters["billing.unallocated"] += 1
             return
