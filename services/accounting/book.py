@@ -275,7 +275,9 @@ class Book:
                 res.closed[b] = Closed(facts, pos)
                 self._dirty.add((resource_id, b))
                 entries = initial_entries(resource_id, b, self.settings, pos, cost)
-                closed.append(ClosedBucket(resource_id, b, entries, sorted(facts.finished.items())))
+                counted = sorted(facts.finished.items())
+                facts.finished.clear()  # published with this decision: no need to keep them
+                closed.append(ClosedBucket(resource_id, b, entries, counted))
                 b += W
                 continue
             # nothing here: skip to the next bucket with traffic, a rate or a bill
@@ -314,6 +316,7 @@ class Book:
             counted = []
             if add is not None and add[0].event_id in facts.finished:
                 counted = [(add[0].event_id, add[0].status)]
+            facts.finished.clear()
             if entries or counted:
                 out.append(ClosedBucket(resource_id, b, entries, counted))
         return out
