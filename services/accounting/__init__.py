@@ -12,7 +12,7 @@ from services.accounting.arithmetic import (
     request_buckets,
     request_work,
 )
-from services.accounting.book import Added, Book, ClosedBucket
+from services.accounting.book import Added, Book, ClosedBucket, Loader
 from services.accounting.model import (
     AccountingSettings,
     Bill,
@@ -32,6 +32,7 @@ __all__ = [
     "Book",
     "ClosedBucket",
     "Entry",
+    "Loader",
     "Rate",
     "Request",
     "TokenWeights",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
@@ -75,6 +76,11 @@ class Closed:
         )
 
 
+Loader = Callable[[str, list[int]], dict[int, dict[str, Any]]]
+"""``(resource_id, bucket starts) -> {bucket start: data}``: closed buckets evicted from memory,
+as :meth:`Book.take_dirty` exported them (missing keys: nothing was stored for that bucket)."""
+
+
 def rate_key(rate: Rate) -> str:
     text = f"{rate.resource_id}|{rate.start_us}|{rate.end_us}|{rate.price_per_hour}|{rate.currency}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -88,18 +94,27 @@ class _Resource:
     closed: dict[int, Closed] = field(default_factory=dict)
     next_open_us: int | None = None  # every bucket before this one is closed
     last_event_us: int | None = None
+    evicted_before_us: int | None = None  # closed buckets before this may be out of memory
+    ever_closed: bool = False
 
     @property
     def known(self) -> bool:
         """A GPU resource: it has a rate or traffic (a bill alone does not make one)."""
-        return bool(self.rates) or self.last_event_us is not None or bool(self.closed)
+        return bool(self.rates) or self.last_event_us is not None or self.ever_closed
 
 
 class Book:
-    """Open and closed buckets of many resources."""
+    """Open and closed buckets of many resources.
 
-    def __init__(self, settings: AccountingSettings) -> None:
+    With a ``loader``, closed buckets more than ``settings.resident_seconds`` behind the
+    watermark leave memory once exported by :meth:`take_dirty` (the caller stores them), and are
+    loaded back when a late event, a rate or a bill touches them: memory then depends on the
+    event-time window, not on how many events went through.
+    """
+
+    def __init__(self, settings: AccountingSettings, loader: Loader | None = None) -> None:
         self.settings = settings
+        self._loader = loader
         self._resources: dict[str, _Resource] = defaultdict(_Resource)
         self.max_event_us: int | None = None
         self._dirty: set[tuple[str, int]] = set()
@@ -126,7 +141,7 @@ class Book:
         )
         W = self.settings.bucket_us
         start = bucket_floor(rate.start_us, W)
-        if res.next_open_us is None or (not res.closed and start < res.next_open_us):
+        if res.next_open_us is None or (not res.ever_closed and start < res.next_open_us):
             res.next_open_us = start  # nothing closed yet: its buckets close in order
             return []
         # buckets already closed (or passed over) that the rate covers are priced again
@@ -164,7 +179,7 @@ class Book:
             return []
         W = self.settings.bucket_us
         first = bucket_floor(bill.start_us, W)
-        if not res.closed and first < res.next_open_us:
+        if not res.ever_closed and first < res.next_open_us:
             res.next_open_us = first  # nothing closed yet: its buckets close in order
             return []
         end = min(bucket_ceil(bill.end_us, W), res.next_open_us)
@@ -176,6 +191,8 @@ class Book:
         res = self._resources[req.resource_id]
         W = self.settings.bucket_us
         buckets = request_buckets(req, W)
+        if res.evicted_before_us is not None and buckets.start < res.evicted_before_us:
+            self._fetch(req.resource_id, buckets)
         for b in buckets:
             facts = res.open.get(b) or (res.closed[b].facts if b in res.closed else None)
             if facts is not None and req.event_id in facts.event_ids:
@@ -226,6 +243,8 @@ class Book:
         for resource_id in sorted(self._resources):
             closed.extend(self._close(resource_id, end))
         self._prune()
+        if self._loader is not None:
+            self._evict(bucket_floor(limit - self.settings.resident_us, self.settings.bucket_us))
         return closed
 
     def flush(self) -> list[ClosedBucket]:
@@ -273,6 +292,7 @@ class Book:
                 cost = self._cost(res, b)
                 pos = positions(facts, cost, self.settings)
                 res.closed[b] = Closed(facts, pos)
+                res.ever_closed = True
                 self._dirty.add((resource_id, b))
                 entries = initial_entries(resource_id, b, self.settings, pos, cost)
                 counted = sorted(facts.finished.items())
@@ -298,6 +318,7 @@ class Book:
         add: tuple[Request, Any] | None = None,
     ) -> list[ClosedBucket]:
         res = self._resources[resource_id]
+        self._fetch(resource_id, buckets)
         out: list[ClosedBucket] = []
         for b in sorted(buckets):
             state = res.closed.get(b)
@@ -312,6 +333,7 @@ class Book:
                 resource_id, b, self.settings, state.positions, new, kind, cost, trigger
             )
             res.closed[b] = Closed(facts, new)
+            res.ever_closed = True
             self._dirty.add((resource_id, b))
             counted = []
             if add is not None and add[0].event_id in facts.finished:
@@ -352,6 +374,47 @@ class Book:
         for res in self._resources.values():
             for b in [b for b in res.closed if b < horizon]:
                 del res.closed[b]
+
+    # -- memory ------------------------------------------------------------------------
+    def _evict(self, before_us: int) -> None:
+        """Drop closed buckets before ``before_us`` that have been exported (not dirty)."""
+        for resource_id, res in self._resources.items():
+            old = [b for b in res.closed if b < before_us and (resource_id, b) not in self._dirty]
+            for b in old:
+                del res.closed[b]
+            if res.ever_closed and (
+                res.evicted_before_us is None or before_us > res.evicted_before_us
+            ):
+                res.evicted_before_us = before_us
+
+    def _fetch(self, resource_id: str, buckets: Iterable[int]) -> None:
+        """Load evicted closed buckets among ``buckets`` back into memory."""
+        res = self._resources[resource_id]
+        if self._loader is None or res.evicted_before_us is None:
+            return
+        keep = max(self.settings.late_horizon_seconds, self.settings.billing_horizon_seconds)
+        horizon = self._horizon(keep)  # older ones were forgotten anyway (see _prune)
+        missing = [
+            b
+            for b in buckets
+            if b < res.evicted_before_us
+            and b not in res.closed
+            and (horizon is None or b >= horizon)
+        ]
+        if missing:
+            for b, data in self._loader(resource_id, missing).items():
+                res.closed[b] = Closed.from_data(data)
+
+    @property
+    def resident_buckets(self) -> int:
+        """Open and closed buckets in memory (what memory use grows with)."""
+        return sum(len(r.open) + len(r.closed) for r in self._resources.values())
+
+    def evicted(self, resource_id: str, before_us: int) -> None:
+        """Tell the Book that closed buckets before ``before_us`` were not restored."""
+        res = self._resources[resource_id]
+        if res.evicted_before_us is None or before_us > res.evicted_before_us:
+            res.evicted_before_us = before_us
 
     # -- durability -----------------------------------------------------------------------
     def take_dirty(self) -> list[tuple[str, str, str, dict[str, Any]]]:
@@ -395,6 +458,7 @@ class Book:
             return
         bucket_start_us = int(key)
         res.closed[bucket_start_us] = Closed.from_data(data)
+        res.ever_closed = True
         W = self.settings.bucket_us
         nxt = bucket_start_us + W
         if res.next_open_us is None or nxt > res.next_open_us:

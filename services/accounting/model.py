@@ -40,12 +40,17 @@ class AccountingSettings:
     default_currency: str = "USD"
     late_horizon_seconds: int = 7 * 86_400
     billing_horizon_seconds: int = 62 * 86_400
+    resident_seconds: int = 600
+    """How far behind the watermark a closed bucket stays in memory when the Book has a loader
+    (older ones are evicted and loaded back when a late event or a bill touches them)."""
 
     def __post_init__(self) -> None:
         if self.bucket_seconds <= 0:
             raise ValueError("bucket_seconds must be positive")
         if self.allowed_lateness_seconds < 0:
             raise ValueError("allowed_lateness_seconds must not be negative")
+        if self.resident_seconds < 0:
+            raise ValueError("resident_seconds must not be negative")
 
     @property
     def bucket_us(self) -> int:
@@ -54,6 +59,10 @@ class AccountingSettings:
     @property
     def lateness_us(self) -> int:
         return self.allowed_lateness_seconds * US_PER_SECOND
+
+    @property
+    def resident_us(self) -> int:
+        return self.resident_seconds * US_PER_SECOND
 
     def weights_for(self, model: str) -> TokenWeights:
         return self.model_weights.get(model, self.default_weights)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -22,10 +23,10 @@ log = logs.get(__name__)
 def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asyncio.Event]:
     """The app, and an event set once a bounded run (``run_id``) has published everything."""
     app = make_app(settings, "inferledger-attribution")
-    proc = AttributionProcessor(settings, run_id)
     if not settings.database_url:
         raise ValueError("database_url is not resolved")
     db = make_engine(settings.database_url)
+    proc = AttributionProcessor(settings, run_id, functools.partial(state.load_buckets, db))
     restored = state.load(db, proc.book)  # before any message: the Book as it was stored
     log.info("attribution state restored", items=restored)
     events_name, rates_name = settings.topic(EVENTS), settings.topic(RATES)

@@ -20,6 +20,7 @@ from services.accounting import (
     Book,
     ClosedBucket,
     Entry,
+    Loader,
     Rate,
     Request,
     from_us,
@@ -144,9 +145,11 @@ class Output:
 class AttributionProcessor:
     """Per worker: one :class:`Book` for all resources of the partitions it owns."""
 
-    def __init__(self, settings: Settings, run_id: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, run_id: str | None = None, loader: Loader | None = None
+    ) -> None:
         self.settings = settings
-        self.book = Book(settings.accounting())
+        self.book = Book(settings.accounting(), loader)
         self.run_id = run_id
         self.events_topic = settings.topic("inference-events")
         self.rates_topic = settings.topic("gpu-rates")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from psycopg.types.json import Jsonb
-from sqlalchemy import Engine, select
+from sqlalchemy import BigInteger, Engine, and_, case, cast, func, or_, select, tuple_
 
 from services.accounting import Book
 from services.ledger.db import copy_insert
@@ -34,19 +34,57 @@ def save(engine: Engine, items: list[Item]) -> None:
         )
 
 
+_T = attribution_state.c
+_start = case((_T.kind == "bucket", cast(_T.key, BigInteger)))  # keys of buckets are integers
+
+
 def load(engine: Engine, book: Book) -> int:
-    """Restore everything stored into ``book``: inputs first, then closed buckets."""
+    """Restore into ``book`` every rate and bill, each resource's latest closed bucket and the
+    closed buckets within ``resident_seconds`` of the latest; older ones stay in Postgres and
+    come back through :func:`load_buckets` when something touches them."""
     n = 0
+    settings = book.settings
     with engine.connect() as conn:
-        for kind in ("rate", "bill", "bucket"):
-            rows = conn.execute(
-                select(
-                    attribution_state.c.resource_id,
-                    attribution_state.c.key,
-                    attribution_state.c.data,
-                ).where(attribution_state.c.kind == kind)
-            )
+        for kind in ("rate", "bill"):
+            rows = conn.execute(select(_T.resource_id, _T.key, _T.data).where(_T.kind == kind))
             for resource_id, key, data in rows:
                 book.restore(resource_id, kind, key, data)
                 n += 1
+        latest = dict(
+            conn.execute(
+                select(_T.resource_id, func.max(_start))
+                .where(_T.kind == "bucket")
+                .group_by(_T.resource_id)
+            ).all()
+        )
+        if not latest:
+            return n
+        cutoff = max(latest.values()) + settings.bucket_us - settings.resident_us
+        cutoff -= cutoff % settings.bucket_us
+        rows = conn.execute(
+            select(_T.resource_id, _T.key, _T.data).where(
+                _T.kind == "bucket",
+                or_(
+                    _start >= cutoff,
+                    tuple_(_T.resource_id, _start).in_(list(latest.items())),
+                ),
+            )
+        )
+        for resource_id, key, data in rows:
+            book.restore(resource_id, "bucket", key, data)
+            n += 1
+    for resource_id in latest:
+        book.evicted(resource_id, cutoff)
     return n
+
+
+def load_buckets(engine: Engine, resource_id: str, starts: list[int]) -> dict[int, dict[str, Any]]:
+    """Closed buckets of a resource that the Book evicted from memory (the Book's loader)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(_start, _T.data).where(
+                and_(_T.resource_id == resource_id, _T.kind == "bucket"),
+                _T.key.in_([str(b) for b in starts]),
+            )
+        )
+        return {int(b): data for b, data in rows}

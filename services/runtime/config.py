@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     )
     late_horizon_seconds: int = Field(default=7 * 86_400, ge=0)
     billing_horizon_seconds: int = Field(default=62 * 86_400, ge=0)
+    resident_seconds: int = Field(
+        default=600,
+        ge=0,
+        description="closed buckets older than this behind the watermark leave memory (they are "
+        "in Postgres and are loaded back when a late event or a bill touches them)",
+    )
     allocated_charge_categories: list[str] = Field(
         default_factory=lambda: ["usage", "credit", "adjustment"],
         description="billing charge categories allocated to tenants (others stay unallocated)",
@@ -86,6 +92,7 @@ class Settings(BaseSettings):
             default_currency=self.default_currency,
             late_horizon_seconds=self.late_horizon_seconds,
             billing_horizon_seconds=self.billing_horizon_seconds,
+            resident_seconds=self.resident_seconds,
         )
 
 

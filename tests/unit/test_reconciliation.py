@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 from hypothesis import given, settings
@@ -164,9 +165,16 @@ def scenario(draw):
     return reqs, bills, order, advance_every
 
 
-def feed(order, advance_every, lateness):
-    cfg = AccountingSettings(allowed_lateness_seconds=lateness)
-    book = Book(cfg)
+def feed(order, advance_every, lateness, evict=False):
+    """Feed ``order``; with ``evict``, closed buckets leave memory as soon as they may and
+    come back through a loader over what ``take_dirty`` exported (JSON, as Postgres holds it)."""
+    cfg = AccountingSettings(allowed_lateness_seconds=lateness, resident_seconds=0)
+    store = {}
+
+    def loader(resource_id, starts):
+        return {b: json.loads(store[resource_id, b]) for b in starts if (resource_id, b) in store}
+
+    book = Book(cfg, loader if evict else None)
     closed = []
     for i, (kind, item) in enumerate(order):
         if kind == "req":
@@ -177,6 +185,9 @@ def feed(order, advance_every, lateness):
             closed += book.add_bill(item)
         if i % advance_every == 0:
             closed += book.advance()
+            for resource_id, kind, key, data in book.take_dirty():
+                if kind == "bucket":
+                    store[resource_id, int(key)] = json.dumps(data)
     return closed + book.flush()
 
 
@@ -198,3 +209,46 @@ def test_any_arrival_order_gives_the_same_final_ledger(sc, lateness):
     assert len(ids) == len(set(ids))
     for bucket, (amount, _) in totals(got, ("bucket",)).items():
         assert amount == totals(reference, ("bucket",))[bucket][0]
+
+
+@settings(max_examples=120, deadline=None)
+@given(scenario(), st.sampled_from([0, 30, 120]))
+def test_evicting_closed_buckets_changes_nothing(sc, lateness):
+    """A Book that keeps no closed bucket in memory decides exactly what one keeping all does,
+    duplicates included."""
+    reqs, _, order, advance_every = sc
+    replayed = list(order) + [("req", r) for r in reqs[:3]]  # duplicates after eviction
+    kept = feed(replayed, advance_every, lateness)
+    evicted = feed(replayed, advance_every, lateness, evict=True)
+    assert [(c.resource_id, c.bucket_start_us, c.entries, c.counted) for c in evicted] == [
+        (c.resource_id, c.bucket_start_us, c.entries, c.counted) for c in kept
+    ]
+
+
+def test_eviction_bounds_what_stays_in_memory():
+    cfg = AccountingSettings(allowed_lateness_seconds=0, resident_seconds=120)
+    store = {}
+    book = Book(cfg, lambda r, starts: {b: store[r, b] for b in starts if (r, b) in store})
+    book.add_rate(Rate("node-1", T0, None, Decimal("36"), "USD"))
+    resident = []
+    for minute in range(200):
+        start = T0 + minute * 60 * S
+        book.add_request(
+            Request(f"e{minute}", "a", "x", "node-1", start, start + S, 10, 0, 10, "ok")
+        )
+        book.advance()
+        for resource_id, kind, key, data in book.take_dirty():
+            if kind == "bucket":
+                store[resource_id, int(key)] = data
+        resident.append(book.resident_buckets)
+    assert max(resident[10:]) <= 4  # the open bucket and the last couple of closed ones
+    assert len(store) >= 190
+    # an old bucket comes back for a duplicate check and a late event
+    status, _ = book.add_request(
+        Request("e5", "a", "x", "node-1", T0 + 5 * 60 * S, T0 + 5 * 60 * S + S, 10, 0, 10, "ok")
+    )
+    assert status is Added.DUPLICATE
+    status, changes = book.add_request(
+        Request("late", "b", "x", "node-1", T0 + 5 * 60 * S, T0 + 5 * 60 * S + S, 10, 0, 10, "ok")
+    )
+    assert status is Added.LATE and changes
