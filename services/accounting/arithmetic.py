@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Context, Decimal, localcontext
 from typing import Any
 
-from services.accounting.facts import BucketFacts, GroupKey, length
+from services.accounting.facts import BucketFacts, GroupKey, from_nanos, length, to_nanos
 from services.accounting.model import (
     US_PER_SECOND,
     AccountingSettings,
@@ -16,6 +17,7 @@ from services.accounting.model import (
     Entry,
     Rate,
     Request,
+    TokenWeights,
 )
 
 QUANTUM = Decimal("1e-12")
@@ -50,6 +52,20 @@ def request_work(req: Request, settings: AccountingSettings) -> Decimal:
         c.multiply(w.completion, req.completion_tokens),
     )
     return c.multiply(tokens, req.gpu_count)
+
+
+@functools.lru_cache(maxsize=256)
+def _nano_weights(w: TokenWeights) -> tuple[int, int, int]:
+    return to_nanos(w.prompt), to_nanos(w.cached), to_nanos(w.completion)
+
+
+def request_work_nanos(req: Request, settings: AccountingSettings) -> int:
+    """:func:`request_work` in integer nano work units (the per-event path)."""
+    p, c, o = _nano_weights(settings.weights_for(req.model))
+    cached = req.cached_prompt_tokens
+    return (
+        p * (req.prompt_tokens - cached) + c * cached + o * req.completion_tokens
+    ) * req.gpu_count
 
 
 def request_buckets(req: Request, bucket_us: int) -> range:
@@ -227,10 +243,11 @@ def positions(
     busy_us = length(facts.busy)
     out: dict[PositionKey, Position] = {}
     with localcontext(_CONTEXT):
-        total_work = sum((g.work for g in groups), Decimal(0))
+        total_nanos = sum(g.work for g in groups)
+        total_work = from_nanos(total_nanos)
         group_busy = [Decimal(length(g.intervals)) for g in groups]
-        if total_work > 0:
-            weights = [g.work / total_work for g in groups]
+        if total_nanos > 0:
+            weights = [Decimal(g.work) / total_nanos for g in groups]
         elif busy_us > 0:  # busy but no token work at all: share busy cost by busy time
             total_gb = sum(group_busy, Decimal(0))
             weights = [b / total_gb for b in group_busy]
@@ -251,7 +268,7 @@ def positions(
                     g.prompt if first else 0,
                     g.cached if first else 0,
                     g.completion if first else 0,
-                    g.work.quantize(_WORK_QUANTUM) if first else Decimal(0),
+                    from_nanos(g.work).quantize(_WORK_QUANTUM) if first else Decimal(0),
                     (group_busy[i] / US_PER_SECOND).quantize(_SECONDS_QUANTUM)
                     if first
                     else Decimal(0),
@@ -390,7 +407,7 @@ def allocate_bucket(
         if req.resource_id == resource_id and bucket_start_us in request_buckets(
             req, settings.bucket_us
         ):
-            facts.add(req, request_work(req, settings), settings)
+            facts.add(req, request_work_nanos(req, settings), settings.bucket_us)
     b0 = bucket_start_us
     cost = bucket_cost(rates, bills, b0, b0 + settings.bucket_us, settings.default_currency)
     return initial_entries(resource_id, b0, settings, positions(facts, cost, settings), cost)

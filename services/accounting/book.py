@@ -29,7 +29,7 @@ from services.accounting.arithmetic import (
     initial_entries,
     positions,
     request_buckets,
-    request_work,
+    request_work_nanos,
 )
 from services.accounting.facts import BucketFacts
 from services.accounting.model import AccountingSettings, Bill, Entry, Rate, Request
@@ -193,24 +193,34 @@ class Book:
         buckets = request_buckets(req, W)
         if res.evicted_before_us is not None and buckets.start < res.evicted_before_us:
             self._fetch(req.resource_id, buckets)
+        open_, closed, event_id = res.open, res.closed, req.event_id
         for b in buckets:
-            facts = res.open.get(b) or (res.closed[b].facts if b in res.closed else None)
-            if facts is not None and req.event_id in facts.event_ids:
+            facts = open_.get(b)
+            if facts is None and b in closed:
+                facts = closed[b].facts
+            if facts is not None and event_id in facts.event_ids:
                 return Added.DUPLICATE, []
-        late = [b for b in buckets if res.next_open_us is not None and b < res.next_open_us]
-        horizon = self._horizon(self.settings.late_horizon_seconds)
-        if late and horizon is not None and late[0] < horizon:
-            return Added.TOO_LATE, []
-        if res.next_open_us is None:
+        nxt = res.next_open_us
+        late = [] if nxt is None or buckets.start >= nxt else [b for b in buckets if b < nxt]
+        if late:
+            horizon = self._horizon(self.settings.late_horizon_seconds)
+            if horizon is not None and late[0] < horizon:
+                return Added.TOO_LATE, []
+        if nxt is None:
             res.next_open_us = buckets.start
-        work = request_work(req, self.settings)
+        work = request_work_nanos(req, self.settings)
         for b in buckets:
-            if b not in late:
-                res.open.setdefault(b, BucketFacts(b)).add(req, work, self.settings)
-        if res.last_event_us is None or req.end_us > res.last_event_us:
-            res.last_event_us = req.end_us
-        if self.max_event_us is None or req.end_us > self.max_event_us:
-            self.max_event_us = req.end_us
+            if late and b in late:
+                continue
+            facts = open_.get(b)
+            if facts is None:
+                facts = open_[b] = BucketFacts(b)
+            facts.add(req, work, W)
+        end = req.end_us
+        if res.last_event_us is None or end > res.last_event_us:
+            res.last_event_us = end
+        if self.max_event_us is None or end > self.max_event_us:
+            self.max_event_us = end
         if not late:
             return Added.ACCEPTED, []
         changes = self._recompute(
@@ -326,7 +336,7 @@ class Book:
                 state = Closed(BucketFacts(b), {})
             facts = state.facts  # updated in place: the old positions are kept below
             if add is not None:
-                facts.add(add[0], add[1], self.settings)
+                facts.add(add[0], add[1], self.settings.bucket_us)
             cost = self._cost(res, b)
             new = positions(facts, cost, self.settings)
             entries = adjustment_entries(

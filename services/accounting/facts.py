@@ -1,21 +1,43 @@
 """What a bucket knows about its traffic: mergeable, exact, independent of arrival order.
 
-Work is quantized to 1e-9 work units per (request, bucket) before it is summed, so every sum is
-exact and the facts of a bucket do not depend on the order in which requests arrive.
+Work is counted in integer nano work units (1e-9) and a request's share of a bucket is rounded
+to a whole nano unit (half to even) before it is summed, so every sum is exact, the facts of a
+bucket do not depend on the order in which requests arrive, and the per-event path does only
+integer arithmetic (Decimal appears when a bucket closes).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Context, Decimal
+from decimal import Decimal
 from typing import Any
 
-from services.accounting.model import AccountingSettings, Request
+from services.accounting.model import Request
 
 WORK_QUANTUM = Decimal("1e-9")
-_CTX = Context(prec=60)
-_ZERO = Decimal(0)
+NANO = 10**9
 GroupKey = tuple[str, str]
+
+
+def to_nanos(work: Decimal) -> int:
+    """Work units as integer nano units (exact: ``work`` must be a multiple of 1e-9)."""
+    scaled = work.scaleb(9)
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"work {work} is not a multiple of 1e-9")
+    return int(scaled)
+
+
+def from_nanos(nanos: int) -> Decimal:
+    return Decimal(nanos).scaleb(-9)
+
+
+def share(nanos: int, part: int, whole: int) -> int:
+    """``nanos * part / whole`` rounded to a whole nano unit, half to even."""
+    q, r = divmod(nanos * part, whole)
+    twice = 2 * r
+    if twice > whole or (twice == whole and q & 1):
+        q += 1
+    return q
 
 
 def merge_interval(intervals: list[tuple[int, int]], lo: int, hi: int) -> None:
@@ -51,7 +73,7 @@ def length(intervals: list[tuple[int, int]]) -> int:
 
 @dataclass
 class GroupFacts:
-    work: Decimal = Decimal(0)
+    work: int = 0  # nano work units
     intervals: list[tuple[int, int]] = field(default_factory=list)
     completions: int = 0
     failed: int = 0
@@ -90,27 +112,30 @@ class BucketFacts:
             dict(self.finished),
         )
 
-    def add(self, req: Request, work_units: Decimal, settings: AccountingSettings) -> bool:
+    def add(self, req: Request, work_nanos: int, bucket_us: int) -> bool:
         """Add a request's share of this bucket; False (and no change) for a known event_id."""
-        if req.event_id in self.event_ids:
+        event_ids = self.event_ids
+        if req.event_id in event_ids:
             return False
-        self.event_ids.add(req.event_id)
-        b0, b1 = self.start_us, self.start_us + settings.bucket_us
-        lo, hi = max(req.start_us, b0), min(req.end_us, b1)
-        duration = req.end_us - req.start_us
+        event_ids.add(req.event_id)
+        b0 = self.start_us
+        b1 = b0 + bucket_us
+        start, end = req.start_us, req.end_us
+        lo = start if start > b0 else b0
+        hi = end if end < b1 else b1
+        duration = end - start
         if duration == 0:
-            work = work_units if b0 <= req.start_us < b1 else _ZERO
+            work = work_nanos if b0 <= start < b1 else 0
         elif hi - lo == duration:  # wholly inside this bucket
-            work = work_units
+            work = work_nanos
         elif hi > lo:
-            work = _CTX.quantize(
-                _CTX.divide(_CTX.multiply(work_units, hi - lo), duration), WORK_QUANTUM
-            )
+            work = share(work_nanos, hi - lo, duration)
         else:
-            work = _ZERO
-        g = self.groups.get((req.tenant_id, req.model))
+            work = 0
+        key = (req.tenant_id, req.model)
+        g = self.groups.get(key)
         if g is None:
-            g = self.groups[(req.tenant_id, req.model)] = GroupFacts()
+            g = self.groups[key] = GroupFacts()
         g.work += work
         if hi > lo:
             merge_interval(g.intervals, lo, hi)
@@ -137,7 +162,7 @@ class BucketFacts:
                 [
                     t,
                     m,
-                    str(g.work),
+                    str(from_nanos(g.work)),
                     g.intervals,
                     g.completions,
                     g.failed,
@@ -152,7 +177,7 @@ class BucketFacts:
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> BucketFacts:
         groups = {
-            (t, m): GroupFacts(Decimal(w), [(a, b) for a, b in iv], c, f, p, ca, co)
+            (t, m): GroupFacts(to_nanos(Decimal(w)), [(a, b) for a, b in iv], c, f, p, ca, co)
             for t, m, w, iv, c, f, p, ca, co in data["groups"]
         }
         return cls(

@@ -30,6 +30,12 @@ class TokenWeights:
     cached: Decimal = Decimal("0.1")
     completion: Decimal = Decimal("4.0")
 
+    def __post_init__(self) -> None:
+        for name in ("prompt", "cached", "completion"):
+            w = getattr(self, name)
+            if not w.is_finite() or w < 0 or w.scaleb(9) != w.scaleb(9).to_integral_value():
+                raise ValueError(f"token weight {name}={w} must be >= 0 with at most 9 decimals")
+
 
 @dataclass(frozen=True)
 class AccountingSettings:

@@ -24,7 +24,6 @@ from services.accounting import (
     Rate,
     Request,
     from_us,
-    request_buckets,
     to_us,
 )
 from services.contracts import (
@@ -71,7 +70,8 @@ def to_rate(rate: GpuRate) -> Rate:
 
 
 def to_ledger_entry(e: Entry) -> LedgerEntry:
-    return LedgerEntry(
+    """The contract's entry (not validated again: the core built it from validated input)."""
+    return LedgerEntry.model_construct(
         entry_id=e.entry_id,
         entry_kind=e.entry_kind,
         cost_basis=e.cost_basis,
@@ -210,11 +210,15 @@ class AttributionProcessor:
             self._on_marker(topic, partition, decoded.end_of_input)
         hold_until: int | None = None
         W = self.book.settings.bucket_us
+        add_request = self.book.add_request
+        tally: Counter[Added] = Counter()
+        latest = self._partition_max.get(partition, -(2**62))
         for event in decoded.events:
             req = to_request(event)
-            added, changes = self.book.add_request(req)
-            self.counters[f"events.{added.value}"] += 1
-            self._changes.extend(changes)
+            added, changes = add_request(req)
+            tally[added] += 1
+            if changes:
+                self._changes.extend(changes)
             if added is Added.TOO_LATE:
                 self._reject(
                     topic,
@@ -226,11 +230,17 @@ class AttributionProcessor:
                     offset,
                 )
             elif added is not Added.DUPLICATE:
-                if req.end_us > self._partition_max.get(partition, -(2**62)):
-                    self._partition_max[partition] = req.end_us
-                self._partition_seen[partition] = self.clock()
-                last = request_buckets(req, W)[-1] + W
-                hold_until = last if hold_until is None else max(hold_until, last)
+                end = req.end_us
+                if end > latest:
+                    latest = end
+                last = end - end % W + W  # the end of the bucket its counts go to
+                if hold_until is None or last > hold_until:
+                    hold_until = last
+        for added, n in tally.items():
+            self.counters[f"events.{added.value}"] += n
+        if hold_until is not None:
+            self._partition_max[partition] = latest
+            self._partition_seen[partition] = self.clock()
         if hold_until is None:
             self._out.release.append(token)
         else:
