@@ -8,7 +8,9 @@ ceiling (aiokafka consuming and JSON-decoding the same messages, nothing else), 
 pipeline (`inferledger run all --until-idle`, one process per processor) and reports events/s
 end to end (first message consumed by the attribution processor to the last ledger row
 committed), the ratio to the raw ceiling, each process's peak resident memory, ledger rows/s,
-and where the processors spent their time (a cProfile of each process, by package).
+and where the processors spent their time: py-spy samples each process during the measured run
+(sampling from outside, so the run is not slowed the way an in-process profiler slows it).
+One event per message is also compared with a plain faust agent that only decodes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import asyncio
 import json
 import os
 import platform
-import pstats
 import signal
 import subprocess
 import sys
@@ -107,17 +108,22 @@ async def raw_ceiling(settings: Settings, messages: int) -> dict[str, Any]:
 
 
 class PeakMemory(threading.Thread):
-    """Polls VmHWM (peak resident set) of a process tree's processes, by command."""
+    """Polls VmHWM (peak resident set) of a process tree's processes, by command; with
+    ``profile_dir``, starts a py-spy sampler on each of them as it appears."""
 
-    def __init__(self, root_pid: int) -> None:
+    def __init__(self, root_pid: int, profile_dir: Path | None = None) -> None:
         super().__init__(daemon=True)
         self.root_pid = root_pid
         self.peaks: dict[str, int] = {}
         self.stop = threading.Event()
+        self.profile_dir = profile_dir
+        self.samplers: dict[str, subprocess.Popen[bytes]] = {}
 
     def run(self) -> None:
         while not self.stop.is_set():
             for pid, name in self._tree():
+                if self.profile_dir is not None and name not in self.samplers:
+                    self.samplers[name] = sample(pid, self.profile_dir / f"{name}.txt")
                 try:
                     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                         if line.startswith("VmHWM:"):
@@ -144,7 +150,36 @@ class PeakMemory(threading.Thread):
         return out
 
 
+def sample(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy at 100 Hz on ``pid`` until it exits (non-blocking: the process is not paused)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    cmd = [str(spy), "record", "-p", str(pid), "-r", "100", "-f", "raw", "-o", str(out)]
+    return subprocess.Popen([*cmd, "--nonblocking"], stdout=subprocess.DEVNULL)
+
+
+def faust_baseline(settings: Settings, messages: int) -> dict[str, Any]:
+    """bench/faust_baseline.py on the case's topic: faust's own per-message rate here."""
+    env = dict(
+        os.environ,
+        INFERLEDGER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap or "",
+        INFERLEDGER_TOPIC_PREFIX=settings.topic_prefix,
+        INFERLEDGER_LOG_LEVEL="WARNING",
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.faust_baseline", str(messages)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
 def run_pipeline(settings: Settings, profile_dir: Path | None) -> dict[str, Any]:
+    """``run all --until-idle`` as a user runs it; py-spy samples it when ``profile_dir``."""
     env = dict(
         os.environ,
         INFERLEDGER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap or "",
@@ -152,8 +187,6 @@ def run_pipeline(settings: Settings, profile_dir: Path | None) -> dict[str, Any]
         INFERLEDGER_TOPIC_PREFIX=settings.topic_prefix,
         INFERLEDGER_LOG_FORMAT="json",
     )
-    if profile_dir is not None:
-        env["INFERLEDGER_PROFILE_DIR"] = str(profile_dir)
     started = time.time()
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli.main", "run", "all", "--until-idle"],
@@ -161,11 +194,13 @@ def run_pipeline(settings: Settings, profile_dir: Path | None) -> dict[str, Any]
         stderr=subprocess.PIPE,
         text=True,
     )
-    memory = PeakMemory(proc.pid)
+    memory = PeakMemory(proc.pid, profile_dir)
     memory.start()
     _, err = proc.communicate()
     memory.stop.set()
     memory.join()
+    for sampler in memory.samplers.values():
+        sampler.wait(timeout=60)
     if proc.returncode != 0:
         raise RuntimeError(f"pipeline failed:\n{err[-4000:]}")
     logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
@@ -201,35 +236,33 @@ def ledger_stats(db_url: str) -> dict[str, Any]:
     }
 
 
+AREAS = [  # the first rule matching a frame, innermost frame first, names the sample's area
+    ("postgres", ("sqlalchemy", "psycopg", "services/ledger/db.py", "attribution/state.py")),
+    ("decode", ("pydantic", "services/contracts", "/json/")),
+    ("accounting", ("services/accounting",)),
+    ("kafka", ("aiokafka", "/kafka/", "faust/transport")),
+    ("processor glue", ("services/",)),
+    ("faust and asyncio", ("faust/", "mode/", "asyncio", "selectors.py", "concurrent/")),
+]
+
+
 def profile_shares(path: Path) -> dict[str, float]:
-    """Share of profiled own time by area (from a cProfile of one process)."""
+    """Share of a process's busy samples (py-spy, idle excluded) by area."""
     if not path.exists():
         return {}
-    stats = pstats.Stats(str(path))
-    areas: dict[str, float] = {}
-    rules = [
-        ("decode", ("pydantic", "/json/", "services/contracts", "wire.py")),
-        ("accounting", ("services/accounting",)),
-        ("postgres", ("sqlalchemy", "psycopg")),
-        ("kafka", ("aiokafka", "/kafka/", "faust", "mode/")),
-        (
-            "waiting (event loop idle)",
-            (
-                "selectors.py",
-                "method 'poll'",
-                "method 'select'",
-                "method 'acquire'",
-                "threading.py",
-            ),
-        ),
-    ]
-    total = 0.0
-    for (filename, _, name), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
-        where = f"{filename} {name}"
-        area = next((a for a, keys in rules if any(k in where for k in keys)), "other")
-        areas[area] = areas.get(area, 0.0) + tottime
-        total += tottime
-    return {a: round(t / total, 3) for a, t in sorted(areas.items())} if total else {}
+    areas: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        area = next(
+            (a for f in reversed(frames) for a, keys in AREAS if any(k in f for k in keys)),
+            "other",
+        )
+        areas[area] = areas.get(area, 0) + int(count)
+    total = sum(areas.values())
+    return {a: round(n / total, 3) for a, n in sorted(areas.items())} if total else {}
 
 
 def machine() -> dict[str, Any]:
@@ -270,6 +303,8 @@ def run_case(
     produced = produce(settings, work, per_message)
     print(f"[{name}] raw ceiling ...", file=sys.stderr)
     raw = asyncio.run(raw_ceiling(settings, produced["messages"]))
+    print(f"[{name}] plain faust agent that only decodes ...", file=sys.stderr)
+    baseline = faust_baseline(settings, produced["messages"])
     print(f"[{name}] pipeline ...", file=sys.stderr)
     profile_dir = RESULTS / "profiles" / name if profile else None
     pipe = run_pipeline(settings, profile_dir)
@@ -283,6 +318,7 @@ def run_case(
         "events_per_message": per_message,
         "produce_seconds": round(produced["seconds"], 2),
         "raw_ceiling": {k: round(v, 1) if isinstance(v, float) else v for k, v in raw.items()},
+        "faust_baseline": baseline,
         "pipeline": {
             "seconds_first_consumed_to_last_committed": round(seconds, 2),
             "events_per_s": round(events_per_s, 1),
@@ -290,6 +326,9 @@ def run_case(
             "messages_per_s": round(produced["messages"] / seconds, 1),
             "ratio_to_raw_messages_per_s": round(
                 produced["messages"] / seconds / raw["messages_per_s"], 4
+            ),
+            "ratio_to_faust_messages_per_s": round(
+                produced["messages"] / seconds / baseline["messages_per_s"], 4
             ),
             "ledger_rows": stats["rows"],
             "ledger_rows_per_s": round(
@@ -300,7 +339,7 @@ def run_case(
             "wall_seconds": round(pipe["wall_seconds"], 2),
         },
         "time_share": {
-            which: profile_shares(profile_dir / f"{which}.prof")
+            which: profile_shares(profile_dir / f"{which}.txt")
             for which in ("attribution", "ledger")
         }
         if profile_dir
@@ -490,8 +529,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"commit {m['commit']}; broker {report['broker']}.",
         "",
         "| case | events | msgs | raw ceiling ev/s | pipeline ev/s | ratio | msgs/s ratio |"
-        " ledger rows/s | peak RSS MB (attribution / ledger) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        " plain faust msgs/s | pipeline msgs/s | ratio to faust | ledger rows/s |"
+        " peak RSS MB (attribution / ledger) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in report["cases"]:
         p = c["pipeline"]
@@ -500,7 +540,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {c['case']} | {c['events']:,} | {c['messages']:,} | "
             f"{c['raw_ceiling']['events_per_s']:,.0f} | {p['events_per_s']:,.0f} | "
             f"{p['ratio_to_raw_events_per_s']:.1%} | {p['ratio_to_raw_messages_per_s']:.1%} | "
-            f"{p['ledger_rows_per_s']:,.0f} | {rss.get('attribution', '?')} / "
+            f"{c['faust_baseline']['messages_per_s']:,.0f} | {p['messages_per_s']:,.0f} | "
+            f"{p['ratio_to_faust_messages_per_s']:.1%} | {p['ledger_rows_per_s']:,.0f} | "
+            f"{rss.get('attribution', '?')} / "
             f"{rss.get('ledger', '?')} |"
         )
     cap = report.get("ledger_write_capacity")

@@ -22,7 +22,7 @@ log = logs.get(__name__)
 
 def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asyncio.Event]:
     """The app, and an event set once a bounded run (``run_id``) has published everything."""
-    app = make_app(settings, "inferledger-attribution")
+    app = make_app(settings, settings.group("inferledger-attribution"))
     if not settings.database_url:
         raise ValueError("database_url is not resolved")
     db = make_engine(settings.database_url)

@@ -12,7 +12,7 @@ import itertools
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from services.accounting import (
     Added,
@@ -73,8 +73,8 @@ def to_ledger_entry(e: Entry) -> LedgerEntry:
     """The contract's entry (not validated again: the core built it from validated input)."""
     return LedgerEntry.model_construct(
         entry_id=e.entry_id,
-        entry_kind=e.entry_kind,
-        cost_basis=e.cost_basis,
+        entry_kind=cast(Any, e.entry_kind),
+        cost_basis=cast(Any, e.cost_basis),
         tenant_id=e.tenant_id,
         model=e.model,
         resource_id=e.resource_id,

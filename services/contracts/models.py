@@ -40,9 +40,10 @@ def _money(value: Any) -> Decimal:
 
 
 def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
+    offset = value.utcoffset()
+    if offset is None:
         raise ValueError("timestamp has no UTC offset (naive timestamps are rejected)")
-    return value.astimezone(UTC)
+    return value if not offset else value.astimezone(UTC)  # already UTC: keep it as parsed
 
 
 Money = Annotated[

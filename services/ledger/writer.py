@@ -104,7 +104,7 @@ class LedgerDecoder:
 def build(
     settings: Settings, run_id: str | None = None, engine: Engine | None = None
 ) -> tuple[faust.App, asyncio.Event]:
-    app = make_app(settings, GROUP)
+    app = make_app(settings, settings.group(GROUP))
     if not settings.database_url:
         raise ValueError("database_url is not resolved")
     db = engine or make_engine(settings.database_url)
@@ -136,7 +136,7 @@ def build(
             )
             for topic, value in batch.dead_letters:
                 await app.producer.send_and_wait(topic, None, value, None, None, None)
-            new = await asyncio.to_thread(write_batch, db, GROUP, batch)
+            new = await asyncio.to_thread(write_batch, db, settings.group(GROUP), batch)
             counters["entries.received"] += len(batch.entries)
             counters["entries.written"] += new
             counters["rates"] += len(batch.rates)

@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(default=None, description="host:port[,host:port]")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL (psycopg)")
     topic_prefix: str = Field(default="", description="prefix for every topic name")
+    group_prefix: str | None = Field(
+        default=None,
+        description="prefix for consumer group ids (default: the topic prefix, so pipelines on "
+        "separate topic prefixes never share a group)",
+    )
     partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     session_timeout_seconds: float = Field(default=6.0, gt=0)
@@ -77,6 +82,10 @@ class Settings(BaseSettings):
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
+
+    def group(self, name: str) -> str:
+        prefix = self.topic_prefix if self.group_prefix is None else self.group_prefix
+        return f"{prefix}{name}"
 
     def accounting(self) -> AccountingSettings:
         weights = {

@@ -51,7 +51,8 @@ def test_worked_example_lands_exactly_and_reruns_change_nothing(cli_env, setting
     table = cli(cli_env, "report").stdout
     assert "0.277992277992" in table and "beta" in table
 
-    offsets = stored_offsets(create_engine(settings.database_url), "inferledger-ledger")
+    engine = create_engine(settings.database_url)
+    offsets = stored_offsets(engine, settings.group("inferledger-ledger"))
     allocations = settings.topic("cost-allocations")
     assert sum(o for (t, _), o in offsets.items() if t == allocations) >= 2
 
