@@ -118,13 +118,17 @@ class PeakMemory(threading.Thread):
         self.stop = threading.Event()
         self.profile_dir = profile_dir
         self.samplers: dict[str, subprocess.Popen[bytes]] = {}
+        self.cpu_seconds: dict[str, float] = {}
 
     def run(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
         while not self.stop.is_set():
             for pid, name in self._tree():
                 if self.profile_dir is not None and name not in self.samplers:
                     self.samplers[name] = sample(pid, self.profile_dir / f"{name}.txt")
                 try:
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    self.cpu_seconds[name] = (int(fields[11]) + int(fields[12])) / tick
                     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                         if line.startswith("VmHWM:"):
                             kb = int(line.split()[1])
@@ -148,6 +152,13 @@ class PeakMemory(threading.Thread):
                 which = cmd[cmd.index(b"run") + 1].decode() if b"run" in cmd else "?"
                 out.append((int(entry.name), which))
         return out
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all processes: broker and Postgres too)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def sample(pid: int, out: Path) -> subprocess.Popen[bytes]:
@@ -196,7 +207,11 @@ def run_pipeline(settings: Settings, profile_dir: Path | None) -> dict[str, Any]
     )
     memory = PeakMemory(proc.pid, profile_dir)
     memory.start()
+    machine_busy = busy_cpu_seconds()
     _, err = proc.communicate()
+    machine_busy = busy_cpu_seconds() - machine_busy
+    if profile_dir is not None:
+        (profile_dir / "pipeline.log").write_text(err)
     memory.stop.set()
     memory.join()
     for sampler in memory.samplers.values():
@@ -212,6 +227,10 @@ def run_pipeline(settings: Settings, profile_dir: Path | None) -> dict[str, Any]
         "wall_seconds": time.time() - started,
         "first_consumed_at": first,
         "peak_rss_mb": {k: round(v / 1024, 1) for k, v in memory.peaks.items()},
+        "cpu_seconds": {
+            **{k: round(v, 1) for k, v in memory.cpu_seconds.items()},
+            "whole machine": round(machine_busy, 1),
+        },
         "counters": finished,
     }
 
@@ -336,6 +355,7 @@ def run_case(
             ),
             "requests_counted": stats["requests_counted"],
             "peak_rss_mb": pipe["peak_rss_mb"],
+            "cpu_seconds": pipe["cpu_seconds"],
             "wall_seconds": round(pipe["wall_seconds"], 2),
         },
         "time_share": {

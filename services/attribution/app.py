@@ -59,13 +59,31 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
         for token in out.release:  # only now may Kafka commit past these messages
             token.ack()
 
+    # Steps hand their output to one publisher task, in order, so that consuming and deciding
+    # go on while Kafka acknowledges and Postgres stores the previous step's output. A bounded
+    # queue is the back-pressure: at most ``publish_queue`` outputs are in flight.
+    outbox: asyncio.Queue[Output] = asyncio.Queue(maxsize=settings.publish_queue)
+
     async def step() -> None:
         async with lock:
             parts = assigned(events_name)
             if not parts:
                 return
             out = proc.step(parts, assigned(rates_name), assigned(billing_name))
-            await publish(out)
+            if out.allocations or out.dead_letters or out.state or out.release or out.finished:
+                await outbox.put(out)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def publisher() -> None:
+        while True:
+            out = await outbox.get()
+            try:
+                await publish(out)
+            except Exception as exc:  # nothing may be acknowledged past a failed publish
+                log.exception("publishing failed; stopping")
+                await app.crash(exc)
+                return
+            proc.saved(out.state)
             if out.finished and run_id is not None and not done.is_set():
                 await asyncio.to_thread(publish_end_markers, settings, [alloc_name], run_id)
                 log.info("attribution finished", **dict(proc.counters))

@@ -149,7 +149,10 @@ class AttributionProcessor:
         self, settings: Settings, run_id: str | None = None, loader: Loader | None = None
     ) -> None:
         self.settings = settings
-        self.book = Book(settings.accounting(), loader)
+        self._loader = loader
+        # closed buckets handed over for storing but not yet confirmed stored (see saved())
+        self._unsaved: dict[tuple[str, int], dict[str, Any]] = {}
+        self.book = Book(settings.accounting(), None if loader is None else self._load)
         self.run_id = run_id
         self.events_topic = settings.topic("inference-events")
         self.rates_topic = settings.topic("gpu-rates")
@@ -312,10 +315,29 @@ class AttributionProcessor:
             for message in allocation_messages(c, W):
                 self._out.allocations.append((c.resource_id, message))
         self._out.state = self.book.take_dirty()
+        for resource_id, kind, key, data in self._out.state:
+            if kind == "bucket":
+                self._unsaved[resource_id, int(key)] = data
         self._release_closed()
         out, self._out = self._out, Output()
         out.finished = self._flushed and not self._held
         return out
+
+    def saved(self, items: list[tuple[str, str, str, dict[str, Any]]]) -> None:
+        """The state of a step's output is stored: evicted buckets may now be loaded from it."""
+        for resource_id, kind, key, data in items:
+            if kind == "bucket" and self._unsaved.get((resource_id, int(key))) is data:
+                del self._unsaved[resource_id, int(key)]
+
+    def _load(self, resource_id: str, starts: list[int]) -> dict[int, dict[str, Any]]:
+        """The Book's loader: buckets still on their way to storage first, then storage."""
+        found = {
+            b: self._unsaved[resource_id, b] for b in starts if (resource_id, b) in self._unsaved
+        }
+        rest = [b for b in starts if b not in found]
+        if rest and self._loader is not None:
+            found.update(self._loader(resource_id, rest))
+        return found
 
     def watermark_us(self, partitions: set[int]) -> int | None:
         """Event time up to which buckets may close: the slowest assigned partition's latest

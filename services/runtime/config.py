@@ -46,6 +46,18 @@ class Settings(BaseSettings):
     )
     late_horizon_seconds: int = Field(default=7 * 86_400, ge=0)
     billing_horizon_seconds: int = Field(default=62 * 86_400, ge=0)
+    fetch_bytes_per_partition: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="most bytes fetched from one partition per request (faust's "
+        "consumer_max_fetch_size); the 1 MiB default halves the processors' message rate",
+    )
+    publish_queue: int = Field(
+        default=4,
+        ge=1,
+        description="attribution steps whose output may be publishing and storing while the "
+        "next ones are decided",
+    )
     resident_seconds: int = Field(
         default=600,
         ge=0,

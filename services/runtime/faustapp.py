@@ -34,6 +34,7 @@ def make_app(settings: Settings, app_id: str, **overrides: Any) -> faust.App:
         "broker_commit_interval": 1.0,
         "producer_max_request_size": max(settings.max_message_bytes * 2, 1_048_576),
         "producer_acks": -1,
+        "consumer_max_fetch_size": settings.fetch_bytes_per_partition,
         "stream_wait_empty": False,
         "key_serializer": "raw",
         "value_serializer": "raw",
