@@ -47,7 +47,7 @@ class AccountingSettings:
     default_currency: str = "USD"
     late_horizon_seconds: int = 7 * 86_400
     billing_horizon_seconds: int = 62 * 86_400
-    resident_seconds: int = 600
+    resident_seconds: int = 0
     """How far behind the watermark a closed bucket stays in memory when the Book has a loader
     (older ones are evicted and loaded back when a late event or a bill touches them)."""
 

@@ -47,10 +47,10 @@ class Settings(BaseSettings):
     late_horizon_seconds: int = Field(default=7 * 86_400, ge=0)
     billing_horizon_seconds: int = Field(default=62 * 86_400, ge=0)
     fetch_bytes_per_partition: int = Field(
-        default=16 * 1024 * 1024,
+        default=4 * 1024 * 1024,
         ge=1024,
         description="most bytes fetched from one partition per request (faust's "
-        "consumer_max_fetch_size); the 1 MiB default halves the processors' message rate",
+        "consumer_max_fetch_size); faust's 1 MiB default halves the processors' message rate",
     )
     publish_queue: int = Field(
         default=4,
@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         "next ones are decided",
     )
     resident_seconds: int = Field(
-        default=600,
+        default=0,
         ge=0,
         description="closed buckets older than this behind the watermark leave memory (they are "
         "in Postgres and are loaded back when a late event or a bill touches them)",
