@@ -342,6 +342,49 @@ def up(ctx: click.Context) -> None:
             run_processors(s, until_idle=False, progress=False)
 
 
+def _listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+@cli.command()
+@click.option("--listen", default=None, help="host:port (default INFERLEDGER_GATEWAY_LISTEN)")
+@click.pass_context
+def gateway(ctx: click.Context, listen: str | None) -> None:
+    """The HTTP ingest gateway: events (JSON, NDJSON, CloudEvents), rates and bills."""
+    from aiohttp import web
+
+    from services.ingest.gateway import Gateway
+    from services.runtime.kafka import ensure_topics
+
+    _warn_ephemeral(_settings(ctx))
+    with local_stack(_settings(ctx), need_database=False) as s:
+        ensure_topics(s)
+        if not s.gateway_tokens:
+            click.echo("note: INFERLEDGER_GATEWAY_TOKENS is empty: all requests get 401", err=True)
+        host, port = _listen(listen or s.gateway_listen)
+        log.info("gateway listening", host=host, port=port)
+        web.run_app(Gateway(s).app(), host=host, port=port, print=None)
+
+
+@cli.command()
+@click.option("--listen", default=None, help="host:port (default INFERLEDGER_PROXY_LISTEN)")
+@click.pass_context
+def proxy(ctx: click.Context, listen: str | None) -> None:
+    """The OpenAI-compatible metering proxy in front of vLLM, SGLang, TGI or TensorRT-LLM."""
+    from aiohttp import web
+
+    from services.ingest.proxy import Proxy
+    from services.runtime.kafka import ensure_topics
+
+    _warn_ephemeral(_settings(ctx))
+    with local_stack(_settings(ctx), need_database=False) as s:
+        ensure_topics(s)
+        host, port = _listen(listen or s.proxy_listen)
+        log.info("proxy listening", host=host, port=port)
+        web.run_app(Proxy(s).app(), host=host, port=port, print=None, handler_cancellation=True)
+
+
 def main() -> None:
     cli(prog_name="inferledger")
 

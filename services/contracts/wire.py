@@ -57,7 +57,8 @@ def dumps(model: BaseModel) -> bytes:
     return model.model_dump_json(exclude_none=True).encode()
 
 
-def _explain(exc: ValidationError) -> str:
+def explain(exc: ValidationError) -> str:
+    """A validation error as one line: ``field: message; field: message``."""
     parts = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"]) or "message"
@@ -105,20 +106,20 @@ def decode_events(raw: bytes | str) -> DecodedEvents:
         try:
             out.events.append(InferenceEvent.model_validate(obj))
         except ValidationError as exc:
-            raise DecodeError("invalid_event", _explain(exc)) from None
+            raise DecodeError("invalid_event", explain(exc)) from None
     elif kind == _BATCH:
         try:
             out.events.extend(InferenceEventBatch.model_validate(obj).events)
         except ValidationError as exc:
             items = obj.get("events")
             if not isinstance(items, list) or not isinstance(obj.get("resource_id"), str):
-                raise DecodeError("invalid_batch", _explain(exc)) from None
+                raise DecodeError("invalid_batch", explain(exc)) from None
             resource = obj["resource_id"]
             for item in items:
                 try:
                     event = InferenceEvent.model_validate(item)
                 except ValidationError as item_exc:
-                    out.rejected.append(Rejected("invalid_event", _explain(item_exc), item))
+                    out.rejected.append(Rejected("invalid_event", explain(item_exc), item))
                     continue
                 if event.resource_id != resource:
                     out.rejected.append(
@@ -139,7 +140,7 @@ def _validate(model: type[M], obj: Any, reason: str) -> M:
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
-        raise DecodeError(reason, _explain(exc)) from None
+        raise DecodeError(reason, explain(exc)) from None
 
 
 def _decode_one(

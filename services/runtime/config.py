@@ -7,7 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.accounting import AccountingSettings, TokenWeights
@@ -25,6 +25,17 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INFERLEDGER_", extra="ignore")
 
     kafka_bootstrap: str | None = Field(default=None, description="host:port[,host:port]")
+    kafka_security_protocol: str = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_sasl_mechanism: str | None = Field(
+        default=None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+    )
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
     database_url: str | None = Field(default=None, description="SQLAlchemy URL (psycopg)")
     topic_prefix: str = Field(default="", description="prefix for every topic name")
     group_prefix: str | None = Field(
@@ -51,6 +62,26 @@ class Settings(BaseSettings):
         ge=1024,
         description="most bytes fetched from one partition per request (faust's "
         "consumer_max_fetch_size); faust's 1 MiB default halves the processors' message rate",
+    )
+    gateway_listen: str = Field(default="127.0.0.1:8080", description="host:port of the gateway")
+    gateway_tokens: dict[str, dict[str, Any] | None] = Field(
+        default_factory=dict,
+        description='bearer tokens, JSON: {"<token>": {"name": "cluster-a", "resources": '
+        '["node-1"], "tenants": null}} (a null or absent list: any)',
+    )
+    gateway_max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    gateway_dedup_ids: int = Field(default=100_000, ge=0, description="CloudEvents ids remembered")
+    proxy_listen: str = Field(default="127.0.0.1:8081", description="host:port of the proxy")
+    proxy_upstreams: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description='serving nodes, JSON: [{"resource_id": "node-1", "url": "http://10.0.0.5:8000",'
+        ' "models": ["llama-70b"], "gpu_count": 8, "engine": "vllm"}]',
+    )
+    proxy_keys: dict[str, str] = Field(
+        default_factory=dict, description='API key to tenant, JSON: {"sk-abc": "acme"}'
+    )
+    proxy_upstream_api_key: str | None = Field(
+        default=None, description="API key the proxy sends upstream (the caller's is not passed)"
     )
     publish_queue: int = Field(
         default=4,
@@ -91,6 +122,21 @@ class Settings(BaseSettings):
     @classmethod
     def _json(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
+
+    def kafka_security(self) -> dict[str, Any]:
+        """TLS and SASL settings as kafka-python client arguments (empty for PLAINTEXT)."""
+        out: dict[str, Any] = {}
+        if self.kafka_security_protocol.upper() != "PLAINTEXT":
+            out["security_protocol"] = self.kafka_security_protocol.upper()
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_mechanism"):
+            value = getattr(self, f"kafka_{name}")
+            if value:
+                out[name] = value
+        if self.kafka_sasl_username:
+            out["sasl_plain_username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password is not None:
+            out["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        return out
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

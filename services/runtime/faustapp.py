@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 import tempfile
 from typing import Any
 
@@ -39,8 +40,32 @@ def make_app(settings: Settings, app_id: str, **overrides: Any) -> faust.App:
         "key_serializer": "raw",
         "value_serializer": "raw",
     }
+    credentials = broker_credentials(settings)
+    if credentials is not None:
+        conf["broker_credentials"] = credentials
     conf.update(overrides)
     return faust.App(app_id, **conf)
+
+
+def broker_credentials(settings: Settings) -> Any:
+    """The TLS/SASL settings as faust credentials (None for PLAINTEXT)."""
+    protocol = settings.kafka_security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if "SSL" in protocol:
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+        if settings.kafka_ssl_certfile:
+            context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
+    if "SASL" in protocol:
+        password = settings.kafka_sasl_password
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=None if password is None else password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context)
 
 
 async def run_until(app: faust.App, done: asyncio.Event | None) -> None:

@@ -33,7 +33,9 @@ def ensure_topics(settings: Settings, timeout: float = 30) -> None:
     while True:
         try:
             admin = KafkaAdminClient(
-                bootstrap_servers=settings.kafka_bootstrap, client_id="inferledger-admin"
+                bootstrap_servers=settings.kafka_bootstrap,
+                client_id="inferledger-admin",
+                **settings.kafka_security(),
             )
             break
         except KafkaError:
@@ -75,6 +77,7 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         "max_request_size": max(settings.max_message_bytes * 2, 1_048_576),
         "key_serializer": KeyEncoder(),
         "client_id": "inferledger-producer",
+        **settings.kafka_security(),
     }
     config.update(overrides)
     return KafkaProducer(**config)

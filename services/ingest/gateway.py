@@ -1,0 +1,406 @@
+"""The HTTP ingest gateway (``inferledger gateway``): events, rates and bills over HTTP.
+
+Producers authenticate with a bearer token from configuration; a token may be limited to some
+resource ids and tenants. Each item of a request is validated on its own and the answer says, per
+item, what was accepted and what was rejected and why: 200 when everything was accepted, 207
+when some was, 400 when nothing was valid (403 when everything was forbidden to the token),
+401 for a missing or wrong token, 413 for a body over the limit and 415 for an unknown content
+type. Accepted events are published in per-resource batches and the answer is sent only once
+Kafka acknowledged them. Every rejected item goes to ``<topic>.dlq`` with its reason.
+
+Accepted forms for events (``POST /v1/events``):
+
+* ``application/json``: one event, a batch envelope, or a JSON array of events;
+* ``application/x-ndjson`` (or ``application/jsonl``): one event per line;
+* ``application/cloudevents+json``: one structured CloudEvent of type
+  ``inferledger.inference_event.v1`` with the event as ``data``;
+* ``application/cloudevents-batch+json``: a JSON array of such CloudEvents.
+
+CloudEvents are deduplicated by ``(source, id)`` over the last ``gateway_dedup_ids`` ids.
+Rates (``POST /v1/rates``) and billing lines (``POST /v1/billing``) take JSON or NDJSON.
+``GET /healthz`` and ``GET /metrics`` (Prometheus) need no token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from kafka import KafkaProducer
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ValidationError
+
+from services.contracts import BillingLine, GpuRate, InferenceEvent, dumps
+from services.contracts.wire import DecodeError, explain, load_json
+from services.ingest.files import batch_events
+from services.runtime import logs
+from services.runtime.config import BILLING, EVENTS, RATES, Settings
+from services.runtime.kafka import dead_letter, make_producer
+
+log = logs.get(__name__)
+CE_TYPE = "inferledger.inference_event.v1"
+_BATCH_TYPE = "inferledger.inference_event_batch.v1"
+NDJSON = {"application/x-ndjson", "application/jsonl", "application/x-jsonlines"}
+CE_ONE = "application/cloudevents+json"
+CE_BATCH = "application/cloudevents-batch+json"
+INVALID: dict[type[BaseModel], str] = {
+    InferenceEvent: "invalid_event",
+    GpuRate: "invalid_rate",
+    BillingLine: "invalid_billing_line",
+}
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one bearer token may write (None: any)."""
+
+    name: str
+    resources: frozenset[str] | None = None
+    tenants: frozenset[str] | None = None
+
+    def forbids(self, resource_id: str | None, tenant_id: str | None = None) -> str | None:
+        if self.resources is not None and resource_id not in self.resources:
+            return f"token {self.name!r} may not write resource {resource_id!r}"
+        if self.tenants is not None and tenant_id is not None and tenant_id not in self.tenants:
+            return f"token {self.name!r} may not write tenant {tenant_id!r}"
+        return None
+
+
+def grants(settings: Settings) -> dict[str, Grant]:
+    """Tokens from ``INFERLEDGER_GATEWAY_TOKENS`` (JSON), e.g.
+    ``{"s3cret": {"name": "cluster-a", "resources": ["node-1"], "tenants": null}}``."""
+    out = {}
+    for token, spec in settings.gateway_tokens.items():
+        spec = spec or {}
+        resources, tenants = spec.get("resources"), spec.get("tenants")
+        out[token] = Grant(
+            spec.get("name", token[:4] + "…"),
+            None if resources is None else frozenset(resources),
+            None if tenants is None else frozenset(tenants),
+        )
+    return out
+
+
+@dataclass
+class Item:
+    """One item of a request: its position, its id if it has one, and its fate."""
+
+    index: int
+    payload: Any
+    id: str | None = None
+    model: BaseModel | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+    def reject(self, reason: str, detail: str) -> None:
+        self.reason, self.detail, self.model = reason, detail, None
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "inferledger_gateway_requests",
+            "HTTP requests by endpoint and status",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.items = Counter(
+            "inferledger_gateway_items",
+            "items received, by kind and outcome (accepted, duplicate or the rejection reason)",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.dead_letters = Counter(
+            "inferledger_dead_letters",
+            "records sent to a dead-letter topic, by topic and reason",
+            ["topic", "reason"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "inferledger_gateway_request_seconds",
+            "time to answer a request (including Kafka's acknowledgement)",
+            ["endpoint"],
+            registry=self.registry,
+        )
+
+
+class Gateway:
+    def __init__(self, settings: Settings, producer: KafkaProducer | None = None) -> None:
+        self.settings = settings
+        self.grants = grants(settings)
+        self.metrics = Metrics()
+        self._producer = producer
+        self._seen: OrderedDict[str, None] = OrderedDict()  # CloudEvents source and id
+
+    @property
+    def producer(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = make_producer(
+                self.settings, compression_type="gzip", client_id="inferledger-gateway"
+            )
+        return self._producer
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.gateway_max_body_bytes)
+        app.router.add_post("/v1/events", self.events)
+        app.router.add_post("/v1/rates", self.rates)
+        app.router.add_post("/v1/billing", self.billing)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics_page)
+        app.on_cleanup.append(self._close)
+        return app
+
+    async def _close(self, _: web.Application) -> None:
+        if self._producer is not None:
+            await asyncio.to_thread(self._producer.close, 10)
+
+    # -- endpoints ------------------------------------------------------------------------
+    async def healthz(self, request: web.Request) -> web.Response:
+        ok = await asyncio.to_thread(self.producer.bootstrap_connected)
+        status = 200 if ok else 503
+        self.metrics.requests.labels("healthz", str(status)).inc()
+        return web.json_response({"ok": ok, "kafka": "connected" if ok else "down"}, status=status)
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def events(self, request: web.Request) -> web.Response:
+        return await self._handle(request, "events", EVENTS, InferenceEvent)
+
+    async def rates(self, request: web.Request) -> web.Response:
+        return await self._handle(request, "rates", RATES, GpuRate)
+
+    async def billing(self, request: web.Request) -> web.Response:
+        return await self._handle(request, "billing", BILLING, BillingLine)
+
+    # -- the common path ------------------------------------------------------------------
+    async def _handle(
+        self, request: web.Request, kind: str, topic_name: str, model: type[BaseModel]
+    ) -> web.Response:
+        topic = self.settings.topic(topic_name)
+        with self.metrics.latency.labels(kind).time():
+            status, body = await self._process(request, kind, topic, model)
+        self.metrics.requests.labels(kind, str(status)).inc()
+        return web.json_response(body, status=status)
+
+    async def _process(
+        self, request: web.Request, kind: str, topic: str, model: type[BaseModel]
+    ) -> tuple[int, dict[str, Any]]:
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        grant = self.grants.get(token) if token else None
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            detail = f"body over the {self.settings.gateway_max_body_bytes}-byte limit"
+            await self._dead_letters(topic, [("body_too_large", f"{detail}: {exc.text}", "")])
+            return 413, {"error": "body_too_large", "detail": detail}
+        if grant is None:
+            reason = "missing_token" if not token else "invalid_token"
+            await self._dead_letters(topic, [(reason, "no valid bearer token", body)])
+            return 401, {"error": reason, "detail": "send Authorization: Bearer <token>"}
+        content_type = request.content_type
+        try:
+            items = self._items(body, content_type, kind)
+        except DecodeError as exc:
+            await self._dead_letters(topic, [(exc.reason, exc.detail, body)])
+            status = 415 if exc.reason == "unsupported_media_type" else 400
+            return status, {"error": exc.reason, "detail": exc.detail}
+        if not items:
+            return 400, {"error": "empty", "detail": "the body holds no item"}
+        for item in items:
+            if item.reason is None:
+                self._validate(item, model, grant)
+        accepted = [i for i in items if i.model is not None and i.reason is None]
+        fresh = [i for i in accepted if i.id is None or not self._seen_before(i)]
+        duplicates = len(accepted) - len(fresh)
+        if fresh:
+            try:
+                await self._publish(topic, kind, [i.model for i in fresh if i.model])
+            except Exception as exc:  # Kafka did not take them: nothing was accepted
+                log.error("gateway publish failed", error=repr(exc))
+                return 503, {"error": "kafka_unavailable", "detail": repr(exc)}
+            for i in fresh:
+                if i.id is not None:
+                    self._remember(i)
+        rejected = [i for i in items if i.reason is not None]
+        await self._dead_letters(
+            topic, [(i.reason or "", i.detail or "", i.payload) for i in rejected]
+        )
+        for i in rejected:
+            self.metrics.items.labels(kind, i.reason).inc()
+        self.metrics.items.labels(kind, "accepted").inc(len(fresh))
+        self.metrics.items.labels(kind, "duplicate").inc(duplicates)
+        answer = {
+            "accepted": len(accepted),
+            "duplicates": duplicates,
+            "rejected": [
+                {"index": i.index, "id": i.id, "reason": i.reason, "detail": i.detail}
+                for i in rejected
+            ],
+        }
+        if not rejected:
+            return 200, answer
+        if accepted:
+            return 207, answer
+        return (403 if all(i.reason == "forbidden" for i in rejected) else 400), answer
+
+    def _items(self, body: bytes, content_type: str, kind: str) -> list[Item]:
+        if content_type in NDJSON:
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DecodeError("invalid_utf8", str(exc)) from None
+            items = []
+            for n, line in enumerate(text.splitlines()):
+                if not line.strip():
+                    continue
+                try:
+                    items.append(Item(n, load_json(line)))
+                except DecodeError as exc:
+                    item = Item(n, line)
+                    item.reject(exc.reason, f"line {n + 1}: {exc.detail}")
+                    items.append(item)
+            return items
+        if content_type in ("application/json", "", "text/plain"):
+            doc = load_json(body)
+            if isinstance(doc, dict) and kind == "events" and doc.get("type") == _BATCH_TYPE:
+                return self._batch(doc)
+            docs = doc if isinstance(doc, list) else [doc]
+            return [Item(n, d) for n, d in enumerate(docs)]
+        if kind == "events" and content_type in (CE_ONE, CE_BATCH):
+            doc = load_json(body)
+            if content_type == CE_BATCH and not isinstance(doc, list):
+                raise DecodeError("invalid_cloudevents", "a batch must be a JSON array")
+            docs = doc if isinstance(doc, list) else [doc]
+            return [self._cloudevent(n, d) for n, d in enumerate(docs)]
+        usable = "application/json, application/x-ndjson"
+        if kind == "events":
+            usable += f", {CE_ONE} or {CE_BATCH}"
+        raise DecodeError("unsupported_media_type", f"content type {content_type!r} (use {usable})")
+
+    @staticmethod
+    def _batch(doc: dict[str, Any]) -> list[Item]:
+        events = doc.get("events")
+        if not isinstance(events, list):
+            raise DecodeError("invalid_batch", "events must be a JSON array")
+        items = []
+        for n, e in enumerate(events):
+            item = Item(n, e)
+            batch_resource = doc.get("resource_id")
+            if isinstance(e, dict) and e.get("resource_id") != batch_resource:
+                item.reject("invalid_event", f"resource_id differs from batch {batch_resource!r}")
+            items.append(item)
+        return items
+
+    @staticmethod
+    def _cloudevent(n: int, doc: Any) -> Item:
+        item = Item(n, doc)
+        if not isinstance(doc, dict):
+            item.reject("invalid_cloudevent", "a CloudEvent must be a JSON object")
+            return item
+        missing = [k for k in ("specversion", "id", "source", "type") if not doc.get(k)]
+        if missing:
+            item.reject("invalid_cloudevent", f"missing CloudEvents attributes: {missing}")
+            return item
+        item.id = f"{doc['source']}\x1f{doc['id']}"
+        if doc["specversion"] != "1.0":
+            item.reject("invalid_cloudevent", f"specversion {doc['specversion']!r} (use 1.0)")
+        elif doc["type"] != CE_TYPE:
+            item.reject("unknown_type", f"CloudEvents type {doc['type']!r} (use {CE_TYPE})")
+        elif not isinstance(doc.get("data"), dict):
+            item.reject("invalid_cloudevent", "data must be the inference event as JSON")
+        else:
+            item.payload = doc["data"]
+        return item
+
+    def _validate(self, item: Item, model: type[BaseModel], grant: Grant) -> None:
+        try:
+            obj = model.model_validate(item.payload)
+        except ValidationError as exc:
+            item.reject(INVALID[model], explain(exc))
+            return
+        denied = grant.forbids(getattr(obj, "resource_id", None), getattr(obj, "tenant_id", None))
+        if denied:
+            item.reject("forbidden", denied)
+            return
+        item.model = obj
+
+    def _seen_before(self, item: Item) -> bool:
+        return item.id is not None and item.id in self._seen
+
+    def _remember(self, item: Item) -> None:
+        assert item.id is not None
+        self._seen[item.id] = None
+        while len(self._seen) > self.settings.gateway_dedup_ids:
+            self._seen.popitem(last=False)
+
+    async def _publish(self, topic: str, kind: str, models: list[BaseModel]) -> None:
+        def send() -> list[Any]:
+            if kind == "events":
+                events = [m for m in models if isinstance(m, InferenceEvent)]
+                batches = batch_events(
+                    events, self.settings.max_batch_events, self.settings.max_message_bytes
+                )
+                return [self.producer.send(topic, key=r, value=v) for r, v, _ in batches]
+            return [
+                self.producer.send(
+                    topic, key=getattr(m, "resource_id", None) or "unallocated", value=dumps(m)
+                )
+                for m in models
+            ]
+
+        futures = await asyncio.to_thread(send)
+        await asyncio.gather(*(kafka_done(f) for f in futures))
+
+    async def _dead_letters(self, topic: str, rejected: list[tuple[str, str, Any]]) -> None:
+        records = [
+            dead_letter(
+                topic, reason, detail, payload, self.settings.dlq_payload_limit, source="gateway"
+            )
+            for reason, detail, payload in rejected
+        ]
+        if not records:
+            return
+        for reason, _, _ in rejected:
+            self.metrics.dead_letters.labels(f"{topic}.dlq", reason).inc()
+
+        def send() -> list[Any]:
+            return [self.producer.send(f"{topic}.dlq", value=r) for r in records]
+
+        try:
+            await asyncio.gather(*(kafka_done(f) for f in await asyncio.to_thread(send)))
+        except Exception as exc:  # the answer still says why; the log says the DLQ failed
+            log.error("gateway could not write dead letters", error=repr(exc))
+
+
+def kafka_done(future: Any) -> asyncio.Future[Any]:
+    """A kafka-python send future as an asyncio future (resolved from the I/O thread)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+
+    def settle(value: Any, exc: BaseException | None) -> None:
+        if done.done():
+            return
+        if exc is None:
+            done.set_result(value)
+        else:
+            done.set_exception(exc)
+
+    def ok(value: Any) -> None:
+        loop.call_soon_threadsafe(settle, value, None)
+
+    def failed(exc: BaseException) -> None:
+        loop.call_soon_threadsafe(settle, None, exc)
+
+    future.add_callback(ok)
+    future.add_errback(failed)
+    return done

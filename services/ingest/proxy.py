@@ -1,0 +1,327 @@
+"""The metering proxy (``inferledger proxy``): OpenAI-compatible, in front of serving engines.
+
+vLLM, SGLang, TGI and TensorRT-LLM all serve the OpenAI API, so one reverse proxy meters them
+all. For ``/v1/chat/completions`` and ``/v1/completions`` (streaming or not) it maps the caller's
+API key to a tenant, picks an upstream node serving the requested model (fewest requests in
+flight), forwards the request, measures ``started_at``, ``first_token_at`` and ``finished_at``,
+reads the token counts from the response's ``usage`` (asking for it in streams with
+``stream_options.include_usage``; the extra usage chunk is not passed on to a client that did
+not ask for it), including ``prompt_tokens_details.cached_tokens``, and records one
+inference event per request through the emitter SDK, with ``resource_id`` set to the node that
+served it. A client that disconnects makes the event ``cancelled``; an upstream error (or an
+unreachable upstream) makes it ``error``. Other paths (``/v1/models``, ...) are forwarded
+unmetered to the first upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from services.ingest.emitter import Emitter
+from services.runtime import logs
+from services.runtime.config import Settings
+
+log = logs.get(__name__)
+METERED = ("/v1/chat/completions", "/v1/completions")
+_HOP = {"host", "content-length", "transfer-encoding", "connection", "authorization"}
+
+
+@dataclass
+class Upstream:
+    resource_id: str
+    url: str
+    models: frozenset[str] | None = None
+    gpu_count: int = 1
+    engine: str = "openai-compatible"
+    in_flight: int = 0
+
+    def serves(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+def upstreams(settings: Settings) -> list[Upstream]:
+    """From ``INFERLEDGER_PROXY_UPSTREAMS`` (JSON list of {resource_id, url, models, gpu_count,
+    engine})."""
+    out = []
+    for spec in settings.proxy_upstreams:
+        models = spec.get("models")
+        out.append(
+            Upstream(
+                resource_id=str(spec["resource_id"]),
+                url=str(spec["url"]).rstrip("/"),
+                models=None if models is None else frozenset(models),
+                gpu_count=int(spec.get("gpu_count", 1)),
+                engine=str(spec.get("engine", "openai-compatible")),
+            )
+        )
+    if not out:
+        raise ValueError("INFERLEDGER_PROXY_UPSTREAMS lists no upstream node")
+    return out
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _error(status: int, message: str, kind: str) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "code": status}}
+    return web.json_response(body, status=status)
+
+
+@dataclass
+class Metered:
+    """What the proxy learns about one request while forwarding it."""
+
+    tenant: str
+    upstream: Upstream
+    model: str
+    started: datetime = field(default_factory=_now)
+    first_token: datetime | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    response_id: str | None = None
+    status: str = "ok"
+
+    def event(self) -> dict[str, Any]:
+        finished = _now()
+        details = self.usage.get("prompt_tokens_details") or {}
+        prompt = int(self.usage.get("prompt_tokens") or 0)
+        cached = min(int(details.get("cached_tokens") or 0), prompt)
+        return {
+            "event_id": f"{self.upstream.resource_id}:{self.response_id or uuid.uuid4().hex}",
+            "tenant_id": self.tenant,
+            "resource_id": self.upstream.resource_id,
+            "model": self.model,
+            "engine": self.upstream.engine,
+            "request_id": self.response_id,
+            "started_at": self.started.isoformat(),
+            "first_token_at": None if self.first_token is None else self.first_token.isoformat(),
+            "finished_at": finished.isoformat(),
+            "prompt_tokens": prompt,
+            "cached_prompt_tokens": cached,
+            "completion_tokens": int(self.usage.get("completion_tokens") or 0),
+            "status": self.status,
+            "gpu_count": self.upstream.gpu_count,
+        }
+
+
+class Proxy:
+    def __init__(self, settings: Settings, emitter: Emitter | None = None) -> None:
+        self.settings = settings
+        self.nodes = upstreams(settings)
+        self.keys: dict[str, str] = dict(settings.proxy_keys)
+        self._emitter = emitter
+        self._session: aiohttp.ClientSession | None = None
+        self._turn = itertools.count()
+        self.counters: dict[str, int] = {}
+
+    @property
+    def emitter(self) -> Emitter:
+        if self._emitter is None:
+            self._emitter = Emitter(self.settings, source="proxy", linger_seconds=0.5)
+        return self._emitter
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.gateway_max_body_bytes)
+        for path in METERED:
+            app.router.add_post(path, self.metered)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_route("*", "/{tail:.*}", self.passthrough)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    async def _start(self, _: web.Application) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+        self.emitter.stats["started"] += 0  # connect to Kafka before the first request
+
+    async def _stop(self, _: web.Application) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._emitter is not None:
+            await asyncio.to_thread(self._emitter.close)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "the proxy app has not started"
+        return self._session
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "upstreams": [n.resource_id for n in self.nodes]})
+
+    def _pick(self, model: str) -> Upstream | None:
+        candidates = [n for n in self.nodes if n.serves(model)]
+        if not candidates:
+            return None
+        turn = next(self._turn)
+        return min(
+            candidates, key=lambda n: (n.in_flight, (self.nodes.index(n) - turn) % len(self.nodes))
+        )
+
+    def _count(self, key: str) -> None:
+        self.counters[key] = self.counters.get(key, 0) + 1
+
+    async def metered(self, request: web.Request) -> web.StreamResponse:
+        auth = request.headers.get("Authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        tenant = self.keys.get(key)
+        if tenant is None:
+            self._count("unauthorized")
+            return _error(401, "unknown API key", "invalid_request_error")
+        try:
+            body = json.loads(await request.read())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return _error(400, f"request body is not JSON: {exc}", "invalid_request_error")
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(model, str):
+            return _error(400, "the request names no model", "invalid_request_error")
+        node = self._pick(model)
+        if node is None:
+            return _error(404, f"no upstream serves model {model!r}", "invalid_request_error")
+        streaming = bool(body.get("stream"))
+        client_wants_usage = True
+        if streaming:
+            options = dict(body.get("stream_options") or {})
+            client_wants_usage = bool(options.get("include_usage"))
+            options["include_usage"] = True
+            body["stream_options"] = options
+        meter = Metered(tenant, node, model)
+        node.in_flight += 1
+        try:
+            if streaming:
+                return await self._stream(request, body, meter, client_wants_usage)
+            return await self._unary(request, body, meter)
+        except asyncio.CancelledError:
+            meter.status = "cancelled"  # the client went away (aiohttp cancels the handler)
+            raise
+        finally:
+            node.in_flight -= 1
+            self._count(f"requests.{meter.status}")
+            self.emitter.record(meter.event())
+
+    def _upstream_headers(self, request: web.Request) -> dict[str, str]:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        if self.settings.proxy_upstream_api_key:
+            headers["Authorization"] = f"Bearer {self.settings.proxy_upstream_api_key}"
+        return headers
+
+    async def _unary(
+        self, request: web.Request, body: dict[str, Any], meter: Metered
+    ) -> web.Response:
+        url = meter.upstream.url + request.path
+        try:
+            async with self.session.post(
+                url, json=body, headers=self._upstream_headers(request)
+            ) as up:
+                raw = await up.read()
+                ctype = up.headers.get("Content-Type", "application/json")
+                status = up.status
+        except aiohttp.ClientError as exc:
+            meter.status = "error"
+            return _error(502, f"upstream {meter.upstream.resource_id} failed: {exc}", "upstream")
+        if status >= 400:
+            meter.status = "error"
+        else:
+            try:
+                doc = json.loads(raw)
+                meter.usage = doc.get("usage") or {}
+                meter.response_id = doc.get("id")
+            except (json.JSONDecodeError, AttributeError):
+                pass
+        return web.Response(body=raw, status=status, headers={"Content-Type": ctype})
+
+    async def _stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        meter: Metered,
+        client_wants_usage: bool,
+    ) -> web.StreamResponse:
+        url = meter.upstream.url + request.path
+        try:
+            async with self.session.post(
+                url, json=body, headers=self._upstream_headers(request)
+            ) as up:
+                if up.status >= 400:
+                    meter.status = "error"
+                    raw = await up.read()
+                    ctype = up.headers.get("Content-Type", "application/json")
+                    return web.Response(body=raw, status=up.status, headers={"Content-Type": ctype})
+                out = web.StreamResponse(
+                    status=up.status,
+                    headers={
+                        "Content-Type": up.headers.get("Content-Type", "text/event-stream"),
+                        "Cache-Control": "no-cache",
+                    },
+                )
+                await out.prepare(request)
+                try:
+                    async for line in up.content:
+                        if self._observe(line, meter) or client_wants_usage:
+                            await out.write(line)
+                except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+                    meter.status = "cancelled"
+                    return out
+                except aiohttp.ClientError:
+                    meter.status = "error"
+                    return out
+                await out.write_eof()
+                return out
+        except aiohttp.ClientError as exc:
+            meter.status = "error"
+            return _error(502, f"upstream {meter.upstream.resource_id} failed: {exc}", "upstream")
+
+    @staticmethod
+    def _observe(line: bytes, meter: Metered) -> bool:
+        """Learn from one SSE line; False for the usage-only chunk the proxy asked for."""
+        if not line.startswith(b"data:"):
+            return True
+        data = line[5:].strip()
+        if not data or data == b"[DONE]":
+            return True
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError:
+            return True
+        if not isinstance(chunk, dict):
+            return True
+        meter.response_id = meter.response_id or chunk.get("id")
+        choices = chunk.get("choices") or []
+        if meter.first_token is None and any(_has_token(c) for c in choices):
+            meter.first_token = _now()
+        if chunk.get("usage"):
+            meter.usage = chunk["usage"]
+            return bool(choices)  # a usage-only chunk: pass on only if the client asked
+        return True
+
+    async def passthrough(self, request: web.Request) -> web.StreamResponse:
+        node = self.nodes[0]
+        try:
+            async with self.session.request(
+                request.method,
+                node.url + request.path_qs,
+                data=await request.read(),
+                headers=self._upstream_headers(request),
+            ) as up:
+                raw = await up.read()
+                ctype = up.headers.get("Content-Type", "application/json")
+                return web.Response(body=raw, status=up.status, headers={"Content-Type": ctype})
+        except aiohttp.ClientError as exc:
+            return _error(502, f"upstream failed: {exc}", "upstream")
+
+
+def _has_token(choice: Any) -> bool:
+    if not isinstance(choice, dict):
+        return False
+    delta = choice.get("delta") or {}
+    return bool(choice.get("text") or delta.get("content") or delta.get("reasoning_content"))
