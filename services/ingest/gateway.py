@@ -163,7 +163,13 @@ class Gateway:
 
     # -- endpoints ------------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
-        ok = await asyncio.to_thread(self.producer.bootstrap_connected)
+        def connected() -> bool:
+            try:  # asks the broker for the events topic's partitions (connects if needed)
+                return bool(self.producer.partitions_for(self.settings.topic(EVENTS)))
+            except Exception:
+                return False
+
+        ok = await asyncio.to_thread(connected)
         status = 200 if ok else 503
         self.metrics.requests.labels("healthz", str(status)).inc()
         return web.json_response({"ok": ok, "kafka": "connected" if ok else "down"}, status=status)

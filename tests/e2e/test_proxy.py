@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import openai
@@ -21,12 +22,14 @@ from sqlalchemy import create_engine, text
 from tests.e2e.test_gateway import free_port
 from tests.helpers import cli, read_topic
 
+# rented from a few minutes ago (every minute since then is priced, idle or not)
+_FROM = (datetime.now(UTC) - timedelta(minutes=5)).replace(second=0, microsecond=0)
 RATES = [
     {
         "resource_id": node,
         "price_per_hour": "36.00",
         "currency": "USD",
-        "effective_from": "2020-01-01T00:00:00Z",
+        "effective_from": _FROM.isoformat(),
         "source": "list",
     }
     for node in ("gpu-node-1", "gpu-node-2")
