@@ -89,6 +89,7 @@ class Metered:
     usage: dict[str, Any] = field(default_factory=dict)
     response_id: str | None = None
     status: str = "ok"
+    done: bool = False  # the whole answer came from upstream: a disconnect now is not a cancel
 
     def event(self) -> dict[str, Any]:
         finished = _now()
@@ -202,7 +203,8 @@ class Proxy:
                 return await self._stream(request, body, meter, client_wants_usage)
             return await self._unary(request, body, meter)
         except asyncio.CancelledError:
-            meter.status = "cancelled"  # the client went away (aiohttp cancels the handler)
+            if not meter.done:  # the client went away mid-answer (aiohttp cancels the handler)
+                meter.status = "cancelled"
             raise
         finally:
             node.in_flight -= 1
@@ -226,6 +228,7 @@ class Proxy:
                 raw = await up.read()
                 ctype = up.headers.get("Content-Type", "application/json")
                 status = up.status
+                meter.done = True
         except aiohttp.ClientError as exc:
             meter.status = "error"
             return _error(502, f"upstream {meter.upstream.resource_id} failed: {exc}", "upstream")
@@ -270,11 +273,13 @@ class Proxy:
                         if self._observe(line, meter) or client_wants_usage:
                             await out.write(line)
                 except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-                    meter.status = "cancelled"
+                    if not meter.done:
+                        meter.status = "cancelled"
                     return out
                 except aiohttp.ClientError:
                     meter.status = "error"
                     return out
+                meter.done = True
                 await out.write_eof()
                 return out
         except aiohttp.ClientError as exc:
@@ -287,7 +292,10 @@ class Proxy:
         if not line.startswith(b"data:"):
             return True
         data = line[5:].strip()
-        if not data or data == b"[DONE]":
+        if data == b"[DONE]":
+            meter.done = True
+            return True
+        if not data:
             return True
         try:
             chunk = json.loads(data)
