@@ -225,23 +225,21 @@ class Proxy:
             async with self.session.post(
                 url, json=body, headers=self._upstream_headers(request)
             ) as up:
-                raw = await up.read()
-                ctype = up.headers.get("Content-Type", "application/json")
-                status = up.status
+                answer = await _relay(up)
                 meter.done = True
         except aiohttp.ClientError as exc:
             meter.status = "error"
             return _error(502, f"upstream {meter.upstream.resource_id} failed: {exc}", "upstream")
-        if status >= 400:
+        if answer.status >= 400:
             meter.status = "error"
         else:
             try:
-                doc = json.loads(raw)
+                doc = json.loads(answer.body)  # type: ignore[arg-type]
                 meter.usage = doc.get("usage") or {}
                 meter.response_id = doc.get("id")
             except (json.JSONDecodeError, AttributeError):
                 pass
-        return web.Response(body=raw, status=status, headers={"Content-Type": ctype})
+        return answer
 
     async def _stream(
         self,
@@ -257,9 +255,7 @@ class Proxy:
             ) as up:
                 if up.status >= 400:
                     meter.status = "error"
-                    raw = await up.read()
-                    ctype = up.headers.get("Content-Type", "application/json")
-                    return web.Response(body=raw, status=up.status, headers={"Content-Type": ctype})
+                    return await _relay(up)
                 out = web.StreamResponse(
                     status=up.status,
                     headers={
@@ -321,11 +317,16 @@ class Proxy:
                 data=await request.read(),
                 headers=self._upstream_headers(request),
             ) as up:
-                raw = await up.read()
-                ctype = up.headers.get("Content-Type", "application/json")
-                return web.Response(body=raw, status=up.status, headers={"Content-Type": ctype})
+                return await _relay(up)
         except aiohttp.ClientError as exc:
             return _error(502, f"upstream failed: {exc}", "upstream")
+
+
+async def _relay(up: aiohttp.ClientResponse) -> web.Response:
+    """An upstream answer read whole and passed on with its status and content type."""
+    raw = await up.read()
+    ctype = up.headers.get("Content-Type", "application/json")
+    return web.Response(body=raw, status=up.status, headers={"Content-Type": ctype})
 
 
 def _has_token(choice: Any) -> bool:
