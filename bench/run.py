@@ -620,7 +620,7 @@ def main() -> None:
     }
     with local_stack(settings) as s:
         report["broker"] = "configured" if settings.kafka_bootstrap else "embedded Tansu"
-        for case in args.cases.split(","):
+        for case in filter(None, args.cases.split(",")):
             n = args.events if case == "batched" else args.single_events
             work = Workload(n, args.resources, args.tenants)
             per = args.batch if case == "batched" else 1

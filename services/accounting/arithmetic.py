@@ -224,7 +224,14 @@ class Position:
 
     def to_data(self) -> list[str | int]:
         return [
-            str(v) if isinstance(v, Decimal) else v for v in (getattr(self, f) for f in self.FIELDS)
+            str(self.amount),
+            self.completions,
+            self.failed,
+            self.prompt,
+            self.cached,
+            self.completion,
+            str(self.work),
+            str(self.busy),
         ]
 
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -94,11 +95,80 @@ def to_ledger_entry(e: Entry) -> LedgerEntry:
 
 
 COUNTED_PER_MESSAGE = 5000
+ALLOCATION_TYPE: str = CostAllocation.model_fields["type"].default
+
+
+def _iso(us: int) -> str:
+    """A UTC instant as pydantic writes it (``...Z``, fraction only when there is one)."""
+    return from_us(us).isoformat().replace("+00:00", "Z")
+
+
+def _entry_dict(e: Entry, start: str) -> dict[str, Any]:
+    """An entry in the field order and form of ``LedgerEntry``'s JSON (None left out)."""
+    d: dict[str, Any] = {
+        "entry_id": e.entry_id,
+        "entry_kind": e.entry_kind,
+        "cost_basis": e.cost_basis,
+    }
+    if e.tenant_id is not None:
+        d["tenant_id"] = e.tenant_id
+    if e.model is not None:
+        d["model"] = e.model
+    d["resource_id"] = e.resource_id
+    d["bucket_start"] = start
+    d["bucket_seconds"] = e.bucket_seconds
+    d["completions"] = e.completions
+    d["failed_requests"] = e.failed_requests
+    d["prompt_tokens"] = e.prompt_tokens
+    d["cached_prompt_tokens"] = e.cached_prompt_tokens
+    d["completion_tokens"] = e.completion_tokens
+    d["work_units"] = format(e.work_units, "f")
+    d["busy_seconds"] = format(e.busy_seconds, "f")
+    d["amount"] = format(e.amount, "f")
+    d["currency"] = e.currency
+    d["billing_line_ids"] = list(e.billing_line_ids)
+    return d
+
+
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def allocation_messages(closed: ClosedBucket, bucket_seconds: int) -> list[bytes]:
     """One message per bucket decision; the counted event ids spill into further messages
-    (with no entries) so that no message grows past Apache Kafka's default size limit."""
+    (with no entries) so that no message grows past Apache Kafka's default size limit.
+
+    The bytes are exactly ``dumps(CostAllocation(...))`` (a unit test holds them to it), built
+    from plain dicts because closing buckets is on the hot path and pydantic objects per entry
+    cost more than the accounting itself."""
+    counted = closed.counted
+    chunks = [
+        counted[i : i + COUNTED_PER_MESSAGE] for i in range(0, len(counted), COUNTED_PER_MESSAGE)
+    ] or [[]]
+    start = _iso(closed.bucket_start_us)
+    entry_starts: dict[int, str] = {closed.bucket_start_us: start}
+    messages = []
+    for n, chunk in enumerate(chunks):
+        entries = []
+        if n == 0:
+            for e in closed.entries:
+                es = entry_starts.get(e.bucket_start_us)
+                if es is None:
+                    es = entry_starts[e.bucket_start_us] = _iso(e.bucket_start_us)
+                entries.append(_entry_dict(e, es))
+        message = {
+            "type": ALLOCATION_TYPE,
+            "resource_id": closed.resource_id,
+            "bucket_start": start,
+            "bucket_seconds": bucket_seconds,
+            "entries": entries,
+            "counted_events": [list(c) for c in chunk],
+        }
+        messages.append(_compact(message).encode())
+    return messages
+
+
+def allocation_messages_via_models(closed: ClosedBucket, bucket_seconds: int) -> list[bytes]:
+    """The reference encoding through the contract models (tests compare the two)."""
     counted = closed.counted
     chunks = [
         counted[i : i + COUNTED_PER_MESSAGE] for i in range(0, len(counted), COUNTED_PER_MESSAGE)

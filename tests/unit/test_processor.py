@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import json
 
-from services.attribution.processor import AttributionProcessor
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.accounting import ClosedBucket, Entry
+from services.attribution import processor as p
+from services.attribution.processor import (
+    AttributionProcessor,
+    allocation_messages,
+    allocation_messages_via_models,
+)
 from services.contracts import decode_allocation
 from services.runtime.config import Settings
 
@@ -136,3 +145,55 @@ def test_the_watermark_is_the_slowest_partitions_and_an_idle_one_stops_holding_i
     proc._partition_seen[0] = now[0]
     assert proc.watermark_us({0, 1}) == proc._partition_max[0]
     assert allocations(proc.step({0, 1}, {0}))
+
+
+# -- the hand-built allocation encoding is byte for byte the contract model's ---------------
+_text = st.text(min_size=1, max_size=12).map(lambda s: s.strip() or "x")
+_money = st.decimals(
+    allow_nan=False, allow_infinity=False, places=12, min_value=-(10**6), max_value=10**6
+)
+_us = st.integers(min_value=0, max_value=4_000_000_000_000_000)
+
+
+@st.composite
+def closed_buckets(draw):
+    resource = draw(_text)
+    start = draw(_us)
+    entries = [
+        Entry(
+            entry_id=draw(
+                st.text(min_size=16, max_size=20).map(lambda s: s.strip().ljust(16, "e"))
+            ),
+            entry_kind=draw(st.sampled_from(["usage", "idle", "adjustment", "reconciliation"])),
+            cost_basis=draw(st.sampled_from(["list", "billed"])),
+            tenant_id=draw(st.none() | _text),
+            model=draw(st.none() | _text),
+            resource_id=resource,
+            bucket_start_us=draw(st.sampled_from([start, draw(_us)])),
+            bucket_seconds=60,
+            amount=draw(_money),
+            currency=draw(st.sampled_from(["USD", "EUR"])),
+            completions=draw(st.integers(0, 10**6)),
+            failed_requests=draw(st.integers(0, 10)),
+            prompt_tokens=draw(st.integers(0, 10**9)),
+            cached_prompt_tokens=draw(st.integers(0, 10**9)),
+            completion_tokens=draw(st.integers(0, 10**9)),
+            work_units=draw(_money.map(abs)),
+            busy_seconds=draw(st.decimals(min_value=0, max_value=60, places=6)),
+            billing_line_ids=tuple(draw(st.lists(_text, max_size=3))),
+        )
+        for _ in range(draw(st.integers(0, 4)))
+    ]
+    counted = draw(
+        st.lists(st.tuples(_text, st.sampled_from(["ok", "error", "cancelled"])), max_size=12)
+    )
+    return ClosedBucket(resource, start, entries, counted)
+
+
+@given(closed_buckets(), st.sampled_from([1, 5000]))
+def test_allocation_bytes_equal_the_contract_models(closed, per_message):
+    old, p.COUNTED_PER_MESSAGE = p.COUNTED_PER_MESSAGE, per_message
+    try:
+        assert allocation_messages(closed, 60) == allocation_messages_via_models(closed, 60)
+    finally:
+        p.COUNTED_PER_MESSAGE = old
