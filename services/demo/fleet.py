@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import heapq
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -23,6 +24,10 @@ from typing import Any
 from services.contracts import GpuRate, InferenceEvent
 
 TRACE = Path(__file__).parent / "data" / "azure-llm-inference-trace-2023-code.csv"
+
+
+class FleetError(ValueError):
+    """A fleet description that cannot be used, and why."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,39 @@ class Fleet:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Fleet:
+        """A fleet from its description; a clear :class:`FleetError` when it does not hold."""
+        try:
+            fleet = cls._from_dict(d)
+        except FleetError:
+            raise
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise FleetError(f"invalid fleet description: {what}") from None
+        fleet.check()
+        return fleet
+
+    def check(self) -> None:
+        if not self.nodes or not self.models or not self.tenants:
+            raise FleetError("a fleet needs at least one node, one model and one tenant")
+        for m in self.models:
+            if m.share <= 0 or m.gpu_count <= 0 or m.prefill_tps <= 0 or m.decode_tps <= 0:
+                raise FleetError(f"model {m.name}: share, gpu_count and throughputs must be > 0")
+            if not any(m.name in n.models for n in self.nodes):
+                raise FleetError(f"model {m.name} is served by no node (add it to a node's models)")
+        for t in self.tenants:
+            if t.share <= 0 or not 0 <= t.cache_hit_rate <= 1 or not 0 <= t.cached_fraction <= 1:
+                raise FleetError(f"tenant {t.tenant_id}: share > 0 and rates within [0, 1]")
+        for n in self.nodes:
+            if n.price_per_hour < 0 or not n.price_per_hour.is_finite():
+                raise FleetError(f"node {n.resource_id}: price_per_hour must be >= 0")
+            unknown = set(n.models) - {m.name for m in self.models}
+            if unknown:
+                raise FleetError(f"node {n.resource_id} serves unknown models {sorted(unknown)}")
+        if len({n.resource_id for n in self.nodes}) != len(self.nodes):
+            raise FleetError("node resource_ids must be unique")
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any]) -> Fleet:
         return cls(
             seed=str(d["seed"]),
             currency=d.get("currency", "USD"),
@@ -108,7 +146,13 @@ class Fleet:
 
     @classmethod
     def load(cls, path: str | Path) -> Fleet:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise FleetError(f"cannot read fleet file {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise FleetError(f"fleet file {path}: expected a JSON object")
+        return cls.from_dict(data)
 
 
 DEFAULT_FLEET: dict[str, Any] = {
@@ -220,27 +264,45 @@ def parse_trace_time(text: str) -> datetime:
     return ts + timedelta(microseconds=int((frac + "000000")[:6]))
 
 
+class TraceError(ValueError):
+    """A trace file that cannot be read, with the line it failed on."""
+
+
 def read_trace(path: Path = TRACE, limit: int | None = None) -> Iterator[tuple[datetime, int, int]]:
+    """Rows of an Azure LLM inference trace CSV: (arrival, prompt tokens, completion tokens)."""
     with path.open(newline="") as fh:
-        for n, row in enumerate(csv.DictReader(fh)):
+        reader = csv.DictReader(fh)
+        missing = {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} - set(reader.fieldnames or ())
+        if missing:
+            raise TraceError(f"{path}: not an Azure LLM trace, missing columns {sorted(missing)}")
+        for n, row in enumerate(reader):
             if limit is not None and n >= limit:
                 return
-            yield (
-                parse_trace_time(row["TIMESTAMP"]),
-                int(row["ContextTokens"]),
-                int(row["GeneratedTokens"]),
-            )
+            try:
+                prompt, completion = int(row["ContextTokens"]), int(row["GeneratedTokens"])
+                if prompt < 0 or completion < 0:
+                    raise ValueError("negative token count")
+                yield parse_trace_time(row["TIMESTAMP"]), prompt, completion
+            except (ValueError, TypeError) as exc:
+                raise TraceError(f"{path}, line {n + 2}: {exc}") from None
 
 
-def replay(fleet: Fleet, trace: Path = TRACE, limit: int | None = None) -> list[InferenceEvent]:
+def simulate(
+    fleet: Fleet, trace: Path = TRACE, limit: int | None = None, id_prefix: str = "azure-code-2023"
+) -> Iterator[InferenceEvent]:
+    """The trace's requests on the fleet, in trace (arrival) order; see the module docstring.
+    Event ids are ``<id_prefix>-<row>``."""
     models = {m.name: m for m in fleet.models}
     model_names = [m.name for m in fleet.models]
-    events = []
+    tenants = list(fleet.tenants)
+    tenant_shares = [t.share for t in fleet.tenants]
+    model_shares = [m.share for m in fleet.models]
+    serving = {m: [n for n in fleet.nodes if m in n.models] for m in model_names}
+    seed = fleet.seed
     for row, (arrival, prompt, completion) in enumerate(read_trace(trace, limit)):
-        seed = fleet.seed
-        tenant = _pick(list(fleet.tenants), [t.share for t in fleet.tenants], _u(seed, row, "t"))
-        model = models[_pick(model_names, [m.share for m in fleet.models], _u(seed, row, "m"))]
-        nodes = [n for n in fleet.nodes if model.name in n.models]
+        tenant = _pick(tenants, tenant_shares, _u(seed, row, "t"))
+        model = models[_pick(model_names, model_shares, _u(seed, row, "m"))]
+        nodes = serving[model.name]
         node = nodes[int(_u(seed, row, "n") * len(nodes))]
         cached = 0
         if _u(seed, row, "c") < tenant.cache_hit_rate:
@@ -254,29 +316,44 @@ def replay(fleet: Fleet, trace: Path = TRACE, limit: int | None = None) -> list[
         ttft = 0.02 + (prompt - cached) / model.prefill_tps
         first = arrival + timedelta(seconds=ttft)
         finished = first + timedelta(seconds=completion / model.decode_tps)
-        events.append(
-            InferenceEvent(
-                event_id=f"azure-code-2023-{row:06d}",
-                tenant_id=tenant.tenant_id,
-                resource_id=node.resource_id,
-                model=model.name,
-                engine="vllm",
-                request_id=f"req-{row}",
-                started_at=arrival,
-                first_token_at=first,
-                finished_at=finished,
-                prompt_tokens=prompt,
-                cached_prompt_tokens=cached,
-                completion_tokens=completion,
-                status=status,
-                gpu_count=model.gpu_count,
-            )
+        yield InferenceEvent(
+            event_id=f"{id_prefix}-{row:06d}",
+            tenant_id=tenant.tenant_id,
+            resource_id=node.resource_id,
+            model=model.name,
+            engine="vllm",
+            request_id=f"req-{row}",
+            started_at=arrival,
+            first_token_at=first,
+            finished_at=finished,
+            prompt_tokens=prompt,
+            cached_prompt_tokens=cached,
+            completion_tokens=completion,
+            status=status,
+            gpu_count=model.gpu_count,
         )
-    return events
 
 
-def rates(fleet: Fleet, start: datetime, end: datetime) -> list[GpuRate]:
-    """One list-price rate per node for the rental window ``[start, end)``."""
+def replay(fleet: Fleet, trace: Path = TRACE, limit: int | None = None) -> list[InferenceEvent]:
+    return list(simulate(fleet, trace, limit))
+
+
+def in_finish_order(events: Iterable[InferenceEvent]) -> Iterator[InferenceEvent]:
+    """Events in the order a fleet reports them (by ``finished_at``), from events in arrival
+    order, holding only the requests still running: a request that arrives later cannot finish
+    before the current arrival."""
+    running: list[tuple[datetime, int, InferenceEvent]] = []
+    for n, event in enumerate(events):
+        while running and running[0][0] <= event.started_at:
+            yield heapq.heappop(running)[2]
+        heapq.heappush(running, (event.finished_at, n, event))
+    while running:
+        yield heapq.heappop(running)[2]
+
+
+def rates(fleet: Fleet, start: datetime, end: datetime | None) -> list[GpuRate]:
+    """One list-price rate per node for the rental window ``[start, end)`` (open-ended when
+    ``end`` is None)."""
     return [
         GpuRate(
             resource_id=n.resource_id,

@@ -95,8 +95,11 @@ class Emitter:
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- the caller's side: never blocks ----------------------------------------------------
-    def record(self, event: InferenceEvent | Mapping[str, Any]) -> bool:
-        """Queue one event; True when queued, False when invalid or the buffer is full."""
+    def record(self, event: InferenceEvent | Mapping[str, Any], block: bool = False) -> bool:
+        """Queue one event; True when queued, False when invalid or the buffer is full.
+
+        ``block=True`` waits for room instead of dropping: for backfills and replays, never on
+        a request path."""
         if self._closed:
             self._count("dropped_closed")
             return False
@@ -108,7 +111,7 @@ class Emitter:
                 self._dead_letter("invalid", str(exc), dict(event))
                 return False
         try:
-            self._queue.put_nowait(event)
+            self._queue.put(event, block=block)
         except queue.Full:
             self._count("dropped_full")
             return False
