@@ -11,14 +11,19 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from services.runtime import logs
 from services.runtime.config import BILLING, EVENTS, RATES, Settings, load_settings
+from services.runtime.metrics import parse_listen as _listen
 from services.runtime.stack import local_stack
+
+if TYPE_CHECKING:
+    from services.ingest.dlq import DeadLetter
 
 log = logs.get("inferledger")
 
@@ -141,6 +146,16 @@ def _run_one(settings: Settings, which: str, until_idle: bool, run_id: str | Non
     else:
         from services.ledger.writer import build
     app, done = build(settings, run_id)
+    if settings.metrics_listen:
+        from services.runtime.metrics import serve
+
+        counters = (
+            app.inferledger_processor.counters  # type: ignore[attr-defined]
+            if which == "attribution"
+            else app.inferledger_counters  # type: ignore[attr-defined]
+        )
+        serve(settings.metrics_listen, which, counters)
+        log.info("metrics listening", listen=settings.metrics_listen, component=which)
     if settings.profile_dir is None:
         asyncio.run(run_until(app, done if until_idle else None))
         return
@@ -170,11 +185,14 @@ def run_processors(settings: Settings, until_idle: bool, progress: bool = True) 
     env["INFERLEDGER_DATABASE_URL"] = settings.database_url or ""
     env["INFERLEDGER_TOPIC_PREFIX"] = settings.topic_prefix
     procs = []
-    for which in ("attribution", "ledger"):
+    for n, which in enumerate(("attribution", "ledger")):
         cmd = [sys.executable, "-m", "services.cli.main", "run", which]
         if until_idle:
             cmd += ["--until-idle", "--run-id", run_id or ""]
-        procs.append((which, subprocess.Popen(cmd, env=env)))
+        if settings.metrics_listen:  # one port per process: attribution, then ledger
+            host, port = _listen(settings.metrics_listen)
+            env["INFERLEDGER_METRICS_LISTEN"] = f"{host}:{port + n}"
+        procs.append((which, subprocess.Popen(cmd, env=dict(env))))
     started = time.monotonic()
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -471,6 +489,119 @@ def replay_azure_trace(
     click.echo(json.dumps(summary.as_dict()), err=output == "-")
 
 
+@cli.group()
+def dlq() -> None:
+    """Dead letters: list what was rejected and why, and send fixed messages back."""
+
+
+_DLQ_TOPICS = click.Choice(["inference-events", "gpu-rates", "gpu-billing", "cost-allocations"])
+
+
+def _dlq_records(
+    s: Settings, topics: tuple[str, ...], reason: str | None, source: str | None
+) -> Iterator[DeadLetter]:
+    from services.ingest import dlq as d
+
+    return (r for r in d.read(s, d.dlq_topics(s, topics or None)) if d.matches(r, reason, source))
+
+    return (r for r in d.read(s, d.dlq_topics(s, topics or None)) if d.matches(r, reason, source))
+
+
+@dlq.command("list")
+@click.option("--topic", "topics", type=_DLQ_TOPICS, multiple=True, help="default: all")
+@click.option("--reason", default=None, help="only this reason (e.g. invalid, too_late)")
+@click.option("--source", default=None, help="only from this component (gateway, ingest, ...)")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="at most N records")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table")
+@click.pass_context
+def dlq_list(
+    ctx: click.Context,
+    topics: tuple[str, ...],
+    reason: str | None,
+    source: str | None,
+    limit: int | None,
+    fmt: str,
+) -> None:
+    """Show dead letters (oldest first) and how many there are per reason."""
+    from collections import Counter
+
+    with local_stack(_settings(ctx), need_database=False) as s:
+        from services.runtime.kafka import ensure_topics
+
+        ensure_topics(s)
+        by_reason: Counter[str] = Counter()
+        shown = 0
+        if fmt == "table":
+            click.echo(
+                f"{'at':<32} {'source':<12} {'topic':<18} {'reason':<22} {'bytes':>8}  detail"
+            )
+        for r in _dlq_records(s, topics, reason, source):
+            by_reason[f"{r.topic.removeprefix(s.topic_prefix)}/{r.reason}"] += 1
+            if limit is not None and shown >= limit:
+                continue
+            shown += 1
+            if fmt == "jsonl":
+                click.echo(json.dumps(r.as_dict()))
+                continue
+            size = f"{r.record.get('payload_size', '?')}{'T' if r.truncated else ''}"
+            click.echo(
+                f"{str(r.record.get('rejected_at', ''))[:32]:<32} {r.source[:12]:<12} "
+                f"{r.topic.removeprefix(s.topic_prefix)[:18]:<18} {r.reason[:22]:<22} "
+                f"{size:>8}  {str(r.record.get('detail', ''))[:100]}"
+            )
+        click.echo(
+            json.dumps({"dead_letters": sum(by_reason.values()), "by_reason": dict(by_reason)}),
+            err=True,
+        )
+
+
+@dlq.command("replay")
+@click.option("--topic", "topics", type=_DLQ_TOPICS, multiple=True, help="default: all")
+@click.option("--reason", default=None, help="only dead letters with this reason")
+@click.option("--source", default=None, help="only dead letters from this component")
+@click.option("--all", "everything", is_flag=True, help="every dead letter (no filter)")
+@click.option(
+    "--from-file",
+    "from_file",
+    default=None,
+    help="JSONL of fixed messages (- for stdin): dead-letter records from `dlq list "
+    "--format jsonl` with their payload fixed, or plain messages for the one --topic",
+)
+@click.option("--dry-run", is_flag=True, help="validate and report, send nothing")
+@click.pass_context
+def dlq_replay(
+    ctx: click.Context,
+    topics: tuple[str, ...],
+    reason: str | None,
+    source: str | None,
+    everything: bool,
+    from_file: str | None,
+    dry_run: bool,
+) -> None:
+    """Send dead-lettered payloads back to the topic they were rejected from.
+
+    Each payload is validated first: one still invalid, or truncated, is reported and not
+    sent. Events sent twice are counted once (event ids), and so are rates and bills."""
+    from services.ingest import dlq as d
+    from services.ingest.files import open_input
+    from services.runtime.kafka import ensure_topics
+
+    if from_file is None and not (reason or source or everything):
+        raise click.UsageError("choose what to replay: --reason, --source, --all or --from-file")
+    if from_file is not None and len(topics) > 1:
+        raise click.UsageError("--from-file takes at most one --topic (for plain messages)")
+    with local_stack(_settings(ctx), need_database=False) as s:
+        ensure_topics(s)
+        if from_file is not None:
+            with open_input(from_file) as stream:
+                result = d.send(s, d.from_file(stream, s, topics[0] if topics else None), dry_run)
+        else:
+            result = d.send(s, d.from_records(_dlq_records(s, topics, reason, source)), dry_run)
+    for problem in result.problems[:50]:
+        click.echo(f"not sent: {problem}", err=True)
+    click.echo(json.dumps({**result.as_dict(), "dry_run": dry_run}))
+
+
 @cli.command()
 @click.pass_context
 def up(ctx: click.Context) -> None:
@@ -484,11 +615,6 @@ def up(ctx: click.Context) -> None:
         click.echo(f"INFERLEDGER_DATABASE_URL={s.database_url}")
         with contextlib.suppress(KeyboardInterrupt):
             run_processors(s, until_idle=False, progress=False)
-
-
-def _listen(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host or "127.0.0.1", int(port)
 
 
 @cli.command()

@@ -201,6 +201,7 @@ class Emitter:
         log.error("emitter batch failed after retries", error=repr(exc), events=n)
 
     def _dead_letter(self, reason: str, detail: str, payload: Any) -> None:
+        self._count(f"dlq.{reason}")
         record = dead_letter(
             self.topic, reason, detail, payload, self.settings.dlq_payload_limit, source=self.source
         )

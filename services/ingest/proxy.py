@@ -25,10 +25,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from services.ingest.emitter import Emitter
 from services.runtime import logs
 from services.runtime.config import Settings
+from services.runtime.metrics import CountersCollector
 
 log = logs.get(__name__)
 METERED = ("/v1/chat/completions", "/v1/completions")
@@ -135,6 +138,7 @@ class Proxy:
         for path in METERED:
             app.router.add_post(path, self.metered)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
         app.router.add_route("*", "/{tail:.*}", self.passthrough)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
@@ -159,6 +163,14 @@ class Proxy:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "upstreams": [n.resource_id for n in self.nodes]})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus: the proxy's counters and its emitter's (queued, sent, dropped, DLQ)."""
+        registry = CollectorRegistry()
+        registry.register(CountersCollector("proxy", self.counters))
+        registry.register(CountersCollector("emitter", self.emitter.stats))
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def _pick(self, model: str) -> Upstream | None:
         candidates = [n for n in self.nodes if n.serves(model)]

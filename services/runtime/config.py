@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     max_batch_events: int = Field(default=500, ge=1, description="events per produced batch")
     max_message_bytes: int = Field(default=900_000, ge=10_000)
     dlq_payload_limit: int = Field(default=65_536, ge=256)
+    metrics_listen: str = Field(
+        default="",
+        description="host:port of a `run` processor's Prometheus /metrics (empty: none); with "
+        "`run all` the attribution processor takes this port and the ledger writer the next",
+    )
 
     data_dir: Path = Field(default=Path(".embedded"), description="embedded broker/db state")
     profile_dir: Path | None = Field(

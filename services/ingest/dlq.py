@@ -1,0 +1,260 @@
+"""Dead letters: read ``<topic>.dlq``, show them, and send fixed messages back.
+
+Every component writes the same record (:func:`services.runtime.kafka.dead_letter`): reason,
+detail, source, original topic, partition and offset, and the payload (truncated above
+``INFERLEDGER_DLQ_PAYLOAD_LIMIT``). ``inferledger dlq list`` reads them from the start of the
+dead-letter topics to their current end; ``inferledger dlq replay`` sends payloads back to the
+topic they were rejected from, either as they are (after the cause was fixed elsewhere, e.g. a
+token's scope) or fixed by hand in a JSONL file. A replayed payload is validated first: what is
+still invalid is reported and not sent, and a truncated payload is never sent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+from services.contracts import DecodeError, EndOfInput
+from services.contracts.wire import decode_allocation, decode_billing, decode_events, decode_rate
+from services.runtime.config import ALLOCATIONS, BILLING, EVENTS, RATES, Settings
+from services.runtime.kafka import make_producer
+
+TOPICS = (EVENTS, RATES, BILLING, ALLOCATIONS)
+RECORD_TYPE = "inferledger.dead_letter.v1"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    dlq_topic: str
+    dlq_partition: int
+    dlq_offset: int
+    record: dict[str, Any]
+
+    @property
+    def reason(self) -> str:
+        return str(self.record.get("reason", "unknown"))
+
+    @property
+    def source(self) -> str:
+        return str(self.record.get("source", "unknown"))
+
+    @property
+    def topic(self) -> str:
+        """The topic the payload was rejected from (where a replay sends it)."""
+        return str(self.record.get("topic") or self.dlq_topic.removesuffix(".dlq"))
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.record.get("payload_truncated"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dlq_topic": self.dlq_topic,
+            "dlq_partition": self.dlq_partition,
+            "dlq_offset": self.dlq_offset,
+            **self.record,
+        }
+
+
+def dlq_topics(settings: Settings, topics: Iterable[str] | None = None) -> list[str]:
+    """The dead-letter topics of the given topics (base names, e.g. ``inference-events``)."""
+    return [f"{settings.topic(t)}.dlq" for t in (topics or TOPICS)]
+
+
+def read(settings: Settings, topics: list[str], timeout_s: float = 30) -> Iterator[DeadLetter]:
+    """Every record of ``topics`` from the beginning to their end.
+
+    The end is each partition's high watermark as the fetch responses report it (some brokers'
+    ListOffsets answers lag behind), reached when a poll brings nothing new."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        client_id="inferledger-dlq",
+        **settings.kafka_security(),
+    )
+    try:
+        parts = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        if not parts:
+            return
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        deadline = time.monotonic() + timeout_s
+        quiet = 0
+        while True:
+            batch = consumer.poll(timeout_ms=300)
+            for tp, messages in batch.items():
+                for m in messages:
+                    yield DeadLetter(tp.topic, tp.partition, m.offset, _record(m.value))
+            if batch:
+                quiet = 0
+                deadline = time.monotonic() + timeout_s
+                continue
+            quiet += 1
+            marks = [consumer.highwater(tp) for tp in parts]
+            behind = [
+                tp
+                for tp, hw in zip(parts, marks, strict=True)
+                if hw is not None and consumer.position(tp) < hw
+            ]
+            if not behind and (all(hw is not None for hw in marks) or quiet >= 5):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"dead letters of {behind} did not arrive in {timeout_s} s")
+    finally:
+        consumer.close()
+
+
+def _record(value: bytes | None) -> dict[str, Any]:
+    try:
+        record = json.loads(value or b"")
+        if isinstance(record, dict):
+            return record
+    except ValueError:
+        pass
+    text = (value or b"").decode("utf-8", errors="backslashreplace")
+    return {"type": RECORD_TYPE, "reason": "unreadable_dead_letter", "payload": text}
+
+
+def matches(
+    d: DeadLetter, reason: str | None, source: str | None, topic: str | None = None
+) -> bool:
+    return (
+        (reason is None or d.reason == reason)
+        and (source is None or d.source == source)
+        and (topic is None or d.topic == topic)
+    )
+
+
+# -- replay -------------------------------------------------------------------------------------
+def _key_and_check(settings: Settings, topic: str) -> Callable[[bytes], tuple[str | None, str]]:
+    """For a target topic: (message key, "" when valid else why not) of a payload."""
+    base = topic.removeprefix(settings.topic_prefix)
+
+    def check(raw: bytes) -> tuple[str | None, str]:
+        try:
+            if base == EVENTS:
+                decoded = decode_events(raw)
+                if decoded.rejected:
+                    why = "; ".join(f"{r.reason}: {r.detail}" for r in decoded.rejected[:3])
+                    return None, why
+                if not decoded.events:
+                    return None, "no events in the payload"
+                return decoded.events[0].resource_id, ""
+            decode = {RATES: decode_rate, BILLING: decode_billing, ALLOCATIONS: decode_allocation}
+            if base not in decode:
+                return None, f"unknown topic {topic}"
+            msg = decode[base](raw)
+            if isinstance(msg, EndOfInput):
+                return None, "an end-of-input marker is never replayed"
+            return getattr(msg, "resource_id", None), ""
+        except DecodeError as exc:
+            return None, f"{exc.reason}: {exc.detail}"
+
+    return check
+
+
+@dataclass
+class ReplayResult:
+    sent: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+    by_topic: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "by_topic": dict(self.by_topic),
+            "skipped": sum(self.skipped.values()),
+            "skipped_by_reason": dict(self.skipped),
+            "problems": self.problems[:50],
+        }
+
+
+def payload_bytes(payload: Any) -> bytes:
+    """A DLQ record's payload as the bytes to send (a string as is, JSON otherwise)."""
+    if isinstance(payload, str):
+        return payload.encode()
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def from_file(
+    stream: IO[bytes], settings: Settings, default_topic: str | None
+) -> Iterator[tuple[str, str, bytes | None, str]]:
+    """(where, target topic, payload, skip reason) per line of a fixed-messages JSONL file.
+
+    A line is either a dead-letter record (as ``dlq list --format jsonl`` prints it) whose
+    ``payload`` was fixed (a JSON string or object) and goes back to its ``topic``, or a plain
+    message for ``default_topic``."""
+    for n, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        where = f"line {n}"
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            yield where, "", None, f"invalid_json: {exc}"
+            continue
+        if isinstance(obj, dict) and obj.get("type") == RECORD_TYPE:
+            if obj.get("payload_truncated"):
+                yield where, "", None, "payload_truncated"
+                continue
+            topic = obj.get("topic") or str(obj.get("dlq_topic", "")).removesuffix(".dlq")
+            yield where, topic, payload_bytes(obj.get("payload")), ""
+        elif default_topic is None:
+            yield where, "", None, "no_topic: a plain message needs --topic"
+        else:
+            yield where, settings.topic(default_topic), line.strip(), ""
+
+
+def from_records(records: Iterable[DeadLetter]) -> Iterator[tuple[str, str, bytes | None, str]]:
+    for d in records:
+        where = f"{d.dlq_topic}[{d.dlq_partition}]@{d.dlq_offset}"
+        if d.truncated:
+            yield where, d.topic, None, "payload_truncated"
+        else:
+            yield where, d.topic, payload_bytes(d.record.get("payload", "")), ""
+
+
+def send(
+    settings: Settings,
+    items: Iterable[tuple[str, str, bytes | None, str]],
+    dry_run: bool = False,
+) -> ReplayResult:
+    """Validate and send each payload to its topic; report everything not sent and why."""
+    result = ReplayResult()
+    known = {settings.topic(t) for t in TOPICS}
+    checks: dict[str, Callable[[bytes], tuple[str | None, str]]] = {}
+    producer = None if dry_run else make_producer(settings)
+    try:
+        for where, topic, raw, skip in items:
+            if not skip and topic not in known:
+                skip = f"unknown_topic: {topic!r} is not a topic of this pipeline"
+            if not skip and raw is not None:
+                check = checks.setdefault(topic, _key_and_check(settings, topic))
+                key, why = check(raw)
+                if why:
+                    skip = f"still_invalid: {why}"
+            if skip or raw is None:
+                result.skipped[skip.partition(":")[0]] += 1
+                result.problems.append(f"{where}: {skip}")
+                continue
+            if producer is not None:
+                producer.send(topic, key=key, value=raw)
+            result.sent += 1
+            result.by_topic[topic] += 1
+        if producer is not None:
+            producer.flush(60)
+    finally:
+        if producer is not None:
+            producer.close(10)
+    return result
