@@ -155,6 +155,9 @@ def test_proxy_meters_openai_requests_into_the_ledger(
     print(f"proxy overhead, median of 20 unary requests: {overhead_ms:.2f} ms")
 
     time.sleep(2)  # the cancelled stream's event is recorded when the proxy notices
+    metrics = requests.get(stack["proxy_url"].removesuffix("/v1") + "/metrics", timeout=5).text
+    assert 'inferledger_processed_total{component="proxy",counter="unauthorized"} 1.0' in metrics
+    assert 'inferledger_processed_total{component="emitter",counter="recorded"} 26.0' in metrics
     stack["proxy"].send_signal(signal.SIGTERM)  # flushes the emitter
     assert stack["proxy"].wait(30) == 0
 
