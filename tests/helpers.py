@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
+import time
 from decimal import Decimal
 from typing import Any
 
+import requests
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import create_engine, text
 
@@ -101,3 +104,24 @@ def read_topic(
             await consumer.stop()
 
     return asyncio.run(asyncio.wait_for(read(), limit_s + 15))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], limit_s: float = 60) -> None:
+    """Wait until ``url`` answers 200 from the server ``proc`` started; fail with its stderr."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise AssertionError(f"{url} did not come up:\n{err}")
+        time.sleep(0.2)

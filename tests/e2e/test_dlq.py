@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import urllib.request
 from sqlalchemy import create_engine, text
 
 from services.runtime.kafka import dead_letter, make_producer
-from tests.helpers import cli
+from tests.helpers import cli, free_port
 
 RATE = {
     "resource_id": "node-1",
@@ -132,12 +131,6 @@ def test_dead_letters_are_listed_fixed_and_replayed(cli_env, settings, tmp_path)
     cli(cli_env, "run", "all", "--until-idle")
     assert counted(settings.database_url) == {"e1", "e2", "e4"}
     cli(cli_env, "audit")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_processors_count_dead_letters_in_prometheus_metrics(cli_env, settings):

@@ -5,10 +5,8 @@ request still land."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.helpers import cli, ledger, read_topic
+from tests.helpers import cli, free_port, ledger, read_topic, wait_http
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TOKENS = {
@@ -43,12 +41,6 @@ def event(event_id: str, **over: Any) -> dict[str, Any]:
     return e
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def gateway(cli_env: dict[str, str]) -> Iterator[str]:
     port = free_port()
@@ -64,18 +56,8 @@ def gateway(cli_env: dict[str, str]) -> Iterator[str]:
         stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
     try:
-        while True:
-            try:
-                if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise AssertionError(f"gateway did not start:\n{err}")
-            time.sleep(0.2)
+        wait_http(f"{url}/healthz", proc)
         yield url
     finally:
         proc.terminate()

@@ -19,8 +19,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 
-from tests.e2e.test_gateway import free_port
-from tests.helpers import cli, read_topic
+from tests.helpers import cli, free_port, read_topic, wait_http
 
 # rented from a few minutes ago (every minute since then is priced, idle or not)
 _FROM = (datetime.now(UTC) - timedelta(minutes=5)).replace(second=0, microsecond=0)
@@ -34,20 +33,6 @@ RATES = [
     }
     for node in ("gpu-node-1", "gpu-node-2")
 ]
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            requests.get(url, timeout=2)
-            return
-        except requests.ConnectionError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise AssertionError(f"{url} did not come up:\n{err}")
-        time.sleep(0.2)
 
 
 @pytest.fixture
