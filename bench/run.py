@@ -596,8 +596,8 @@ def main() -> None:
     parser.add_argument(
         "--single-events",
         type=int,
-        default=200_000,
-        help="events of the one-event-per-message case",
+        default=None,
+        help="events of the one-event-per-message case (default: --events, the same workload)",
     )
     parser.add_argument("--resources", type=int, default=64)
     parser.add_argument("--tenants", type=int, default=20)
@@ -621,7 +621,7 @@ def main() -> None:
     with local_stack(settings) as s:
         report["broker"] = "configured" if settings.kafka_bootstrap else "embedded Tansu"
         for case in filter(None, args.cases.split(",")):
-            n = args.events if case == "batched" else args.single_events
+            n = args.events if case == "batched" else (args.single_events or args.events)
             work = Workload(n, args.resources, args.tenants)
             per = args.batch if case == "batched" else 1
             report["cases"].append(run_case(s, case, work, per, not args.no_profile))

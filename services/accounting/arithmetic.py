@@ -38,7 +38,7 @@ def bucket_ceil(t_us: int, bucket_us: int) -> int:
 
 def entry_id(*parts: object) -> str:
     """A deterministic id: the same decision always gets the same id (idempotent writes)."""
-    text = "\x1f".join("" if p is None else str(p) for p in ("v1", *parts))
+    text = "v1\x1f" + "\x1f".join(["" if p is None else str(p) for p in parts])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -102,7 +102,7 @@ class Rate:
     currency: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One ledger entry decided by the core (the contract's ``LedgerEntry`` without I/O types)."""
 

@@ -95,6 +95,7 @@ def to_ledger_entry(e: Entry) -> LedgerEntry:
 
 
 COUNTED_PER_MESSAGE = 5000
+_ADDED_KEY = {a: f"events.{a.value}" for a in Added}  # counter names, formatted once
 ALLOCATION_TYPE: str = CostAllocation.model_fields["type"].default
 
 
@@ -284,12 +285,12 @@ class AttributionProcessor:
         hold_until: int | None = None
         W = self.book.settings.bucket_us
         add_request = self.book.add_request
-        tally: Counter[Added] = Counter()
+        counters = self.counters
         latest = self._partition_max.get(partition, -(2**62))
         for event in decoded.events:
             req = to_request(event)
             added, changes = add_request(req)
-            tally[added] += 1
+            counters[_ADDED_KEY[added]] += 1
             if changes:
                 self._changes.extend(changes)
             if added is Added.TOO_LATE:
@@ -309,8 +310,6 @@ class AttributionProcessor:
                 last = end - end % W + W  # the end of the bucket its counts go to
                 if hold_until is None or last > hold_until:
                     hold_until = last
-        for added, n in tally.items():
-            self.counters[f"events.{added.value}"] += n
         if hold_until is not None:
             self._partition_max[partition] = latest
             self._partition_seen[partition] = self.clock()

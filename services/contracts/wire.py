@@ -94,12 +94,17 @@ def decode_events(raw: bytes | str) -> DecodedEvents:
     event is rejected on its own and the valid ones are kept.
     """
     out = DecodedEvents()
-    if isinstance(raw, bytes) and b'"events"' in raw:
-        try:  # fast path: parse and validate a whole batch in one pass (pydantic-core)
-            out.events.extend(InferenceEventBatch.model_validate_json(raw).events)
+    if isinstance(raw, bytes):
+        # fast paths: parse and validate in one pass (pydantic-core), a batch or one event;
+        # the slow path below says exactly what is wrong (event by event in a batch)
+        try:
+            if b'"events"' in raw:
+                out.events.extend(InferenceEventBatch.model_validate_json(raw).events)
+            else:
+                out.events.append(InferenceEvent.model_validate_json(raw))
             return out
         except ValidationError:
-            pass  # the slow path below says exactly what is wrong, event by event
+            pass
     obj = load_json(raw)
     kind = _type_of(obj, _BATCH if isinstance(obj, dict) and "events" in obj else _EVENT)
     if kind == _EVENT:
