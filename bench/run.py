@@ -119,6 +119,20 @@ class PeakMemory(threading.Thread):
         self.profile_dir = profile_dir
         self.samplers: dict[str, subprocess.Popen[bytes]] = {}
         self.cpu_seconds: dict[str, float] = {}
+        self.rss: dict[str, list[int]] = {}  # VmRSS samples (kB), every 0.2 s
+
+    def rss_by_tenth(self) -> dict[str, list[float]]:
+        """Each process's largest resident set in each tenth of its run (MB): flat when
+        memory does not grow with the events processed."""
+        out = {}
+        for name, samples in self.rss.items():
+            n = len(samples)
+            if n < 10:
+                continue
+            out[name] = [
+                round(max(samples[i * n // 10 : (i + 1) * n // 10]) / 1024, 1) for i in range(10)
+            ]
+        return out
 
     def run(self) -> None:
         tick = os.sysconf("SC_CLK_TCK")
@@ -133,6 +147,8 @@ class PeakMemory(threading.Thread):
                         if line.startswith("VmHWM:"):
                             kb = int(line.split()[1])
                             self.peaks[name] = max(self.peaks.get(name, 0), kb)
+                        elif line.startswith("VmRSS:"):
+                            self.rss.setdefault(name, []).append(int(line.split()[1]))
                 except OSError:
                     pass
             self.stop.wait(0.2)
@@ -227,6 +243,7 @@ def run_pipeline(settings: Settings, profile_dir: Path | None) -> dict[str, Any]
         "wall_seconds": time.time() - started,
         "first_consumed_at": first,
         "peak_rss_mb": {k: round(v / 1024, 1) for k, v in memory.peaks.items()},
+        "rss_mb_by_tenth": memory.rss_by_tenth(),
         "cpu_seconds": {
             **{k: round(v, 1) for k, v in memory.cpu_seconds.items()},
             "whole machine": round(machine_busy, 1),
@@ -355,6 +372,7 @@ def run_case(
             ),
             "requests_counted": stats["requests_counted"],
             "peak_rss_mb": pipe["peak_rss_mb"],
+            "rss_mb_by_tenth": pipe["rss_mb_by_tenth"],
             "cpu_seconds": pipe["cpu_seconds"],
             "wall_seconds": round(pipe["wall_seconds"], 2),
         },
@@ -580,6 +598,12 @@ def markdown(report: dict[str, Any]) -> str:
             f"bucket wait, over {lat['buckets']} buckets: p50 {lat.get('p50_s')} s, "
             f"p99 {lat.get('p99_s')} s, max {lat.get('max_s')} s"
         )
+    for c in report["cases"]:
+        for which, tenths in c["pipeline"].get("rss_mb_by_tenth", {}).items():
+            lines.append(
+                f"\n{c['case']}, {which} resident MB in each tenth of the run: "
+                + " ".join(str(x) for x in tenths)
+            )
     for c in report["cases"]:
         for which, shares in c.get("time_share", {}).items():
             if shares:

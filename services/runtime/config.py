@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         description="most bytes fetched from one partition per request (faust's "
         "consumer_max_fetch_size); faust's 1 MiB default halves the processors' message rate",
     )
+    fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=1,
+        description="longest a consumer fetch waits for data; faust fixes 1500 ms, which some "
+        "brokers (Tansu) wait out on every fetch even when data has arrived",
+    )
     gateway_listen: str = Field(default="127.0.0.1:8080", description="host:port of the gateway")
     gateway_tokens: dict[str, dict[str, Any] | None] = Field(
         default_factory=dict,

@@ -10,8 +10,46 @@ import tempfile
 from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from services.runtime import logs
 from services.runtime.config import Settings
+
+log = logs.get(__name__)
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's consumer thread, with the fetch wait we configure instead of its fixed 1.5 s.
+
+    A broker answers a fetch when ``fetch_min_bytes`` (1) arrive or the wait ends; Apache Kafka
+    answers as soon as data arrives, but some brokers (Tansu here) hold every fetch for the
+    whole wait, which put up to 1.5 s on each hop of the pipeline."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait = getattr(self.app, "inferledger_fetch_max_wait_ms", None)
+        if wait is not None:
+            if hasattr(consumer, "_fetch_max_wait_ms"):  # read by AIOKafkaConsumer.start()
+                consumer._fetch_max_wait_ms = wait
+            else:
+                log.warning("cannot set the consumer's fetch wait", aiokafka=type(consumer))
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class _App(faust.App):
+    inferledger_fetch_max_wait_ms: int | None = None
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
 
 
 def make_app(settings: Settings, app_id: str, **overrides: Any) -> faust.App:
@@ -44,7 +82,9 @@ def make_app(settings: Settings, app_id: str, **overrides: Any) -> faust.App:
     if credentials is not None:
         conf["broker_credentials"] = credentials
     conf.update(overrides)
-    return faust.App(app_id, **conf)
+    app = _App(app_id, **conf)
+    app.inferledger_fetch_max_wait_ms = settings.fetch_max_wait_ms
+    return app
 
 
 def broker_credentials(settings: Settings) -> Any:
