@@ -71,23 +71,34 @@ def produce(settings: Settings, work: Workload, per_message: int) -> dict[str, A
 
 async def raw_ceiling(settings: Settings, messages: int) -> dict[str, Any]:
     """aiokafka reading the events topic from the start and decoding every message."""
-    from aiokafka import AIOKafkaConsumer
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(
-        settings.topic(EVENTS),
         bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"bench-raw-{uuid.uuid4().hex}",
-        auto_offset_reset="earliest",
         enable_auto_commit=False,
         max_partition_fetch_bytes=8 * 1_048_576,
         fetch_max_bytes=64 * 1_048_576,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
     await consumer.start()
     seen = events = 0
     started: float | None = None
-    try:
+    try:  # partitions assigned directly: no consumer group to join
+        topic = settings.topic(EVENTS)
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()  # noqa: SLF001
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        last_progress = time.monotonic()
         while seen < messages:
             batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            if batch:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > 120:
+                raise RuntimeError(f"raw ceiling: stuck at {seen:,} of {messages:,} messages")
             for records in batch.values():
                 if started is None:
                     started = time.monotonic()
