@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         description="most bytes fetched from one partition per request (faust's "
         "consumer_max_fetch_size); faust's 1 MiB default halves the processors' message rate",
     )
+    stream_buffer_messages: int = Field(
+        default=1000,
+        ge=10,
+        description="messages faust buffers per stream before it stops fetching (its "
+        "stream_buffer_maxsize, 4096 by default, held 40 % of a 1M-event backlog in memory)",
+    )
     fetch_max_wait_ms: int = Field(
         default=100,
         ge=1,

@@ -74,6 +74,7 @@ def make_app(settings: Settings, app_id: str, **overrides: Any) -> faust.App:
         "producer_max_request_size": max(settings.max_message_bytes * 2, 1_048_576),
         "producer_acks": -1,
         "consumer_max_fetch_size": settings.fetch_bytes_per_partition,
+        "stream_buffer_maxsize": settings.stream_buffer_messages,
         "stream_wait_empty": False,
         "key_serializer": "raw",
         "value_serializer": "raw",
