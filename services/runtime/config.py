@@ -67,7 +67,7 @@ class Settings(BaseSettings):
         default=1000,
         ge=10,
         description="messages faust buffers per stream before it stops fetching (its "
-        "stream_buffer_maxsize, 4096 by default, held 40 % of a 1M-event backlog in memory)",
+        "stream_buffer_maxsize, 4096 by default)",
     )
     fetch_max_wait_ms: int = Field(
         default=100,
