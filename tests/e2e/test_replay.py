@@ -124,18 +124,8 @@ def test_bad_fleet_and_bad_trace_are_clear_errors(tmp_path, fleet_file):
 
 def test_paced_replay_reaches_the_ledger(cli_env, settings, fleet_file):
     # 300 requests of the trace span about 2 minutes; at 120x they take about a second
-    cp = cli(
-        cli_env,
-        "replay",
-        "azure-trace",
-        TRACE,
-        "--fleet",
-        fleet_file,
-        "--limit",
-        "300",
-        "--speed",
-        "120",
-    )
+    replay = ("replay", "azure-trace", TRACE, "--fleet", fleet_file, "--limit", "300")
+    cp = cli(cli_env, *replay, "--speed", "120")
     summary = json.loads(cp.stdout)
     assert summary["events"] == 300
     assert summary["rates"] == len(DEFAULT_FLEET["nodes"])
@@ -161,17 +151,7 @@ def test_paced_replay_reaches_the_ledger(cli_env, settings, fleet_file):
     cli(cli_env, "audit")
 
     # the same replay again is idempotent: the same event ids, nothing counted twice
-    cli(
-        cli_env,
-        "replay",
-        "azure-trace",
-        TRACE,
-        "--fleet",
-        fleet_file,
-        "--limit",
-        "300",
-        "--no-rates",
-    )
+    cli(cli_env, *replay, "--no-rates")
     cli(cli_env, "run", "all", "--until-idle")
     engine = create_engine(settings.database_url)
     with engine.connect() as conn:
