@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -358,8 +358,7 @@ def replay_fleet() -> None:
     click.echo(json.dumps(DEFAULT_FLEET, indent=2))
 
 
-def _start_shift(start: str, first: Any) -> Any:
-    from datetime import UTC, datetime, timedelta
+def _start_shift(start: str, first: datetime | None) -> timedelta:
 
     if start == "trace" or first is None:
         return timedelta(0)

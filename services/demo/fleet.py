@@ -372,15 +372,21 @@ def rates(fleet: Fleet, start: datetime, end: datetime | None) -> list[GpuRate]:
     ]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def rental_start(first_arrival: datetime, minutes: int = 5) -> datetime:
+    """The fleet's rental begins at the whole ``minutes`` step before the first arrival."""
+    step = timedelta(minutes=minutes)
+    return _EPOCH + ((first_arrival - _EPOCH) // step) * step
+
+
 def rental_window(events: list[InferenceEvent], minutes: int = 5) -> tuple[datetime, datetime]:
     """The fleet's rental: from the first arrival to the last finish, in whole 5-minute steps."""
     step = timedelta(minutes=minutes)
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
     first = min(e.started_at for e in events)
     last = max(e.finished_at for e in events)
-    start = epoch + ((first - epoch) // step) * step
-    end = epoch + -((epoch - last) // step) * step
-    return start, end
+    return rental_start(first, minutes), _EPOCH + -((_EPOCH - last) // step) * step
 
 
 FOCUS_COLUMNS = (

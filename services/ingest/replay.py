@@ -19,17 +19,22 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 from services.contracts import InferenceEvent, dumps
-from services.demo.fleet import Fleet, in_finish_order, rates, read_trace, simulate
+from services.demo.fleet import (
+    Fleet,
+    in_finish_order,
+    rates,
+    read_trace,
+    rental_start,
+    simulate,
+)
 from services.ingest.emitter import Emitter
 from services.runtime.config import RATES, Settings
 from services.runtime.kafka import make_producer
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -130,12 +135,6 @@ def scan(trace: Path, limit: int | None = None) -> tuple[int, datetime | None]:
         if first is None or arrival < first:
             first = arrival
     return n, first
-
-
-def rental_start(first_arrival: datetime, minutes: int = 5) -> datetime:
-    """The fleet's rental begins at the whole ``minutes`` step before the first arrival."""
-    step = timedelta(minutes=minutes)
-    return first_arrival - (first_arrival - EPOCH) % step
 
 
 def publish_rates(settings: Settings, fleet: Fleet, start: datetime) -> int:

@@ -85,41 +85,21 @@ def test_bad_fleet_and_bad_trace_are_clear_errors(tmp_path, fleet_file):
     bad_trace.write_text(
         "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,12,3\nyesterday,1,1\n"
     )
+
+    def fails(*args: str) -> str:
+        cmd = [sys.executable, "-m", "services.cli.main", "replay", "azure-trace", *args]
+        cp = subprocess.run([*cmd, "--output", "-"], capture_output=True, text=True)
+        assert cp.returncode != 0, cp.stdout
+        return cp.stderr
+
     for args, needle in (
         (["--fleet", str(bad_fleet)], "orphan is served by no node"),
         (["--fleet", fleet_file, "--start", "2024-01-01T00:00:00"], "needs a UTC offset"),
     ):
-        cp = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "services.cli.main",
-                "replay",
-                "azure-trace",
-                TRACE,
-                "--output",
-                "-",
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-        )
-        assert cp.returncode != 0 and needle in cp.stderr, cp.stderr
-    cp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "services.cli.main",
-            "replay",
-            "azure-trace",
-            str(bad_trace),
-            "--output",
-            "-",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert cp.returncode != 0 and "line 3" in cp.stderr, cp.stderr
+        err = fails(TRACE, *args)
+        assert needle in err, err
+    err = fails(str(bad_trace))
+    assert "line 3" in err, err
 
 
 def test_paced_replay_reaches_the_ledger(cli_env, settings, fleet_file):
