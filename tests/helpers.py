@@ -71,6 +71,58 @@ def expected_ledger(
     }
 
 
+Position = tuple[Decimal, int, int, int, int, int]
+
+
+def positions(db_url: str) -> dict[tuple[str, int, str | None, str | None], Position]:
+    """The ledger's net position per (resource, bucket start in epoch seconds, tenant, model):
+    amount and counts summed over every entry kind (zero positions left out)."""
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT resource_id, extract(epoch FROM bucket_start)::bigint, tenant_id, "
+                    "model, sum(amount), sum(completions), sum(failed_requests), "
+                    "sum(prompt_tokens), sum(cached_prompt_tokens), sum(completion_tokens) "
+                    "FROM ledger_entries GROUP BY 1, 2, 3, 4"
+                )
+            )
+            return {
+                (r[0], r[1], r[2], r[3]): tuple(r[4:])  # type: ignore[misc]
+                for r in rows
+                if any(r[4:])
+            }
+    finally:
+        engine.dispose()
+
+
+def expected_positions(
+    events: list[InferenceEvent], rates: list[GpuRate]
+) -> dict[tuple[str, int, str | None, str | None], Position]:
+    """The net positions one clean run must leave, from the pure core."""
+    book = Book(AccountingSettings())
+    for r in rates:
+        book.add_rate(to_rate(r))
+    for e in events:
+        book.add_request(to_request(e))
+    out: dict[tuple[str, int, str | None, str | None], Position] = {}
+    for c in book.flush():
+        for e in c.entries:
+            key = (e.resource_id, e.bucket_start_us // 1_000_000, e.tenant_id, e.model)
+            values = (
+                e.amount,
+                e.completions,
+                e.failed_requests,
+                e.prompt_tokens,
+                e.cached_prompt_tokens,
+                e.completion_tokens,
+            )
+            old = out.get(key, (Decimal(0), 0, 0, 0, 0, 0))
+            out[key] = tuple(a + b for a, b in zip(old, values, strict=True))  # type: ignore[assignment]
+    return {k: v for k, v in out.items() if any(v)}
+
+
 def read_topic(
     bootstrap: str, topic: str, quiet_s: float = 3, limit_s: float = 30
 ) -> list[dict[str, Any]]:

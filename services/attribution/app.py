@@ -14,7 +14,7 @@ from services.attribution.processor import AttributionProcessor, Output
 from services.ledger.db import make_engine
 from services.runtime import logs
 from services.runtime.config import ALLOCATIONS, BILLING, EVENTS, RATES, Settings
-from services.runtime.faustapp import make_app
+from services.runtime.faustapp import make_app, pause_fetching
 from services.runtime.kafka import publish_end_markers
 
 log = logs.get(__name__)
@@ -64,11 +64,24 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
     # queue is the back-pressure: at most ``publish_queue`` outputs are in flight.
     outbox: asyncio.Queue[Output] = asyncio.Queue(maxsize=settings.publish_queue)
 
+    paused: set[int] = set()
+
+    async def align(parts: set[int]) -> None:
+        """Pause the events partitions running ahead of the slowest, resume the others."""
+        ahead = proc.ahead(parts)
+        stop, go = ahead - paused, (paused - ahead) & parts
+        if (stop or go) and await pause_fetching(app, events_name, stop, go):
+            paused.clear()
+            paused.update(ahead)
+            proc.counters["partitions.paused"] = len(paused)
+        paused.intersection_update(parts)  # a revoked partition is no longer ours to resume
+
     async def step() -> None:
         async with lock:
             parts = assigned(events_name)
             if not parts:
                 return
+            await align(parts)
             out = proc.step(parts, assigned(rates_name), assigned(billing_name))
             if out.allocations or out.dead_letters or out.state or out.release or out.finished:
                 await outbox.put(out)

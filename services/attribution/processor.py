@@ -40,11 +40,13 @@ from services.contracts import (
     decode_rate,
     dumps,
 )
+from services.contracts.fast import EventRecord, event_records
+from services.contracts.fast import to_builtins as record_data
 from services.runtime.config import Settings
 from services.runtime.kafka import dead_letter
 
 
-def to_request(event: InferenceEvent) -> Request:
+def to_request(event: InferenceEvent | EventRecord) -> Request:
     return Request(
         event_id=event.event_id,
         tenant_id=event.tenant_id,
@@ -234,6 +236,8 @@ class AttributionProcessor:
         # (a partition consumed ahead of the others must not make their events late)
         self._partition_max: dict[int, int] = {}
         self._partition_seen: dict[int, float] = {}  # monotonic time of its latest event
+        self._paused: set[int] = set()  # partitions the app paused because they ran ahead
+        self._assigned_at: dict[int, float] = {}  # monotonic time a partition was first seen
         self.clock = time.monotonic
         self.counters: Counter[str] = Counter()
         self._out = Output()
@@ -272,22 +276,28 @@ class AttributionProcessor:
 
     def on_events(self, raw: bytes, token: Any, partition: int, offset: int) -> None:
         topic = self.events_topic
-        try:
-            decoded = decode_events(raw)
-        except DecodeError as exc:
-            self._reject(topic, exc.reason, exc.detail, raw, partition, offset)
-            self._out.release.append(token)
-            return
-        for rej in decoded.rejected:
-            self._reject(topic, rej.reason, rej.detail, rej.payload, partition, offset)
-        if decoded.end_of_input is not None:
-            self._on_marker(topic, partition, decoded.end_of_input)
+        events: list[InferenceEvent] | list[EventRecord] | None = None
+        if isinstance(raw, bytes):
+            events = event_records(raw)  # the fast path; None: the full decoder decides
+        if events is None:
+            try:
+                decoded = decode_events(raw)
+            except DecodeError as exc:
+                self._reject(topic, exc.reason, exc.detail, raw, partition, offset)
+                self._out.release.append(token)
+                return
+            for rej in decoded.rejected:
+                self._reject(topic, rej.reason, rej.detail, rej.payload, partition, offset)
+            if decoded.end_of_input is not None:
+                self._on_marker(topic, partition, decoded.end_of_input)
+            events = decoded.events
         hold_until: int | None = None
         W = self.book.settings.bucket_us
         add_request = self.book.add_request
         counters = self.counters
         latest = self._partition_max.get(partition, -(2**62))
-        for event in decoded.events:
+        seen = False
+        for event in events:
             req = to_request(event)
             added, changes = add_request(req)
             counters[_ADDED_KEY[added]] += 1
@@ -299,18 +309,22 @@ class AttributionProcessor:
                     "too_late",
                     "its bucket is beyond the late horizon "
                     f"({self.settings.late_horizon_seconds} s behind the watermark)",
-                    event.model_dump(mode="json"),
+                    record_data(event)
+                    if isinstance(event, EventRecord)
+                    else event.model_dump(mode="json"),
                     partition,
                     offset,
                 )
-            elif added is not Added.DUPLICATE:
+            else:
                 end = req.end_us
                 if end > latest:
                     latest = end
-                last = end - end % W + W  # the end of the bucket its counts go to
-                if hold_until is None or last > hold_until:
-                    hold_until = last
-        if hold_until is not None:
+                seen = True  # a duplicate too tells how far in event time the partition is
+                if added is not Added.DUPLICATE:
+                    last = end - end % W + W  # the end of the bucket its counts go to
+                    if hold_until is None or last > hold_until:
+                        hold_until = last
+        if seen:
             self._partition_max[partition] = latest
             self._partition_seen[partition] = self.clock()
         if hold_until is None:
@@ -408,17 +422,51 @@ class AttributionProcessor:
             found.update(self._loader(resource_id, rest))
         return found
 
-    def watermark_us(self, partitions: set[int]) -> int | None:
-        """Event time up to which buckets may close: the slowest assigned partition's latest
-        finish (partitions without data yet do not hold it back) minus allowed lateness."""
+    def _active(self, partitions: set[int]) -> list[int]:
+        """The partitions that hold the watermark: with data, not drained, not idle."""
         idle_after = self.clock() - self.settings.idle_partition_seconds
-        active = [
+        return [
             p
             for p in partitions
             if p in self._partition_max
             and (self.events_topic, p) not in self._markers  # drained: no more data coming
-            and self._partition_seen[p] >= idle_after  # idle: does not hold the others back
+            # idle: does not hold the others back (a paused partition is not idle)
+            and (self._partition_seen[p] >= idle_after or p in self._paused)
         ]
+
+    def ahead(self, partitions: set[int]) -> set[int]:
+        """Partitions to pause: more than ``partition_lead_seconds`` of event time ahead of the
+        slowest one. Their messages could not be released before the slowest catches up, so
+        reading on would only hold them in memory (the slowest one is never paused)."""
+        lead_us = self.settings.partition_lead_seconds * 1_000_000
+        active = self._active(partitions)
+        paused: set[int] = set()
+        if lead_us and len(active) > 1:
+            limit = min(self._partition_max[p] for p in active) + lead_us
+            paused = {p for p in active if self._partition_max[p] > limit}
+        now = self.clock()
+        for p in self._paused - paused:  # resumed: a fresh wait before it counts as idle
+            self._partition_seen[p] = now
+        self._paused = paused
+        return paused
+
+    def watermark_us(self, partitions: set[int]) -> int | None:
+        """Event time up to which buckets may close: the slowest assigned partition's latest
+        finish minus allowed lateness. A partition that has delivered nothing yet holds it
+        (after a restart it may hold the oldest events) until it has been silent for
+        ``idle_partition_seconds`` since it was assigned, or its end marker came."""
+        now = self.clock()
+        for p in partitions:
+            self._assigned_at.setdefault(p, now)
+        idle_after = now - self.settings.idle_partition_seconds
+        if any(
+            p not in self._partition_max
+            and (self.events_topic, p) not in self._markers
+            and self._assigned_at[p] > idle_after
+            for p in partitions
+        ):
+            return None
+        active = self._active(partitions)
         if not active:
             active = [p for p in partitions if p in self._partition_max]
             if not active:

@@ -139,13 +139,14 @@ def ingest_billing_cmd(ctx: click.Context, file: str, fmt: str, cost_column: str
 
 
 def _run_one(settings: Settings, which: str, until_idle: bool, run_id: str | None) -> None:
-    from services.runtime.faustapp import run_until
+    from services.runtime.faustapp import run_until, tune_gc
 
     if which == "attribution":
         from services.attribution.app import build
     else:
         from services.ledger.writer import build
     app, done = build(settings, run_id)
+    tune_gc(settings)
     if settings.metrics_listen:
         from services.runtime.metrics import serve
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,11 @@ from sqlalchemy import Connection, Engine, create_engine, select
 from sqlalchemy.dialects.postgresql import insert
 
 from services.contracts import GpuRate, LedgerEntry
+from services.contracts.fast import EntryRecord, money
 from services.ledger.schema import (
     billing_lines,
     consumer_offsets,
-    counted_events,
+    counted_event_sets,
     gpu_rates,
     ledger_entries,
     resources,
@@ -41,10 +43,89 @@ def migrate(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
-def entry_row(e: LedgerEntry) -> dict[str, Any]:
-    row = e.model_dump()
-    row["row_hash"] = row_hash(row)
-    return row
+def entry_row(e: LedgerEntry) -> tuple[Any, ...]:
+    """A contract entry as a COPY row (``ENTRY_COLUMNS``, with its row hash)."""
+    return entry_values(
+        e.entry_id,
+        e.entry_kind,
+        e.cost_basis,
+        e.tenant_id,
+        e.model,
+        e.resource_id,
+        e.bucket_start,
+        e.bucket_seconds,
+        e.completions,
+        e.failed_requests,
+        e.prompt_tokens,
+        e.cached_prompt_tokens,
+        e.completion_tokens,
+        e.work_units,
+        e.busy_seconds,
+        e.amount,
+        e.currency,
+        e.billing_line_ids,
+    )
+
+
+def record_row(e: EntryRecord) -> tuple[Any, ...] | None:
+    """A fast-path entry as a COPY row, or None when its money needs the full decoder."""
+    work, busy, amount = money(e.work_units), money(e.busy_seconds), money(e.amount)
+    if work is None or busy is None or amount is None:
+        return None
+    return entry_values(
+        e.entry_id,
+        e.entry_kind,
+        e.cost_basis,
+        e.tenant_id,
+        e.model,
+        e.resource_id,
+        e.bucket_start,
+        e.bucket_seconds,
+        e.completions,
+        e.failed_requests,
+        e.prompt_tokens,
+        e.cached_prompt_tokens,
+        e.completion_tokens,
+        work,
+        busy,
+        amount,
+        e.currency,
+        e.billing_line_ids,
+    )
+
+
+_AMOUNT_QUANTUM = Decimal("1e-12")
+
+
+def entry_values(*values: Any) -> tuple[Any, ...]:
+    """The values of ``ENTRY_COLUMNS`` but the last, and the row hash appended.
+
+    The hash is SHA-256 of an entry's identity, money and counts; ``inferledger audit``
+    recomputes it in SQL (same text form: epoch seconds, amount with 12 decimals) to prove that
+    no row changed."""
+    (eid, kind, basis, tenant, model, resource, start, seconds, completions, failed, prompt,
+     cached, completion, _work, _busy, amount, currency, _lines) = values  # fmt: skip
+    amount = amount.quantize(_AMOUNT_QUANTUM)
+    text = "|".join(
+        (
+            eid,
+            kind,
+            basis,
+            tenant or "",
+            model or "",
+            resource,
+            str(int(start.timestamp())),
+            str(seconds),
+            str(completions),
+            str(failed),
+            str(prompt),
+            str(cached),
+            str(completion),
+            "0.000000000000" if amount == 0 else format(amount, "f"),
+            currency,
+        )
+    )
+    return (*values, hashlib.sha256(text.encode()).hexdigest())
 
 
 def rate_row(r: GpuRate) -> dict[str, Any]:
@@ -62,30 +143,6 @@ def rate_row(r: GpuRate) -> dict[str, Any]:
     )
     row["rate_id"] = hashlib.sha256(ident.encode()).hexdigest()[:32]
     return row
-
-
-def row_hash(row: dict[str, Any]) -> str:
-    """SHA-256 of an entry's identity, money and counts; ``inferledger audit`` recomputes it in
-    SQL (same text form: epoch seconds, amount with 12 decimals) to prove no row changed."""
-    amount = Decimal(row["amount"]).quantize(Decimal("1e-12"))
-    parts = [
-        row["entry_id"],
-        row["entry_kind"],
-        row["cost_basis"],
-        row["tenant_id"] or "",
-        row["model"] or "",
-        row["resource_id"],
-        str(int(row["bucket_start"].timestamp())),
-        str(row["bucket_seconds"]),
-        str(row["completions"]),
-        str(row["failed_requests"]),
-        str(row["prompt_tokens"]),
-        str(row["cached_prompt_tokens"]),
-        str(row["completion_tokens"]),
-        "0.000000000000" if amount == 0 else format(amount, "f"),
-        row["currency"],
-    ]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 ENTRY_COLUMNS = (
@@ -109,7 +166,19 @@ ENTRY_COLUMNS = (
     "billing_line_ids",
     "row_hash",
 )
-COUNTED_COLUMNS = ("event_id", "resource_id", "bucket_start", "status")
+COUNTED_COLUMNS = ("resource_id", "bucket_start", "set_id", "event_ids", "statuses")
+
+
+def counted_set(
+    resource_id: str, bucket_start: datetime, counted: Sequence[Sequence[str]]
+) -> tuple[Any, ...]:
+    """The events one allocation message counts, as a ``counted_event_sets`` row. The set's id
+    is a hash of its content, so the same message written twice is one row."""
+    ids = [c[0] for c in counted]
+    statuses = [c[1] for c in counted]
+    digest = hashlib.sha256("\x1f".join(ids).encode())
+    digest.update("\x1e".join(statuses).encode())
+    return (resource_id, bucket_start, digest.hexdigest(), ids, statuses)
 
 
 def copy_insert(
@@ -147,26 +216,25 @@ def copy_insert(
 def write_batch(engine: Engine, group: str, batch: Any) -> int:
     """Insert a batch idempotently and store the consumed offsets, in one transaction.
 
-    ``batch`` has ``entries``, ``rates``, ``bills``, ``counted`` and ``offsets``. Returns how
-    many ledger rows were new.
+    ``batch`` has ``entries`` (rows from :func:`entry_row`), ``rates``, ``bills``, ``counted``
+    (rows from :func:`counted_set`) and ``offsets``. Returns how many ledger rows were new.
     """
     written = 0
     with engine.begin() as conn:
         if batch.entries:
-            rows = [entry_row(e) for e in batch.entries]
             written += copy_insert(
                 conn,
                 ledger_entries.name,
                 ENTRY_COLUMNS,
-                [[r[c] for c in ENTRY_COLUMNS] for r in rows],
+                batch.entries,
                 "ON CONFLICT (entry_id) DO NOTHING",
             )
         if batch.counted:
             copy_insert(
                 conn,
-                counted_events.name,
+                counted_event_sets.name,
                 COUNTED_COLUMNS,
-                [list(row) for row in batch.counted],
+                batch.counted,
                 "ON CONFLICT DO NOTHING",
             )
         if batch.bills:

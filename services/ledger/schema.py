@@ -123,15 +123,19 @@ billing_lines = Table(
     Index("ix_billing_lines_resource_period", "resource_id", "period_start"),
 )
 
-counted_events = Table(
-    "counted_events",
+counted_event_sets = Table(
+    "counted_event_sets",
     metadata,
-    Column("event_id", String(128), primary_key=True),
     Column("resource_id", Text, primary_key=True),
     Column("bucket_start", DateTime(timezone=True), primary_key=True),
-    Column("status", Text, nullable=False),
+    Column("set_id", String(64), primary_key=True),  # a hash of the set: written once
+    Column("event_ids", ARRAY(Text), nullable=False),
+    Column("statuses", ARRAY(Text), nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("cardinality(event_ids) = cardinality(statuses)", name="aligned"),
 )
+"""The events an allocation message counts, one row per message (the view ``counted_events``
+unnests them to one row per event)."""
 
 attribution_state = Table(
     "attribution_state",

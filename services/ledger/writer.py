@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import faust
 from sqlalchemy import Engine
@@ -16,12 +15,12 @@ from services.contracts import (
     DecodeError,
     EndOfInput,
     GpuRate,
-    LedgerEntry,
     decode_allocation,
     decode_billing,
     decode_rate,
 )
-from services.ledger.db import make_engine, write_batch
+from services.contracts.fast import allocation_record
+from services.ledger.db import counted_set, entry_row, make_engine, record_row, write_batch
 from services.runtime import logs
 from services.runtime.config import ALLOCATIONS, BILLING, RATES, Settings
 from services.runtime.faustapp import make_app
@@ -33,10 +32,10 @@ GROUP = "inferledger-ledger"
 
 @dataclass
 class Batch:
-    entries: list[LedgerEntry] = field(default_factory=list)
+    entries: list[tuple[Any, ...]] = field(default_factory=list)  # rows of ENTRY_COLUMNS
     rates: list[GpuRate] = field(default_factory=list)
     bills: list[BillingLine] = field(default_factory=list)
-    counted: list[tuple[str, str, datetime, str]] = field(default_factory=list)
+    counted: list[tuple[Any, ...]] = field(default_factory=list)  # rows of COUNTED_COLUMNS
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     dead_letters: list[tuple[str, bytes]] = field(default_factory=list)
     markers: list[tuple[str, int, str]] = field(default_factory=list)
@@ -56,6 +55,8 @@ class LedgerDecoder:
         batch = Batch()
         for topic, partition, offset, raw in messages:
             batch.offsets[(topic, partition)] = offset + 1
+            if topic == self.alloc_topic and self._fast(raw, batch):
+                continue
             try:
                 msg: Any
                 if topic == self.alloc_topic:
@@ -93,12 +94,28 @@ class LedgerDecoder:
             elif isinstance(msg, BillingLine):
                 batch.bills.append(msg)
             else:
-                batch.entries.extend(msg.entries)
-                batch.counted.extend(
-                    (eid, msg.resource_id, msg.bucket_start, status)
-                    for eid, status in msg.counted_events
-                )
+                batch.entries.extend(entry_row(e) for e in msg.entries)
+                if msg.counted_events:
+                    batch.counted.append(
+                        counted_set(msg.resource_id, msg.bucket_start, msg.counted_events)
+                    )
         return batch
+
+    @staticmethod
+    def _fast(raw: bytes, batch: Batch) -> bool:
+        """An allocation through the fast path (False: the full decoder must look at it)."""
+        if not isinstance(raw, bytes):
+            return False
+        a = allocation_record(raw)
+        if a is None:
+            return False
+        rows = [record_row(e) for e in a.entries]
+        if None in rows:
+            return False
+        batch.entries.extend(cast(list[tuple[Any, ...]], rows))
+        if a.counted_events:
+            batch.counted.append(counted_set(a.resource_id, a.bucket_start, a.counted_events))
+        return True
 
 
 def build(

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         gt=0,
         description="an events partition without events this long stops holding the watermark",
     )
+    partition_lead_seconds: int = Field(
+        default=120,
+        ge=0,
+        description="how far (in event time) an events partition may run ahead of the slowest "
+        "one before the attribution processor pauses it: its messages would only wait in "
+        "memory for the slowest partition's watermark; 0 never pauses",
+    )
     late_horizon_seconds: int = Field(default=7 * 86_400, ge=0)
     billing_horizon_seconds: int = Field(default=62 * 86_400, ge=0)
     fetch_bytes_per_partition: int = Field(
@@ -68,6 +75,13 @@ class Settings(BaseSettings):
         ge=10,
         description="messages faust buffers per stream before it stops fetching (its "
         "stream_buffer_maxsize, 4096 by default)",
+    )
+    gc_gen0_threshold: int = Field(
+        default=10_000,
+        ge=0,
+        description="allocations between the cyclic garbage collector's young collections in "
+        "the processors (Python's default is 700, which made them spend about 40 % of their "
+        "time collecting: bench/micro.py); 0 keeps Python's default",
     )
     fetch_max_wait_ms: int = Field(
         default=100,

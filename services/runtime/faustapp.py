@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import ssl
 import tempfile
 from typing import Any
 
 import faust
+from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from services.runtime import logs
@@ -107,6 +109,41 @@ def broker_credentials(settings: Settings) -> Any:
             ssl_context=context,
         )
     return faust.SSLCredentials(context)
+
+
+async def pause_fetching(app: faust.App, topic: str, pause: set[int], resume: set[int]) -> bool:
+    """Pause and resume fetching of partitions in the aiokafka consumer itself.
+
+    Not faust's ``consumer.pause_partitions``: faust drops records of a partition it paused
+    that were already fetched (the consumer's position has passed them, so they would be lost
+    until a restart). aiokafka keeps its position at the first record it has not returned, so
+    nothing is skipped. Uses faust's private consumer thread; False (and a warning) if that is
+    not there."""
+    thread = getattr(app.consumer, "_thread", None)
+    if thread is None or not hasattr(thread, "_ensure_consumer"):
+        log.warning("cannot pause partitions: no aiokafka consumer thread")
+        return False
+    consumer = thread._ensure_consumer()
+
+    async def apply() -> None:
+        if pause:
+            consumer.pause(*(TopicPartition(topic, p) for p in sorted(pause)))
+        if resume:
+            consumer.resume(*(TopicPartition(topic, p) for p in sorted(resume)))
+
+    await thread.call_thread(apply)
+    return True
+
+
+def tune_gc(settings: Settings) -> None:
+    """Collect young objects less often, and keep everything loaded so far (modules, the app)
+    out of every later collection. The processors make many short-lived, acyclic objects per
+    event; with Python's default threshold the collector ran for about 40 % of their time."""
+    if settings.gc_gen0_threshold:
+        gc.collect()
+        gc.freeze()
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(settings.gc_gen0_threshold, gen1, gen2)
 
 
 async def run_until(app: faust.App, done: asyncio.Event | None) -> None:

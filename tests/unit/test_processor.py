@@ -147,6 +147,30 @@ def test_the_watermark_is_the_slowest_partitions_and_an_idle_one_stops_holding_i
     assert allocations(proc.step({0, 1}, {0}))
 
 
+def test_a_partition_running_ahead_of_the_slowest_is_paused_until_it_catches_up():
+    proc = AttributionProcessor(
+        Settings(allowed_lateness_seconds=0, idle_partition_seconds=30, partition_lead_seconds=60)
+    )
+    now = [1000.0]
+    proc.clock = lambda: now[0]
+
+    def at(event_id: str, minute: int) -> bytes:
+        start = f"2024-01-01T00:{minute:02d}:00Z"
+        return raw(dict(EVENT, event_id=event_id, started_at=start, finished_at=start))
+
+    proc.on_events(at("a", 0), "a", 0, 0)
+    proc.on_events(at("b", 1), "b", 1, 0)
+    assert proc.ahead({0, 1}) == set()  # within the lead
+    proc.on_events(at("c", 5), "c", 1, 1)
+    assert proc.ahead({0, 1}) == {1}  # 5 minutes ahead: pause it, never the slowest
+    now[0] += 31  # paused, partition 1 gets no events, but it is not idle: still paused
+    proc._partition_seen[0] = now[0]
+    assert proc.ahead({0, 1}) == {1}
+    proc.on_events(at("d", 4), "d", 0, 1)  # the slow one catches up
+    assert proc.ahead({0, 1}) == set()
+    assert AttributionProcessor(Settings(partition_lead_seconds=0)).ahead({0, 1}) == set()
+
+
 # -- the hand-built allocation encoding is byte for byte the contract model's ---------------
 _text = st.text(min_size=1, max_size=12).map(lambda s: s.strip() or "x")
 _money = st.decimals(
