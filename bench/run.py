@@ -520,7 +520,7 @@ def ledger_write_capacity(
     from types import SimpleNamespace
 
     from services.contracts import LedgerEntry
-    from services.ledger.db import make_engine, write_batch
+    from services.ledger.db import entry_row, make_engine, write_batch
 
     assert base.database_url
     db_url = fresh_database(base, f"bench_w{uuid.uuid4().hex[:8]}")
@@ -546,7 +546,7 @@ def ledger_write_capacity(
     written = 0
     for i in range(0, rows, batch):
         chunk = SimpleNamespace(
-            entries=entries[i : i + batch],
+            entries=[entry_row(e) for e in entries[i : i + batch]],  # timed, as in the writer
             rates=[],
             bills=[],
             counted=[],
