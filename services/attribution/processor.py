@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, cast
+
+import msgspec
 
 from services.accounting import (
     Added,
@@ -133,7 +134,7 @@ def _entry_dict(e: Entry, start: str) -> dict[str, Any]:
     return d
 
 
-_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_compact = msgspec.json.Encoder().encode  # compact UTF-8, like pydantic's JSON (a test holds it)
 
 
 def allocation_messages(closed: ClosedBucket, bucket_seconds: int) -> list[bytes]:
@@ -166,7 +167,7 @@ def allocation_messages(closed: ClosedBucket, bucket_seconds: int) -> list[bytes
             "entries": entries,
             "counted_events": [list(c) for c in chunk],
         }
-        messages.append(_compact(message).encode())
+        messages.append(_compact(message))
     return messages
 
 

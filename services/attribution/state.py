@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from psycopg.types.json import Jsonb
 from sqlalchemy import BigInteger, Engine, and_, case, cast, func, or_, select, tuple_
 
@@ -19,10 +20,16 @@ from services.ledger.schema import attribution_state
 Item = tuple[str, str, str, dict[str, Any]]
 
 
+def _dumps(data: Any) -> str:
+    """JSON for JSONB, with msgspec: psycopg's default ``json.dumps`` was a tenth of the
+    attribution processor's time (a closed bucket's state holds all its event ids)."""
+    return msgspec.json.encode(data).decode()
+
+
 def save(engine: Engine, items: list[Item]) -> None:
     if not items:
         return
-    rows = [[r, k, key, Jsonb(d)] for r, k, key, d in items]
+    rows = [[r, k, key, Jsonb(d, dumps=_dumps)] for r, k, key, d in items]
     with engine.begin() as conn:
         copy_insert(
             conn,
