@@ -65,15 +65,24 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
     outbox: asyncio.Queue[Output] = asyncio.Queue(maxsize=settings.publish_queue)
 
     paused: set[int] = set()
+    can_pause = settings.partition_lead_seconds > 0
 
     async def align(parts: set[int]) -> None:
         """Pause the events partitions running ahead of the slowest, resume the others."""
+        nonlocal can_pause
+        if not can_pause:
+            return
         ahead = proc.ahead(parts)
         stop, go = ahead - paused, (paused - ahead) & parts
-        if (stop or go) and await pause_fetching(app, events_name, stop, go):
-            paused.clear()
-            paused.update(ahead)
-            proc.counters["partitions.paused"] = len(paused)
+        if stop or go:
+            if await pause_fetching(app, events_name, stop, go):
+                paused.clear()
+                paused.update(ahead)
+                proc.counters["partitions.paused"] = len(paused)
+                proc.counters["partitions.pauses"] += len(stop)
+            else:  # warned once; correct without it, only holding more in memory
+                can_pause = False
+                proc.ahead(set())  # nothing is paused after all
         paused.intersection_update(parts)  # a revoked partition is no longer ours to resume
 
     async def step() -> None:

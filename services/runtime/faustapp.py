@@ -126,10 +126,13 @@ async def pause_fetching(app: faust.App, topic: str, pause: set[int], resume: se
     consumer = thread._ensure_consumer()
 
     async def apply() -> None:
-        if pause:
-            consumer.pause(*(TopicPartition(topic, p) for p in sorted(pause)))
-        if resume:
-            consumer.resume(*(TopicPartition(topic, p) for p in sorted(resume)))
+        owned = consumer.assignment()  # a partition revoked meanwhile is not ours to touch
+        stop = [tp for p in sorted(pause) if (tp := TopicPartition(topic, p)) in owned]
+        go = [tp for p in sorted(resume) if (tp := TopicPartition(topic, p)) in owned]
+        if stop:
+            consumer.pause(*stop)
+        if go:
+            consumer.resume(*go)
 
     await thread.call_thread(apply)
     return True
