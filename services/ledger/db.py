@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -45,53 +46,17 @@ def migrate(url: str, revision: str = "head") -> None:
 
 def entry_row(e: LedgerEntry) -> tuple[Any, ...]:
     """A contract entry as a COPY row (``ENTRY_COLUMNS``, with its row hash)."""
-    return entry_values(
-        e.entry_id,
-        e.entry_kind,
-        e.cost_basis,
-        e.tenant_id,
-        e.model,
-        e.resource_id,
-        e.bucket_start,
-        e.bucket_seconds,
-        e.completions,
-        e.failed_requests,
-        e.prompt_tokens,
-        e.cached_prompt_tokens,
-        e.completion_tokens,
-        e.work_units,
-        e.busy_seconds,
-        e.amount,
-        e.currency,
-        e.billing_line_ids,
-    )
+    return entry_values(*_entry_fields(e))
 
 
 def record_row(e: EntryRecord) -> tuple[Any, ...] | None:
     """A fast-path entry as a COPY row, or None when its money needs the full decoder."""
-    work, busy, amount = money(e.work_units), money(e.busy_seconds), money(e.amount)
-    if work is None or busy is None or amount is None:
-        return None
-    return entry_values(
-        e.entry_id,
-        e.entry_kind,
-        e.cost_basis,
-        e.tenant_id,
-        e.model,
-        e.resource_id,
-        e.bucket_start,
-        e.bucket_seconds,
-        e.completions,
-        e.failed_requests,
-        e.prompt_tokens,
-        e.cached_prompt_tokens,
-        e.completion_tokens,
-        work,
-        busy,
-        amount,
-        e.currency,
-        e.billing_line_ids,
-    )
+    values = list(_entry_fields(e))
+    for i in _MONEY_AT:  # decimal strings on the fast path
+        values[i] = money(values[i])
+        if values[i] is None:
+            return None
+    return entry_values(*values)
 
 
 _AMOUNT_QUANTUM = Decimal("1e-12")
@@ -166,6 +131,8 @@ ENTRY_COLUMNS = (
     "billing_line_ids",
     "row_hash",
 )
+_entry_fields = operator.attrgetter(*ENTRY_COLUMNS[:-1])  # entries name fields as columns
+_MONEY_AT = tuple(ENTRY_COLUMNS.index(c) for c in ("work_units", "busy_seconds", "amount"))
 COUNTED_COLUMNS = ("resource_id", "bucket_start", "set_id", "event_ids", "statuses")
 
 
