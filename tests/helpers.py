@@ -177,3 +177,24 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], limit_s: float = 60) -> N
             err = proc.stderr.read().decode() if proc.stderr else ""
             raise AssertionError(f"{url} did not come up:\n{err}")
         time.sleep(0.2)
+
+
+def ingest_fleet_replay(
+    env: dict[str, str], tmp_path: Any, limit: int
+) -> tuple[list[InferenceEvent], list[GpuRate]]:
+    """The demo fleet's first ``limit`` requests in finish order and its rates, written to
+    files and ingested with the CLI under ``env``; returns both for the expected ledger."""
+    from services.contracts import dumps
+    from services.demo.fleet import DEFAULT_FLEET, Fleet, rates, rental_window, replay
+
+    events = sorted(
+        replay(Fleet.from_dict(DEFAULT_FLEET), limit=limit), key=lambda e: e.finished_at
+    )
+    start, end = rental_window(events)
+    fleet_rates = rates(Fleet.from_dict(DEFAULT_FLEET), start, end)
+    ev_file, rate_file = tmp_path / "events.jsonl", tmp_path / "rates.jsonl"
+    ev_file.write_bytes(b"\n".join(dumps(e) for e in events))
+    rate_file.write_bytes(b"\n".join(dumps(r) for r in fleet_rates))
+    cli(env, "ingest", "rates", str(rate_file))
+    cli(env, "ingest", "events", str(ev_file))
+    return events, fleet_rates

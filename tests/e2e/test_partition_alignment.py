@@ -5,18 +5,10 @@ from __future__ import annotations
 
 import json
 
-from services.contracts import dumps
-from services.demo.fleet import DEFAULT_FLEET, Fleet, rates, rental_window, replay
-from tests.helpers import cli, expected_ledger, ledger
+from tests.helpers import cli, expected_ledger, ingest_fleet_replay, ledger
 
 
 def test_partitions_paused_and_resumed_through_a_run_lose_nothing(cli_env, settings, tmp_path):
-    events = sorted(replay(Fleet.from_dict(DEFAULT_FLEET), limit=1500), key=lambda e: e.finished_at)
-    start, end = rental_window(events)
-    fleet_rates = rates(Fleet.from_dict(DEFAULT_FLEET), start, end)
-    ev_file, rate_file = tmp_path / "events.jsonl", tmp_path / "rates.jsonl"
-    ev_file.write_bytes(b"\n".join(dumps(e) for e in events))
-    rate_file.write_bytes(b"\n".join(dumps(r) for r in fleet_rates))
     env = dict(
         cli_env,
         INFERLEDGER_MAX_BATCH_EVENTS="10",
@@ -24,8 +16,7 @@ def test_partitions_paused_and_resumed_through_a_run_lose_nothing(cli_env, setti
         INFERLEDGER_PARTITION_LEAD_SECONDS="1",
         INFERLEDGER_LOG_FORMAT="json",
     )
-    cli(env, "ingest", "rates", str(rate_file))
-    cli(env, "ingest", "events", str(ev_file))
+    events, fleet_rates = ingest_fleet_replay(env, tmp_path, 1500)
 
     run = cli(env, "run", "all", "--until-idle")
 

@@ -10,9 +10,14 @@ import subprocess
 import sys
 import time
 
-from services.contracts import dumps
-from services.demo.fleet import DEFAULT_FLEET, Fleet, rates, rental_window, replay
-from tests.helpers import cli, expected_ledger, expected_positions, ledger, positions
+from tests.helpers import (
+    cli,
+    expected_ledger,
+    expected_positions,
+    ingest_fleet_replay,
+    ledger,
+    positions,
+)
 
 
 def _count(db_url: str) -> int:
@@ -20,17 +25,9 @@ def _count(db_url: str) -> int:
 
 
 def test_kill_half_way_and_restart_gives_the_same_ledger(cli_env, settings, tmp_path):
-    events = sorted(replay(Fleet.from_dict(DEFAULT_FLEET), limit=2500), key=lambda e: e.finished_at)
-    start, end = rental_window(events)
-    fleet_rates = rates(Fleet.from_dict(DEFAULT_FLEET), start, end)
-    ev_file, rate_file = tmp_path / "events.jsonl", tmp_path / "rates.jsonl"
-    ev_file.write_bytes(b"\n".join(dumps(e) for e in events))
-    rate_file.write_bytes(b"\n".join(dumps(r) for r in fleet_rates))
-    expected = expected_ledger(events, fleet_rates)
-
     env = dict(cli_env, INFERLEDGER_MAX_BATCH_EVENTS="10", INFERLEDGER_TAKE_MAX="3")
-    cli(env, "ingest", "rates", str(rate_file))
-    cli(env, "ingest", "events", str(ev_file))
+    events, fleet_rates = ingest_fleet_replay(env, tmp_path, 2500)
+    expected = expected_ledger(events, fleet_rates)
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli.main", "run", "all", "--until-idle"],
