@@ -9,14 +9,14 @@ from typing import NamedTuple
 
 US_PER_SECOND = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
 
 
 def to_us(ts: datetime) -> int:
     """Microseconds since the Unix epoch of an aware datetime."""
     if ts.tzinfo is None:
         raise ValueError("naive datetime")
-    delta = ts - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * US_PER_SECOND + delta.microseconds
+    return (ts - _EPOCH) // _ONE_US  # exact: timedelta arithmetic is in integer microseconds
 
 
 def from_us(us: int) -> datetime:
