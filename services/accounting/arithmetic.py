@@ -55,13 +55,19 @@ def request_work(req: Request, settings: AccountingSettings) -> Decimal:
 
 
 @functools.lru_cache(maxsize=256)
-def _nano_weights(w: TokenWeights) -> tuple[int, int, int]:
+def nano_weights(w: TokenWeights) -> tuple[int, int, int]:
+    """Token weights in integer nano work units."""
     return to_nanos(w.prompt), to_nanos(w.cached), to_nanos(w.completion)
 
 
 def request_work_nanos(req: Request, settings: AccountingSettings) -> int:
     """:func:`request_work` in integer nano work units (the per-event path)."""
-    p, c, o = _nano_weights(settings.weights_for(req.model))
+    return work_nanos(req, nano_weights(settings.weights_for(req.model)))
+
+
+def work_nanos(req: Request, weights: tuple[int, int, int]) -> int:
+    """A request's work in nano units, given its model's :func:`nano_weights`."""
+    p, c, o = weights
     cached = req.cached_prompt_tokens
     return (
         p * (req.prompt_tokens - cached) + c * cached + o * req.completion_tokens
@@ -199,6 +205,12 @@ def largest_remainder(
 
 PositionKey = tuple[str | None, str | None, str]
 """(tenant, model, currency); (None, None, currency) is the idle position."""
+
+
+def entry_order(key: PositionKey) -> tuple[bool, str, str, str]:
+    """Entries of a bucket in a fixed order: usage by tenant, model and currency, idle last."""
+    tenant, model, currency = key
+    return (tenant is None, tenant or "", model or "", currency)
 
 
 @dataclass
@@ -365,7 +377,7 @@ def initial_entries(
             cost.basis,
             line_ids=cost.line_ids,
         )
-        for key, p in sorted(pos.items(), key=lambda kv: (kv[0][0] is None, str(kv[0])))
+        for key, p in sorted(pos.items(), key=lambda kv: entry_order(kv[0]))
     ]
 
 
@@ -381,7 +393,7 @@ def adjustment_entries(
 ) -> list[Entry]:
     """Entries that take the ledger of a closed bucket from ``old`` to ``new`` (DESIGN step 7)."""
     entries = []
-    for key in sorted(set(old) | set(new), key=lambda k: (k[0] is None, str(k))):
+    for key in sorted(set(old) | set(new), key=entry_order):
         delta = new.get(key, Position()).minus(old.get(key, Position()))
         if not delta.is_zero():
             entries.append(

@@ -26,10 +26,11 @@ from services.accounting.arithmetic import (
     bucket_ceil,
     bucket_cost,
     bucket_floor,
+    entry_order,
     initial_entries,
+    nano_weights,
     positions,
-    request_buckets,
-    request_work_nanos,
+    work_nanos,
 )
 from services.accounting.facts import BucketFacts
 from services.accounting.model import AccountingSettings, Bill, Entry, Rate, Request
@@ -63,8 +64,8 @@ class Closed:
         return {
             "facts": self.facts.to_data(),
             "positions": [
-                [t, m, c, p.to_data()]
-                for (t, m, c), p in sorted(self.positions.items(), key=lambda kv: str(kv[0]))
+                [*key, self.positions[key].to_data()]
+                for key in sorted(self.positions, key=entry_order)
             ],
         }
 
@@ -119,6 +120,8 @@ class Book:
         self.max_event_us: int | None = None
         self._dirty: set[tuple[str, int]] = set()
         self._new_inputs: list[tuple[str, str, str, dict[str, Any]]] = []
+        self._bucket_us = settings.bucket_us
+        self._nano_weights: dict[str, tuple[int, int, int]] = {}  # per model
 
     # -- input ---------------------------------------------------------------------------
     def add_rate(self, rate: Rate) -> list[ClosedBucket]:
@@ -189,9 +192,11 @@ class Book:
 
     def add_request(self, req: Request) -> tuple[Added, list[ClosedBucket]]:
         res = self._resources[req.resource_id]
-        W = self.settings.bucket_us
-        buckets = request_buckets(req, W)
-        if res.evicted_before_us is not None and buckets.start < res.evicted_before_us:
+        W = self._bucket_us
+        start, end = req.start_us, req.end_us
+        first = start - start % W  # bucket_floor (per event: no call)
+        buckets = range(first, end - end % W + W, W)  # request_buckets
+        if res.evicted_before_us is not None and first < res.evicted_before_us:
             self._fetch(req.resource_id, buckets)
         open_, closed, event_id = res.open, res.closed, req.event_id
         for b in buckets:
@@ -201,14 +206,19 @@ class Book:
             if facts is not None and event_id in facts.event_ids:
                 return Added.DUPLICATE, []
         nxt = res.next_open_us
-        late = [] if nxt is None or buckets.start >= nxt else [b for b in buckets if b < nxt]
+        late = [] if nxt is None or first >= nxt else [b for b in buckets if b < nxt]
         if late:
             horizon = self._horizon(self.settings.late_horizon_seconds)
             if horizon is not None and late[0] < horizon:
                 return Added.TOO_LATE, []
         if nxt is None:
-            res.next_open_us = buckets.start
-        work = request_work_nanos(req, self.settings)
+            res.next_open_us = first
+        weights = self._nano_weights.get(req.model)
+        if weights is None:
+            weights = self._nano_weights[req.model] = nano_weights(
+                self.settings.weights_for(req.model)
+            )
+        work = work_nanos(req, weights)
         for b in buckets:
             if late and b in late:
                 continue
@@ -216,7 +226,6 @@ class Book:
             if facts is None:
                 facts = open_[b] = BucketFacts(b)
             facts.add(req, work, W)
-        end = req.end_us
         if res.last_event_us is None or end > res.last_event_us:
             res.last_event_us = end
         if self.max_event_us is None or end > self.max_event_us:

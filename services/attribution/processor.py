@@ -293,16 +293,25 @@ class AttributionProcessor:
             if decoded.end_of_input is not None:
                 self._on_marker(topic, partition, decoded.end_of_input)
             events = decoded.events
-        hold_until: int | None = None
         W = self.book.settings.bucket_us
         add_request = self.book.add_request
-        counters = self.counters
-        latest = self._partition_max.get(partition, -(2**62))
-        seen = False
+        no_end = -(2**62)
+        latest = self._partition_max.get(partition, no_end)
+        newest = no_end  # latest finish among the events accepted here
+        accepted = 0
+        seen = False  # besides those accepted
         for event in events:
             req = to_request(event)
             added, changes = add_request(req)
-            counters[_ADDED_KEY[added]] += 1
+            if added is Added.ACCEPTED:  # the common case first (per event)
+                accepted += 1
+                end = req.end_us
+                if end > newest:
+                    newest = end
+                if end > latest:
+                    latest = end
+                continue
+            self.counters[_ADDED_KEY[added]] += 1
             if changes:
                 self._changes.extend(changes)
             if added is Added.TOO_LATE:
@@ -317,22 +326,22 @@ class AttributionProcessor:
                     partition,
                     offset,
                 )
-            else:
-                end = req.end_us
-                if end > latest:
-                    latest = end
-                seen = True  # a duplicate too tells how far in event time the partition is
-                if added is not Added.DUPLICATE:
-                    last = end - end % W + W  # the end of the bucket its counts go to
-                    if hold_until is None or last > hold_until:
-                        hold_until = last
-        if seen:
+                continue
+            seen = True  # a duplicate too tells how far in event time the partition is
+            end = req.end_us
+            if end > latest:
+                latest = end
+            if added is Added.LATE and end > newest:
+                newest = end
+        if accepted:
+            self.counters[_ADDED_KEY[Added.ACCEPTED]] += accepted
+        if accepted or seen:
             self._partition_max[partition] = latest
             self._partition_seen[partition] = self.clock()
-        if hold_until is None:
+        if newest == no_end:
             self._out.release.append(token)
-        else:
-            heapq.heappush(self._held, (hold_until, next(self._seq), token))
+        else:  # held until the bucket its latest counts go to has closed
+            heapq.heappush(self._held, (newest - newest % W + W, next(self._seq), token))
 
     def _reference(self, decode: Any, topic: str, raw: bytes, partition: int, offset: int) -> Any:
         """Decode a rates or billing message; markers and rejects are handled here (None)."""

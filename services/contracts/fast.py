@@ -79,11 +79,12 @@ def _valid(e: EventRecord) -> bool:
         and _in_calendar(started)
         and _in_calendar(finished)
         and (first is None or _in_calendar(first))
-        and _plain(e.event_id)
-        and _plain(e.tenant_id)
-        and _plain(e.resource_id)
-        and _plain(e.model)
-        and _plain(e.engine)
+        # _plain, inline for the required strings (per event)
+        and e.event_id.strip() is e.event_id
+        and e.tenant_id.strip() is e.tenant_id
+        and e.resource_id.strip() is e.resource_id
+        and e.model.strip() is e.model
+        and e.engine.strip() is e.engine
         and _plain(e.request_id)
         and (e.attributes is None or all(_plain(k) for k in e.attributes))
     )
