@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from services.contracts.models import INT4_MAX, INT8_MAX
+
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
@@ -141,11 +143,11 @@ class EntryRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
     tenant_id: str | None = None
     model: str | None = None
-    completions: Count = 0
-    failed_requests: Count = 0
-    prompt_tokens: Count = 0
-    cached_prompt_tokens: Count = 0
-    completion_tokens: Count = 0
+    completions: Annotated[int, msgspec.Meta(ge=0, le=INT4_MAX)] = 0
+    failed_requests: Annotated[int, msgspec.Meta(ge=0, le=INT4_MAX)] = 0
+    prompt_tokens: Annotated[int, msgspec.Meta(ge=0, le=INT8_MAX)] = 0
+    cached_prompt_tokens: Annotated[int, msgspec.Meta(ge=0, le=INT8_MAX)] = 0
+    completion_tokens: Annotated[int, msgspec.Meta(ge=0, le=INT8_MAX)] = 0
     work_units: str = "0"
     busy_seconds: str = "0"
     billing_line_ids: list[str] = msgspec.field(default_factory=list)

@@ -68,6 +68,13 @@ Timestamp = Annotated[
 """An RFC 3339 timestamp with an offset, normalised to UTC."""
 
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+
+# ledger column limits: NUMERIC(38,12), NUMERIC(38,6), NUMERIC(20,6), INTEGER, BIGINT
+AMOUNT_LIMIT = Decimal(10) ** 26
+WORK_LIMIT = Decimal(10) ** 32
+BUSY_LIMIT = Decimal(10) ** 14
+INT4_MAX = 2**31 - 1
+INT8_MAX = 2**63 - 1
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
 
@@ -194,14 +201,16 @@ class LedgerEntry(_Contract):
     resource_id: Name
     bucket_start: Timestamp
     bucket_seconds: int = Field(gt=0)
-    completions: int = Field(default=0, ge=0)
-    failed_requests: int = Field(default=0, ge=0)
-    prompt_tokens: int = Field(default=0, ge=0)
-    cached_prompt_tokens: int = Field(default=0, ge=0)
-    completion_tokens: int = Field(default=0, ge=0)
-    work_units: Money = Decimal(0)
-    busy_seconds: Money = Decimal(0)
-    amount: Money
+    # the limits are the ledger columns' (a value beyond them is refused here, with a reason,
+    # instead of failing the writer's whole batch in Postgres)
+    completions: int = Field(default=0, ge=0, le=INT4_MAX)
+    failed_requests: int = Field(default=0, ge=0, le=INT4_MAX)
+    prompt_tokens: int = Field(default=0, ge=0, le=INT8_MAX)
+    cached_prompt_tokens: int = Field(default=0, ge=0, le=INT8_MAX)
+    completion_tokens: int = Field(default=0, ge=0, le=INT8_MAX)
+    work_units: Annotated[Money, Field(gt=-WORK_LIMIT, lt=WORK_LIMIT)] = Decimal(0)
+    busy_seconds: Annotated[Money, Field(gt=-BUSY_LIMIT, lt=BUSY_LIMIT)] = Decimal(0)
+    amount: Annotated[Money, Field(gt=-AMOUNT_LIMIT, lt=AMOUNT_LIMIT)]
     currency: Currency
     billing_line_ids: list[str] = Field(default_factory=list)
 

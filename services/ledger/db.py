@@ -6,7 +6,7 @@ import hashlib
 import operator
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from services.contracts import GpuRate, LedgerEntry
 from services.contracts.fast import EntryRecord, money
+from services.contracts.models import AMOUNT_LIMIT, BUSY_LIMIT, WORK_LIMIT
 from services.ledger.schema import (
     billing_lines,
     consumer_offsets,
@@ -52,14 +53,17 @@ def entry_row(e: LedgerEntry) -> tuple[Any, ...]:
 def record_row(e: EntryRecord) -> tuple[Any, ...] | None:
     """A fast-path entry as a COPY row, or None when its money needs the full decoder."""
     values = list(_entry_fields(e))
-    for i in _MONEY_AT:  # decimal strings on the fast path
-        values[i] = money(values[i])
-        if values[i] is None:
+    for i, limit in _MONEY_AT:  # decimal strings on the fast path
+        value = money(values[i])
+        if value is None or not -limit < value < limit:  # the model's limits
             return None
+        values[i] = value
     return entry_values(*values)
 
 
 _AMOUNT_QUANTUM = Decimal("1e-12")
+# wide enough for any amount the column holds; half away from zero, as Postgres rounds NUMERIC
+_HASH_CONTEXT = Context(prec=60, rounding=ROUND_HALF_UP)
 
 
 def entry_values(*values: Any) -> tuple[Any, ...]:
@@ -70,7 +74,7 @@ def entry_values(*values: Any) -> tuple[Any, ...]:
     no row changed."""
     (eid, kind, basis, tenant, model, resource, start, seconds, completions, failed, prompt,
      cached, completion, _work, _busy, amount, currency, _lines) = values  # fmt: skip
-    amount = amount.quantize(_AMOUNT_QUANTUM)
+    amount = amount.quantize(_AMOUNT_QUANTUM, context=_HASH_CONTEXT)
     text = "|".join(
         (
             eid,
@@ -132,7 +136,14 @@ ENTRY_COLUMNS = (
     "row_hash",
 )
 _entry_fields = operator.attrgetter(*ENTRY_COLUMNS[:-1])  # entries name fields as columns
-_MONEY_AT = tuple(ENTRY_COLUMNS.index(c) for c in ("work_units", "busy_seconds", "amount"))
+_MONEY_AT = tuple(
+    (ENTRY_COLUMNS.index(c), limit)
+    for c, limit in (
+        ("work_units", WORK_LIMIT),
+        ("busy_seconds", BUSY_LIMIT),
+        ("amount", AMOUNT_LIMIT),
+    )
+)
 COUNTED_COLUMNS = ("resource_id", "bucket_start", "set_id", "event_ids", "statuses")
 
 

@@ -13,6 +13,8 @@ from services.attribution.processor import to_request
 from services.contracts import DecodeError, decode_allocation, decode_events
 from services.contracts.fast import allocation_record, event_records
 from services.ledger.db import counted_set, entry_row, record_row
+from services.ledger.writer import LedgerDecoder
+from services.runtime.config import Settings
 
 # strings that are fine, and strings that pydantic strips, or rejects, or that are at a limit
 TEXT = st.one_of(
@@ -234,3 +236,35 @@ def test_the_fast_path_takes_the_processors_allocations():
         entry_row(e)
         for e in decode_allocation(raw).entries  # type: ignore[union-attr]
     ]
+
+
+def test_an_entry_beyond_the_ledger_columns_is_dead_lettered_with_its_reason():
+    """An out-of-range value would fail the writer's whole Postgres batch: it is refused at
+    decode instead, on both paths (an amount just inside the column is written)."""
+    decoder = LedgerDecoder(Settings())
+    topic = decoder.alloc_topic
+    cases = [
+        ("amount", "1" + "0" * 26, False),
+        ("amount", "-1" + "0" * 26 + ".5", False),
+        ("amount", "9" * 25 + ".999999999999", True),  # 38 digits: the column's widest
+        ("work_units", "1e32", False),
+        ("busy_seconds", "100000000000000", False),
+        ("completions", 2**31, False),
+        ("completion_tokens", 2**63, False),
+    ]
+    for field, value, fits in cases:
+        message = {
+            "type": "inferledger.cost_allocation.v1",
+            "resource_id": "node-1",
+            "bucket_start": "2024-01-01T00:00:00Z",
+            "bucket_seconds": 60,
+            "entries": [{**ENTRY, field: value}],
+        }
+        batch = decoder.decode([(topic, 0, 7, json.dumps(message).encode())])
+        if fits:
+            assert len(batch.entries) == 1 and not batch.dead_letters, field
+            continue
+        assert batch.entries == [] and len(batch.dead_letters) == 1, (field, value)
+        letter = json.loads(batch.dead_letters[0][1])
+        assert letter["reason"] == "invalid_allocation"
+        assert field in letter["detail"], letter["detail"]
