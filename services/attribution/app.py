@@ -121,9 +121,12 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                 first_seen = True
                 log.info("first message consumed", at=time.time())
             for event in batch:
-                event.message.incref()  # held until its buckets close (see processor)
                 msg = event.message
+                msg.incref()  # held until its buckets close (see processor)
                 proc.on_events(event.value, event, msg.partition, msg.offset)
+                # holding it needs its position only: let its bytes go (a backlog holds
+                # minutes of messages; their values were most of the processor's memory)
+                event.value = msg.value = None
             await step()
 
     def reference_agent(topic: Any, handle: Any) -> None:
