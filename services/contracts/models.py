@@ -75,6 +75,7 @@ WORK_LIMIT = Decimal(10) ** 32
 BUSY_LIMIT = Decimal(10) ** 14
 INT4_MAX = 2**31 - 1
 INT8_MAX = 2**63 - 1
+
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
 

@@ -116,3 +116,39 @@ def test_generated_schemas_do_not_drift():
     rendered = render()
     on_disk = {p.name: p.read_text() for p in SCHEMAS.glob("*.json")}
     assert on_disk == rendered, "schemas/ is stale: run `python -m services.contracts.schemas`"
+
+
+def test_ledger_entry_limits_are_the_ledger_columns():
+    """The contract refuses what the ledger_entries columns cannot hold; the two must agree."""
+    from sqlalchemy import BigInteger, Integer, Numeric
+
+    from services.contracts.models import (
+        AMOUNT_LIMIT,
+        BUSY_LIMIT,
+        INT4_MAX,
+        INT8_MAX,
+        WORK_LIMIT,
+        LedgerEntry,
+    )
+    from services.ledger.schema import ledger_entries
+
+    columns = ledger_entries.c
+    for name, limit in (
+        ("amount", AMOUNT_LIMIT),
+        ("work_units", WORK_LIMIT),
+        ("busy_seconds", BUSY_LIMIT),
+    ):
+        kind = columns[name].type
+        assert isinstance(kind, Numeric)
+        assert kind.precision is not None and kind.scale is not None
+        assert Decimal(10) ** (kind.precision - kind.scale) == limit, name
+    for name, int_type, most in (
+        ("completions", Integer, INT4_MAX),
+        ("failed_requests", Integer, INT4_MAX),
+        ("prompt_tokens", BigInteger, INT8_MAX),
+        ("cached_prompt_tokens", BigInteger, INT8_MAX),
+        ("completion_tokens", BigInteger, INT8_MAX),
+    ):
+        assert type(columns[name].type) is int_type, name
+        field = LedgerEntry.model_fields[name]
+        assert any(getattr(m, "le", None) == most for m in field.metadata), name
