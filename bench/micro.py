@@ -3,7 +3,8 @@
 Feeds the benchmark workload straight into :class:`AttributionProcessor` (decode, accounting,
 allocation messages) and the ledger writer's decode and row building, and prints microseconds
 per event for each stage. ``--profile FILE`` writes a cProfile of the run. Use it to see what
-a change to the hot path is worth before a full ``./dev bench`` run.
+a change to the hot path is worth before a full ``./dev bench`` run. ``--stages`` also times
+decoding, building requests and adding them to the Book apart.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import time
 from typing import Any
 
 from bench.workload import Workload, encode_batches
-from services.attribution.processor import AttributionProcessor
+from services.accounting import Book
+from services.attribution.processor import AttributionProcessor, to_request
 from services.contracts import dumps
+from services.contracts.fast import event_records
 from services.contracts.models import GpuRate
 from services.ledger.writer import LedgerDecoder
 from services.runtime.config import Settings
@@ -78,13 +81,48 @@ def run(events: int, per_message: int, profile: str | None) -> dict[str, Any]:
     }
 
 
+def stages(events: int, per_message: int, repeat: int = 3) -> dict[str, float]:
+    """Microseconds per event of the ingest stages alone (the best of ``repeat`` runs each):
+    decoding messages, building the core's requests, adding them to a fresh Book."""
+    wl = Workload(events)
+    messages = [raw for _, raw, _ in encode_batches(wl.generate(), per_message)]
+    settings = Settings()
+    tune_gc(settings)
+
+    def best(work: Any) -> float:
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - t0)
+        return round(min(times) * 1e6 / events, 2)
+
+    decoded = [event_records(m) or [] for m in messages]
+    requests = [[to_request(e) for e in batch] for batch in decoded]
+
+    def add_all() -> None:
+        add = Book(settings.accounting()).add_request
+        for batch in requests:
+            for req in batch:
+                add(req)
+
+    return {
+        "decode_us_per_event": best(lambda: [event_records(m) for m in messages]),
+        "to_request_us_per_event": best(lambda: [[to_request(e) for e in b] for b in decoded]),
+        "add_request_us_per_event": best(add_all),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--events", type=int, default=200_000)
     p.add_argument("--per-message", type=int, default=500)
     p.add_argument("--profile")
+    p.add_argument("--stages", action="store_true", help="also time the ingest stages apart")
     a = p.parse_args()
     print(run(a.events, a.per_message, a.profile))
+    if a.stages:
+        print(stages(a.events, a.per_message))
 
 
 if __name__ == "__main__":
