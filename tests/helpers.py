@@ -39,19 +39,22 @@ def cli(
     return proc
 
 
-def ledger(db_url: str) -> dict[str, tuple[str, str | None, str | None, Decimal, int]]:
+def _rows(db_url: str, sql: str) -> list[Any]:
+    """All rows of one query against a test database (its own engine, disposed after)."""
     engine = create_engine(db_url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT entry_id, entry_kind, tenant_id, model, amount, completions "
-                    "FROM ledger_entries"
-                )
-            )
-            return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in rows}
+            return list(conn.execute(text(sql)))
     finally:
         engine.dispose()
+
+
+def ledger(db_url: str) -> dict[str, tuple[str, str | None, str | None, Decimal, int]]:
+    rows = _rows(
+        db_url,
+        "SELECT entry_id, entry_kind, tenant_id, model, amount, completions FROM ledger_entries",
+    )
+    return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in rows}
 
 
 def expected_ledger(
@@ -77,24 +80,18 @@ Position = tuple[Decimal, int, int, int, int, int]
 def positions(db_url: str) -> dict[tuple[str, int, str | None, str | None], Position]:
     """The ledger's net position per (resource, bucket start in epoch seconds, tenant, model):
     amount and counts summed over every entry kind (zero positions left out)."""
-    engine = create_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT resource_id, extract(epoch FROM bucket_start)::bigint, tenant_id, "
-                    "model, sum(amount), sum(completions), sum(failed_requests), "
-                    "sum(prompt_tokens), sum(cached_prompt_tokens), sum(completion_tokens) "
-                    "FROM ledger_entries GROUP BY 1, 2, 3, 4"
-                )
-            )
-            return {
-                (r[0], r[1], r[2], r[3]): tuple(r[4:])  # type: ignore[misc]
-                for r in rows
-                if any(r[4:])
-            }
-    finally:
-        engine.dispose()
+    rows = _rows(
+        db_url,
+        "SELECT resource_id, extract(epoch FROM bucket_start)::bigint, tenant_id, "
+        "model, sum(amount), sum(completions), sum(failed_requests), "
+        "sum(prompt_tokens), sum(cached_prompt_tokens), sum(completion_tokens) "
+        "FROM ledger_entries GROUP BY 1, 2, 3, 4",
+    )
+    return {
+        (r[0], r[1], r[2], r[3]): tuple(r[4:])  # type: ignore[misc]
+        for r in rows
+        if any(r[4:])
+    }
 
 
 def expected_positions(
