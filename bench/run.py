@@ -193,6 +193,32 @@ def busy_cpu_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def service_cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by the broker's and Postgres's processes on this machine.
+
+    Postgres backends that exit count through the postmaster's children times, so the
+    difference of two readings is what they used in between. A broker or Postgres on another
+    machine reads as 0."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"broker": 0.0, "postgres": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        comm = stat[stat.find("(") + 1 : stat.rfind(")")]
+        f = stat.rsplit(")", 1)[1].split()
+        used = sum(int(x) for x in f[11:15]) / tick  # utime, stime, cutime, cstime
+        if comm == "postgres":
+            out["postgres"] += used
+        elif b"broker" in cmd and b"--listener-url" in cmd:
+            out["broker"] += used
+    return out
+
+
 def sample(pid: int, out: Path) -> subprocess.Popen[bytes]:
     """py-spy at 100 Hz on ``pid`` until it exits (non-blocking: the process is not paused)."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -239,9 +265,10 @@ def run_pipeline(settings: Settings, profile_dir: Path | None) -> dict[str, Any]
     )
     memory = PeakMemory(proc.pid, profile_dir)
     memory.start()
-    machine_busy = busy_cpu_seconds()
+    machine_busy, services = busy_cpu_seconds(), service_cpu_seconds()
     _, err = proc.communicate()
     machine_busy = busy_cpu_seconds() - machine_busy
+    services = {k: v - services[k] for k, v in service_cpu_seconds().items()}
     if profile_dir is not None:
         (profile_dir / "pipeline.log").write_text(err)
     memory.stop.set()
@@ -262,6 +289,7 @@ def run_pipeline(settings: Settings, profile_dir: Path | None) -> dict[str, Any]
         "rss_mb_by_tenth": memory.rss_by_tenth(),
         "cpu_seconds": {
             **{k: round(v, 1) for k, v in memory.cpu_seconds.items()},
+            **{k: round(v, 1) for k, v in services.items()},
             "whole machine": round(machine_busy, 1),
         },
         "counters": finished,
@@ -406,6 +434,17 @@ def run_case(
         }
         if profile_dir
         else {},
+    }
+    # the 40 % target as CPU: the pipeline's processes (both processors, the broker and
+    # Postgres, over their whole runs) would have to fit in this wall time
+    cpu = pipe["cpu_seconds"]
+    used = sum(cpu.get(k, 0.0) for k in ("attribution", "ledger", "broker", "postgres"))
+    target_seconds = produced["events"] / (0.4 * raw["events_per_s"])
+    result["cpu_for_40_percent"] = {
+        "pipeline_cpu_seconds": round(used, 1),
+        "wall_seconds_at_40_percent": round(target_seconds, 2),
+        "cores_needed": round(used / target_seconds, 2),
+        "cores": os.cpu_count(),
     }
     if stats["requests_counted"] != produced["events"]:
         result["warning"] = "not every event was counted in the ledger"
@@ -604,6 +643,21 @@ def markdown(report: dict[str, Any]) -> str:
             f"{rss.get('attribution', '?')} / "
             f"{rss.get('ledger', '?')} |"
         )
+    lines.append(
+        "\n| case | CPU s: attribution / ledger / broker / Postgres (whole machine) |"
+        " 40 % of raw as wall s | cores that CPU needs in that time |\n|---|---|---|---|"
+    )
+    for c in report["cases"]:
+        cpu, need = c["pipeline"]["cpu_seconds"], c.get("cpu_for_40_percent")
+        if need:
+            parts = " / ".join(
+                str(cpu.get(k, "?")) for k in ("attribution", "ledger", "broker", "postgres")
+            )
+            lines.append(
+                f"| {c['case']} | {parts} ({cpu.get('whole machine', '?')}) | "
+                f"{need['wall_seconds_at_40_percent']} | {need['cores_needed']} of "
+                f"{need['cores']} |"
+            )
     cap = report.get("ledger_write_capacity")
     if cap:
         lines.append(
