@@ -75,6 +75,12 @@ WORK_LIMIT = Decimal(10) ** 32
 BUSY_LIMIT = Decimal(10) ** 14
 INT4_MAX = 2**31 - 1
 INT8_MAX = 2**63 - 1
+PRICE_LIMIT = Decimal(10) ** 20
+"""Most a rate's hourly price or a billing line's cost may be (either sign): every amount
+derived from them, a bucket's share summed over its lines, a week-long bucket at that rate,
+and the difference of two such amounts, stays far inside ``AMOUNT_LIMIT``, so an absurd input
+is refused where it enters instead of its bucket's allocation being refused by the ledger."""
+InputMoney = Annotated[Money, Field(gt=-PRICE_LIMIT, lt=PRICE_LIMIT)]
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
@@ -143,7 +149,7 @@ class GpuRate(_Contract):
 
     type: Literal["inferledger.gpu_rate.v1"] = "inferledger.gpu_rate.v1"
     resource_id: Name
-    price_per_hour: Money
+    price_per_hour: InputMoney
     currency: Currency
     effective_from: Timestamp
     effective_to: Timestamp | None = None
@@ -171,7 +177,7 @@ class BillingLine(_Contract):
     resource_id: str | None = None
     period_start: Timestamp
     period_end: Timestamp
-    cost: Money
+    cost: InputMoney
     currency: Currency
     charge_category: Name
     source: Name = "focus"

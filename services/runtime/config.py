@@ -47,7 +47,13 @@ class Settings(BaseSettings):
     replication_factor: int = Field(default=1, ge=1)
     session_timeout_seconds: float = Field(default=6.0, gt=0)
 
-    bucket_seconds: int = Field(default=60, gt=0)
+    bucket_seconds: int = Field(
+        default=60,
+        gt=0,
+        le=7 * 86_400,
+        description="width of the accounting buckets; at most a week, so that an amount at the "
+        "contract's price limit always fits the ledger's columns",
+    )
     allowed_lateness_seconds: int = Field(default=120, ge=0)
     default_currency: str = "USD"
     idle_partition_seconds: float = Field(

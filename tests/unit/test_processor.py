@@ -221,3 +221,59 @@ def test_allocation_bytes_equal_the_contract_models(closed, per_message):
         assert allocation_messages(closed, 60) == allocation_messages_via_models(closed, 60)
     finally:
         p.COUNTED_PER_MESSAGE = old
+
+
+def test_prices_and_costs_beyond_the_input_limit_are_refused_where_they_enter():
+    """An absurd rate or billing line goes to its dead-letter topic with the reason; it must
+    not reach the Book, where its bucket's allocation would be refused by the ledger."""
+    proc = AttributionProcessor(Settings())
+    proc.on_rate(raw(dict(RATE, price_per_hour="1" + "0" * 20)), 0, 0)
+    line = {
+        "line_id": "l1",
+        "resource_id": "node-1",
+        "period_start": "2024-01-01T00:00:00Z",
+        "period_end": "2024-01-01T01:00:00Z",
+        "cost": "-1" + "0" * 20,
+        "currency": "USD",
+        "charge_category": "usage",
+    }
+    proc.on_billing(raw(line), 0, 0)
+    out = proc.step({0}, {0}, {0})
+    letters = [(t, json.loads(v)) for t, v in out.dead_letters]
+    assert [t for t, _ in letters] == ["gpu-rates.dlq", "gpu-billing.dlq"]
+    assert "price_per_hour" in letters[0][1]["detail"] and "cost" in letters[1][1]["detail"]
+    assert proc.counters["rates"] == 0 and "billing.allocated" not in proc.counters
+
+
+def test_the_largest_accepted_prices_make_allocations_the_ledger_accepts():
+    """At the input limits (a week-long bucket, a rate and overlapping lines just under the
+    limit, a reconciliation swinging from one sign to the other), every entry still fits the
+    ledger's columns: the contract's own validation is the check."""
+    from services.contracts.models import PRICE_LIMIT, LedgerEntry
+
+    top = format(PRICE_LIMIT - 1, "f")
+    week = 7 * 86_400
+    proc = AttributionProcessor(Settings(bucket_seconds=week, allowed_lateness_seconds=0))
+    proc.on_rate(raw(dict(RATE, price_per_hour=top)), 0, 0)
+    proc.on_events(raw(EVENT), "m1", 0, 0)
+    later = dict(EVENT, event_id="e2", started_at="2024-01-09T00:00:00Z")
+    later["finished_at"] = "2024-01-09T00:00:10Z"
+    proc.on_events(raw(later), "m2", 0, 1)
+    first = allocations(proc.step({0}, {0}, {0}))  # the first week closes at the rate
+    for n, sign in enumerate(("-", "-", "")):
+        line = {
+            "line_id": f"l{n}",
+            "resource_id": "node-1",
+            "period_start": "2024-01-01T00:00:00Z",
+            "period_end": "2024-01-01T00:00:01Z",
+            "cost": sign + top,
+            "currency": "USD",
+            "charge_category": "usage",
+        }
+        proc.on_billing(raw(line), 0, n)
+    entries = [e for a in first + allocations(proc.step({0}, {0}, {0})) for e in a.entries]
+    kinds = {e.entry_kind for e in entries}
+    assert {"usage", "idle", "reconciliation"} <= kinds, kinds
+    for e in entries:  # validated again, with the ledger's limits
+        LedgerEntry.model_validate(e.model_dump())
+    assert max(abs(e.amount) for e in entries) > PRICE_LIMIT  # the limits were approached
