@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -40,10 +41,18 @@ from bench.workload import Workload, encode_batches
 from services.ledger.db import migrate
 from services.runtime.config import EVENTS, RATES, Settings, load_settings
 from services.runtime.kafka import ensure_topics, make_producer
-from services.runtime.stack import local_stack, recreate_database
+from services.runtime.stack import drop_database, local_stack, recreate_database
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+
+
+CREATED: list[str] = []  # scratch databases of this run, dropped at its end (--keep-databases)
+
+
+def drop_all(urls: list[str]) -> None:
+    for url in urls:
+        drop_database(url)
 
 
 def fresh_database(base: Settings, name: str) -> str:
@@ -51,6 +60,7 @@ def fresh_database(base: Settings, name: str) -> str:
     assert base.database_url
     url = make_url(base.database_url).set(database=name).render_as_string(False)
     recreate_database(url)
+    CREATED.append(url)
     migrate(url)
     return url
 
@@ -397,7 +407,12 @@ CASES = {  # name: (most events per message, emitter linger in event-time second
 
 
 def run_case(
-    base: Settings, name: str, work: Workload, per_message: int, linger_s: float, profile: bool
+    base: Settings,
+    name: str,
+    work: Workload,
+    per_message: int,
+    linger_s: float,
+    profiles: Path | None,
 ) -> dict[str, Any]:
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     db_url = fresh_database(base, f"bench_{prefix[5:-1]}")
@@ -410,7 +425,7 @@ def run_case(
     print(f"[{name}] plain faust agent that only decodes ...", file=sys.stderr)
     baseline = faust_baseline(settings, produced["messages"])
     print(f"[{name}] pipeline ...", file=sys.stderr)
-    profile_dir = RESULTS / "profiles" / name if profile else None
+    profile_dir = profiles / name if profiles else None
     pipe = run_pipeline(settings, profile_dir)
     stats = ledger_stats(db_url)
     seconds = stats["last_at"] - pipe["first_consumed_at"]
@@ -734,6 +749,17 @@ def main() -> None:
         help="events/s offered in the streaming case (0: skip it)",
     )
     parser.add_argument("--stream-seconds", type=int, default=60)
+    parser.add_argument(
+        "--ledger-rows", type=int, default=200_000, help="rows of the ledger write capacity case"
+    )
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="where the JSON and Markdown results go"
+    )
+    parser.add_argument(
+        "--keep-databases",
+        action="store_true",
+        help="keep each case's scratch database (bench_*) for a look afterwards",
+    )
     args = parser.parse_args()
     unknown = set(filter(None, args.cases.split(","))) - CASES.keys()
     if unknown:
@@ -744,28 +770,32 @@ def main() -> None:
         "machine": machine(),
         "cases": [],
     }
-    with local_stack(settings) as s:
+    with local_stack(settings) as s, contextlib.ExitStack() as cleanup:
+        if not args.keep_databases:
+            cleanup.callback(drop_all, CREATED)
+        profiles = None if args.no_profile else args.results / "profiles"
         report["broker"] = "configured" if settings.kafka_bootstrap else "embedded Tansu"
         for case in filter(None, args.cases.split(",")):
             per, linger = CASES[case]
             n = args.events if per > 1 else (args.single_events or args.events)
             work = Workload(n, args.resources, args.tenants)
             per = min(per, args.batch)
-            report["cases"].append(run_case(s, case, work, per, linger, not args.no_profile))
+            report["cases"].append(run_case(s, case, work, per, linger, profiles))
             print(json.dumps(report["cases"][-1], indent=2), file=sys.stderr)
         print("[ledger write capacity] ...", file=sys.stderr)
-        report["ledger_write_capacity"] = ledger_write_capacity(s)
+        report["ledger_write_capacity"] = ledger_write_capacity(s, args.ledger_rows)
         if args.stream_rate:
             print("[streaming] offering load ...", file=sys.stderr)
             report["streaming"] = streaming_latency(
                 s, args.stream_rate, args.stream_seconds, 10, 5, args.resources
             )
             print(json.dumps(report["streaming"], indent=2), file=sys.stderr)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out: Path = args.results
+    out.mkdir(parents=True, exist_ok=True)
     stamp = report["started_at"].replace(":", "").replace("-", "")
-    (RESULTS / f"{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / f"{stamp}.md").write_text(markdown(report))
-    (RESULTS / "latest.md").write_text(markdown(report))
+    (out / f"{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{stamp}.md").write_text(markdown(report))
+    (out / "latest.md").write_text(markdown(report))
     print(markdown(report))
 
 

@@ -39,7 +39,7 @@ def cli(
     return proc
 
 
-def _rows(db_url: str, sql: str) -> list[Any]:
+def query_rows(db_url: str, sql: str) -> list[Any]:
     """All rows of one query against a test database (its own engine, disposed after)."""
     engine = create_engine(db_url)
     try:
@@ -50,7 +50,7 @@ def _rows(db_url: str, sql: str) -> list[Any]:
 
 
 def ledger(db_url: str) -> dict[str, tuple[str, str | None, str | None, Decimal, int]]:
-    rows = _rows(
+    rows = query_rows(
         db_url,
         "SELECT entry_id, entry_kind, tenant_id, model, amount, completions FROM ledger_entries",
     )
@@ -80,7 +80,7 @@ Position = tuple[Decimal, int, int, int, int, int]
 def positions(db_url: str) -> dict[tuple[str, int, str | None, str | None], Position]:
     """The ledger's net position per (resource, bucket start in epoch seconds, tenant, model):
     amount and counts summed over every entry kind (zero positions left out)."""
-    rows = _rows(
+    rows = query_rows(
         db_url,
         "SELECT resource_id, extract(epoch FROM bucket_start)::bigint, tenant_id, "
         "model, sum(amount), sum(completions), sum(failed_requests), "

@@ -209,9 +209,21 @@ def local_stack(
 
 def recreate_database(url: str) -> None:
     """Drop and create the database named in ``url`` (scratch databases: demo, tests)."""
+    drop_database(url)
+    with admin_connect(url) as conn:
+        conn.execute(f'CREATE DATABASE "{_database_name(url)}"')
+
+
+def drop_database(url: str) -> None:
+    """Drop the database named in ``url`` if it is there (scratch databases: the benchmark)."""
+    with admin_connect(url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{_database_name(url)}" WITH (FORCE)')
+
+
+def _database_name(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     name = make_url(url).database
-    with admin_connect(url) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+    if not name:
+        raise ValueError(f"no database in {url!r}")
+    return name

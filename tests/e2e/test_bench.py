@@ -1,0 +1,66 @@
+"""The benchmark as a user runs it, on a small workload: it must keep working end to end.
+
+Speed is not asserted here (bench/ measures it); this checks that every case runs through the
+real broker and Postgres, that the pipeline counted every event, that the results are written
+where asked, and that the scratch databases are gone afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import query_rows
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bench_databases(db_url: str) -> set[str]:
+    return {r[0] for r in query_rows(db_url, "SELECT datname FROM pg_database")} - {"postgres"}
+
+
+def test_the_benchmark_runs_every_case_and_writes_its_results(cli_env, settings, tmp_path):
+    assert settings.database_url
+    before = bench_databases(settings.database_url)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--events",
+            "3000",
+            "--cases",
+            "batched,single",
+            "--stream-rate",
+            "0",
+            "--no-profile",
+            "--ledger-rows",
+            "2000",
+            "--results",
+            str(tmp_path),
+        ],
+        env=cli_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (report_file,) = tmp_path.glob("2*.json")
+    report = json.loads(report_file.read_text())
+    assert [c["case"] for c in report["cases"]] == ["batched", "single"]
+    for case in report["cases"]:
+        assert case["events"] == 3000 and "warning" not in case, case
+        pipeline = case["pipeline"]
+        assert pipeline["requests_counted"] == 3000
+        assert pipeline["ledger_rows"] > 0 and pipeline["events_per_s"] > 0
+        assert case["raw_ceiling"]["events"] == case["faust_baseline"]["events"] == 3000
+        cpu = case["cpu_for_40_percent"]
+        assert set(cpu["cpu_seconds_in_measured_run"]) >= {"attribution", "ledger", "postgres"}
+    assert report["cases"][0]["messages"] < report["cases"][1]["messages"] == 3000
+    assert report["ledger_write_capacity"]["rows"] == 2000
+    table = (tmp_path / "latest.md").read_text()
+    assert "| batched | 3,000 |" in table and "cores that CPU needs" in table
+    assert bench_databases(settings.database_url) == before  # scratch databases dropped
