@@ -435,6 +435,21 @@ class Book:
         if res.evicted_before_us is None or before_us > res.evicted_before_us:
             res.evicted_before_us = before_us
 
+    def forget(self, resource_ids: Iterable[str]) -> None:
+        """Drop everything about these resources: another worker owns them now.
+
+        What they had decided and exported is in the caller's storage, and the messages not yet
+        acknowledged go to the new owner, so nothing of theirs is lost: the new owner restores
+        them from storage and reads on from the last committed offset."""
+        gone = set(resource_ids)
+        for resource_id in gone:
+            self._resources.pop(resource_id, None)
+        self._dirty = {d for d in self._dirty if d[0] not in gone}
+        self._new_inputs = [i for i in self._new_inputs if i[0] not in gone]
+
+    def resources(self) -> list[str]:
+        return list(self._resources)
+
     # -- durability -----------------------------------------------------------------------
     def take_dirty(self) -> list[tuple[str, str, str, dict[str, Any]]]:
         """What changed since the last call, as ``(resource_id, kind, key, data)``.

@@ -26,9 +26,14 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
     if not settings.database_url:
         raise ValueError("database_url is not resolved")
     db = make_engine(settings.database_url)
-    proc = AttributionProcessor(settings, run_id, functools.partial(state.load_buckets, db))
-    restored = state.load(db, proc.book)  # before any message: the Book as it was stored
-    log.info("attribution state restored", items=restored)
+    # a resource's stored state comes back when its first message reaches this worker (at
+    # start-up, or after a rebalance gave it the resource's partition), before that message
+    proc = AttributionProcessor(
+        settings,
+        run_id,
+        functools.partial(state.load_buckets, db),
+        functools.partial(state.load_resources, db),
+    )
     events_name, rates_name = settings.topic(EVENTS), settings.topic(RATES)
     billing_name = settings.topic(BILLING)
     alloc_name = settings.topic(ALLOCATIONS)

@@ -11,6 +11,7 @@ import heapq
 import itertools
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -43,8 +44,11 @@ from services.contracts import (
 )
 from services.contracts.fast import EventRecord, event_records
 from services.contracts.fast import to_builtins as record_data
+from services.runtime import logs
 from services.runtime.config import Settings
 from services.runtime.kafka import dead_letter
+
+log = logs.get(__name__)
 
 
 def to_request(event: InferenceEvent | EventRecord) -> Request:
@@ -206,6 +210,11 @@ def to_bill(line: BillingLine, allocated: frozenset[str]) -> Bill | None:
     )
 
 
+ResourceLoader = Callable[[Book, list[str]], int]
+"""``(book, resource ids) -> items restored``: puts back into the Book what storage holds for
+resources this worker has just come to own (``state.load_resources``)."""
+
+
 @dataclass
 class Output:
     """What one processing step wants published, and which held messages it releases."""
@@ -221,10 +230,18 @@ class AttributionProcessor:
     """Per worker: one :class:`Book` for all resources of the partitions it owns."""
 
     def __init__(
-        self, settings: Settings, run_id: str | None = None, loader: Loader | None = None
+        self,
+        settings: Settings,
+        run_id: str | None = None,
+        loader: Loader | None = None,
+        resource_loader: ResourceLoader | None = None,
     ) -> None:
         self.settings = settings
         self._loader = loader
+        self._resource_loader = resource_loader
+        # the resources this worker owns, and the partition each came on (a rebalance that takes
+        # the partition away hands them to another worker: see _hand_over)
+        self._owner: dict[str, int] = {}
         # closed buckets handed over for storing but not yet confirmed stored (see saved())
         self._unsaved: dict[tuple[str, int], dict[str, Any]] = {}
         self.book = Book(settings.accounting(), None if loader is None else self._load)
@@ -243,7 +260,8 @@ class AttributionProcessor:
         self.clock = time.monotonic
         self.counters: Counter[str] = Counter()
         self._out = Output()
-        self._held: list[tuple[int, int, Any]] = []  # (release when closed through, seq, token)
+        # (release when closed through, seq, partition, token)
+        self._held: list[tuple[int, int, int, Any]] = []
         self._seq = itertools.count()
         self._markers: set[tuple[str, int]] = set()
         self._flushed = False
@@ -293,6 +311,8 @@ class AttributionProcessor:
             if decoded.end_of_input is not None:
                 self._on_marker(topic, partition, decoded.end_of_input)
             events = decoded.events
+        if events:
+            self._own({e.resource_id for e in events}, partition)
         W = self.book.settings.bucket_us
         add_request = self.book.add_request
         no_end = -(2**62)
@@ -341,7 +361,7 @@ class AttributionProcessor:
         if newest == no_end:
             self._out.release.append(token)
         else:  # held until the bucket its latest counts go to has closed
-            heapq.heappush(self._held, (newest - newest % W + W, next(self._seq), token))
+            heapq.heappush(self._held, (newest - newest % W + W, next(self._seq), partition, token))
 
     def _reference(self, decode: Any, topic: str, raw: bytes, partition: int, offset: int) -> Any:
         """Decode a rates or billing message; markers and rejects are handled here (None)."""
@@ -359,6 +379,7 @@ class AttributionProcessor:
         rate = self._reference(decode_rate, self.rates_topic, raw, partition, offset)
         if rate is not None:
             self.counters["rates"] += 1
+            self._own((rate.resource_id,), partition)
             self._changes.extend(self.book.add_rate(to_rate(rate)))
 
     def on_billing(self, raw: bytes, partition: int, offset: int) -> None:
@@ -370,7 +391,52 @@ class AttributionProcessor:
             self.counters["billing.unallocated"] += 1
             return
         self.counters["billing.allocated"] += 1
+        self._own((bill.resource_id,), partition)
         self._changes.extend(self.book.add_bill(bill))
+
+    # -- ownership -------------------------------------------------------------------------
+    def _own(self, resource_ids: Iterable[str], partition: int) -> None:
+        """Resources reaching this worker on ``partition``: the first time, what storage holds
+        for them (rates, bills, closed buckets) comes back into the Book before their input."""
+        owner = self._owner
+        new = [r for r in resource_ids if r not in owner]
+        if not new:
+            return
+        for r in new:
+            owner[r] = partition
+        if self._resource_loader is not None:
+            self.counters["state.restored"] += self._resource_loader(self.book, sorted(new))
+        self.counters["resources.owned"] = len(owner)
+
+    def _hand_over(self, assigned: set[int]) -> None:
+        """Forget the resources of partitions this worker no longer has (a rebalance gave them
+        to another worker). Their held messages are never acknowledged here: the new owner
+        reads them again from the last committed offset, restores the resources from storage
+        and decides the same entries (same ids), so the ledger counts nothing twice. Keeping
+        them would close their buckets here too, as idle, beside the new owner's usage."""
+        gone = {r for r, p in self._owner.items() if p not in assigned}
+        if not gone:
+            return
+        parts = {self._owner[r] for r in gone}
+        self.book.forget(gone)
+        for r in gone:
+            del self._owner[r]
+        self._changes = [c for c in self._changes if c.resource_id not in gone]
+        self._held = [h for h in self._held if h[2] not in parts]
+        heapq.heapify(self._held)
+        for p in parts:
+            self._partition_max.pop(p, None)
+            self._partition_seen.pop(p, None)
+            self._assigned_at.pop(p, None)
+        self._paused -= parts
+        self.counters["resources.handed_over"] += len(gone)
+        self.counters["resources.owned"] = len(self._owner)
+        log.info(
+            "resources handed over",
+            resources=len(gone),
+            partitions=sorted(parts),
+            still_owned=len(self._owner),
+        )
 
     def _on_marker(self, topic: str, partition: int, marker: EndOfInput) -> None:
         if self.run_id is not None and marker.run_id == self.run_id:
@@ -387,6 +453,7 @@ class AttributionProcessor:
         billing_partitions: set[int] | None = None,
     ) -> Output:
         """Close what may close, and hand over everything to publish, persist and release."""
+        self._hand_over(events_partitions)
         bounded = self.run_id is not None
         rates_ready = not bounded or (
             self.drained(self.rates_topic, rates_partitions)
@@ -487,7 +554,7 @@ class AttributionProcessor:
 
     def _release_closed(self) -> None:
         while self._held:
-            until, _, token = self._held[0]
+            until, _, _, token = self._held[0]
             if not self._closed_through(until):
                 break
             heapq.heappop(self._held)

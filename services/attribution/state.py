@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 from psycopg.types.json import Jsonb
-from sqlalchemy import BigInteger, Engine, and_, case, cast, func, or_, select, tuple_
+from sqlalchemy import BigInteger, Engine, and_, case, cast, func, or_, select
 
 from services.accounting import Book
 from services.ledger.db import copy_insert
@@ -46,41 +46,58 @@ _start = case((_T.kind == "bucket", cast(_T.key, BigInteger)))  # keys of bucket
 
 
 def load(engine: Engine, book: Book) -> int:
-    """Restore into ``book`` every rate and bill, each resource's latest closed bucket and the
-    closed buckets within ``resident_seconds`` of the latest; older ones stay in Postgres and
-    come back through :func:`load_buckets` when something touches them."""
+    """Restore into ``book`` everything Postgres holds, resource by resource as
+    :func:`load_resources` does (a worker that owns every partition)."""
+    with engine.connect() as conn:
+        ids = list(conn.execute(select(_T.resource_id).distinct()).scalars())
+    return load_resources(engine, book, ids)
+
+
+def load_resources(engine: Engine, book: Book, resource_ids: list[str]) -> int:
+    """Restore into ``book`` what Postgres holds for these resources: every rate and bill, the
+    latest closed bucket and the closed buckets within ``resident_seconds`` of it (older ones
+    come back through :func:`load_buckets` when something touches them).
+
+    The attribution processor calls it when a resource first reaches it on a partition it owns:
+    at start-up, and when a rebalance hands it a partition another worker had."""
+    if not resource_ids:
+        return 0
     n = 0
     settings = book.settings
+    mine = _T.resource_id.in_(resource_ids)
     with engine.connect() as conn:
-        for kind in ("rate", "bill"):
-            rows = conn.execute(select(_T.resource_id, _T.key, _T.data).where(_T.kind == kind))
-            for resource_id, key, data in rows:
-                book.restore(resource_id, kind, key, data)
-                n += 1
-        latest = dict(
-            conn.execute(
-                select(_T.resource_id, func.max(_start))
-                .where(_T.kind == "bucket")
-                .group_by(_T.resource_id)
-            ).all()
-        )
-        if not latest:
-            return n
-        cutoff = max(latest.values()) + settings.bucket_us - settings.resident_us
-        cutoff -= cutoff % settings.bucket_us
         rows = conn.execute(
-            select(_T.resource_id, _T.key, _T.data).where(
-                _T.kind == "bucket",
-                or_(
-                    _start >= cutoff,
-                    tuple_(_T.resource_id, _start).in_(list(latest.items())),
-                ),
-            )
+            select(_T.resource_id, _T.kind, _T.key, _T.data)
+            .where(mine, _T.kind.in_(("rate", "bill")))
+            .order_by(_T.resource_id, _T.kind, _T.key)
         )
-        for resource_id, key, data in rows:
-            book.restore(resource_id, "bucket", key, data)
+        for resource_id, kind, key, data in rows:
+            book.restore(resource_id, kind, key, data)
             n += 1
-    for resource_id in latest:
+        last = (
+            select(_T.resource_id, func.max(_start).label("last"))
+            .where(mine, _T.kind == "bucket")
+            .group_by(_T.resource_id)
+            .subquery()
+        )
+        # the latest closed bucket, and those less than resident_seconds before it
+        rows = conn.execute(
+            select(_T.resource_id, _T.key, _T.data, last.c.last)
+            .join(last, last.c.resource_id == _T.resource_id)
+            .where(
+                _T.kind == "bucket",
+                or_(_start == last.c.last, _start > last.c.last - settings.resident_us),
+            )
+            .order_by(_T.resource_id, _start)
+        )
+        latest: dict[str, int] = {}
+        for resource_id, key, data, newest in rows:
+            book.restore(resource_id, "bucket", key, data)
+            latest[resource_id] = int(newest)
+            n += 1
+    W = settings.bucket_us
+    cutoffs = {r: (b + W - settings.resident_us) // W * W for r, b in latest.items()}
+    for resource_id, cutoff in cutoffs.items():
         book.evicted(resource_id, cutoff)
     return n
 

@@ -47,3 +47,28 @@ def test_state_restores_the_recent_window_and_loads_older_buckets_on_demand(db_u
     for b in (restarted, reference):
         b.add_request(request("e60", 60))
     assert restarted.advance() == reference.advance()
+
+
+def test_load_resources_restores_only_the_resources_asked_for(db_url: str) -> None:
+    """A worker that comes to own some resources (a rebalance) restores just those: their
+    rates, their latest closed bucket and those within resident_seconds of it."""
+    engine = make_engine(db_url)
+    cfg = AccountingSettings(allowed_lateness_seconds=0, resident_seconds=120)
+    book = Book(cfg, lambda r, starts: state.load_buckets(engine, r, starts))
+    for node in ("node-1", "node-2"):
+        book.add_rate(Rate(node, T0, None, Decimal("36"), "USD"))
+    for minute in range(10):
+        for node in ("node-1", "node-2"):
+            req = request(f"{node}-{minute}", minute)
+            book.add_request(req._replace(resource_id=node))
+        book.advance()
+        state.save(engine, book.take_dirty())
+
+    taken_over = Book(cfg, lambda r, starts: state.load_buckets(engine, r, starts))
+    restored = state.load_resources(engine, taken_over, ["node-2"])
+    assert taken_over.resources() == ["node-2"]
+    assert restored == 1 + 2  # the rate, the latest closed bucket (minute 8) and minute 7
+    assert taken_over.resident_buckets == 2
+    old = request("node-2-1", 1)._replace(resource_id="node-2")
+    assert taken_over.add_request(old) == (Added.DUPLICATE, [])  # loaded back on demand
+    assert state.load_resources(engine, Book(cfg), []) == 0

@@ -277,3 +277,103 @@ def test_the_largest_accepted_prices_make_allocations_the_ledger_accepts():
     for e in entries:  # validated again, with the ledger's limits
         LedgerEntry.model_validate(e.model_dump())
     assert max(abs(e.amount) for e in entries) > PRICE_LIMIT  # the limits were approached
+
+
+class _Store:
+    """What ``state.save`` and ``state.load_resources`` do with Postgres, in memory."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, str, str], dict] = {}
+
+    def save(self, items) -> None:
+        for resource_id, kind, key, data in items:
+            self.items[resource_id, kind, key] = data
+
+    def load(self, book, resource_ids) -> int:
+        order = {"bill": 0, "rate": 0, "bucket": 1}  # inputs before buckets, buckets in order
+        found = sorted(
+            (k for k in self.items if k[0] in resource_ids),
+            key=lambda k: (k[0], order[k[1]], int(k[2]) if k[1] == "bucket" else 0, k[2]),
+        )
+        for resource_id, kind, key in found:
+            book.restore(resource_id, kind, key, self.items[resource_id, kind, key])
+        return len(found)
+
+
+class _Message:
+    def __init__(self, partition: int, offset: int) -> None:
+        self.partition, self.offset = partition, offset
+
+
+def _minute_event(node: str, minute: int) -> dict:
+    start = f"2024-01-01T00:{minute:02d}:05Z"
+    return dict(
+        EVENT,
+        event_id=f"{node}-{minute}",
+        resource_id=node,
+        started_at=start,
+        finished_at=start.replace(":05Z", ":25Z"),
+    )
+
+
+def test_a_rebalance_hands_resources_over_and_the_ledger_counts_nothing_twice():
+    """Worker A owns both partitions, then a rebalance gives partition 1 to worker B. A must
+    forget node-2 (else it would close node-2's buckets as idle beside B's usage, with the same
+    entry ids, and the ledger would keep whichever came first); B restores node-2 from storage
+    and reads on from the committed offset. The ledger equals one worker's."""
+    settings = Settings(allowed_lateness_seconds=0)
+    nodes = {0: "node-1", 1: "node-2"}
+    topic = {k: [raw(_minute_event(n, m)) for m in range(6)] for k, n in nodes.items()}
+    rates = {k: raw(dict(RATE, resource_id=n)) for k, n in nodes.items()}
+    store = _Store()
+    acked: dict[int, set[int]] = {0: set(), 1: set()}
+    ledger: dict[str, object] = {}  # entry_id -> entry, the first one kept (ON CONFLICT DO NOTHING)
+
+    def run_step(proc, parts):
+        out = proc.step(parts, parts, set())
+        store.save(out.state)
+        for m in out.release:
+            acked[m.partition].add(m.offset)
+        decided = [e for a in allocations(out) for e in a.entries]
+        for e in decided:
+            ledger.setdefault(e.entry_id, e)
+        return decided
+
+    a = AttributionProcessor(settings, resource_loader=store.load)
+    for part in (0, 1):
+        a.on_rate(rates[part], part, 0)
+        for m in range(3):
+            a.on_events(topic[part][m], _Message(part, m), part, m)
+    run_step(a, {0, 1})
+    assert acked == {0: {0, 1}, 1: {0, 1}}  # minute 2 is still open: its messages are held
+
+    # the rebalance: A keeps partition 0, B gets partition 1 and reads on from offset 2
+    for m in range(3, 6):
+        a.on_events(topic[0][m], _Message(0, m), 0, m)
+    after = run_step(a, {0})
+    assert after and {e.resource_id for e in after} == {"node-1"}
+    assert a.counters["resources.handed_over"] == 1
+    b = AttributionProcessor(settings, resource_loader=store.load)
+    b.on_rate(rates[1], 1, 0)
+    assert b.counters["state.restored"] >= 3  # the rate and node-2's two closed buckets
+    committed = max(acked[1]) + 1
+    for m in range(committed, 6):
+        b.on_events(topic[1][m], _Message(1, m), 1, m)
+    assert {e.resource_id for e in run_step(b, {1})} == {"node-2"}
+
+    reference = AttributionProcessor(settings)
+    for part in (0, 1):
+        reference.on_rate(rates[part], part, 0)
+        for m in range(6):
+            reference.on_events(topic[part][m], _Message(part, m), part, m)
+    expected = [e for a in allocations(reference.step({0, 1}, {0, 1}, set())) for e in a.entries]
+
+    def net(entries):
+        out: dict[tuple, object] = {}
+        for e in entries:
+            key = (e.resource_id, e.bucket_start, e.tenant_id, e.model, e.currency)
+            out[key] = out.get(key, 0) + e.amount
+        return {k: v for k, v in out.items() if v}
+
+    assert net(ledger.values()) == net(expected)
+    assert len(expected) == 20  # 5 closed minutes of 2 nodes: usage and idle each
