@@ -291,10 +291,9 @@ def run_pipeline(settings: Settings, profile_dir: Path | None) -> dict[str, Any]
     )
     memory = PeakMemory(proc.pid, profile_dir)
     memory.start()
-    machine_busy, services = busy_cpu_seconds(), service_cpu_seconds()
+    machine_busy = busy_cpu_seconds()
     _, err = proc.communicate()
     machine_busy = busy_cpu_seconds() - machine_busy
-    services = {k: v - services[k] for k, v in service_cpu_seconds().items()}
     if profile_dir is not None:
         (profile_dir / "pipeline.log").write_text(err)
     memory.stop.set()
@@ -315,7 +314,11 @@ def run_pipeline(settings: Settings, profile_dir: Path | None) -> dict[str, Any]
         "rss_mb_by_tenth": memory.rss_by_tenth(),
         "cpu_seconds": {
             **{k: round(v, 1) for k, v in memory.cpu_seconds.items()},
-            **{k: round(v, 1) for k, v in services.items()},
+            **{  # the broker and Postgres over the whole run
+                k: round(series[-1][1] - series[0][1], 1)
+                for k, series in memory.cpu_series.items()
+                if k in ("broker", "postgres")
+            },
             "whole machine": round(machine_busy, 1),
         },
         "counters": finished,
