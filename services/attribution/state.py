@@ -45,14 +45,6 @@ _T = attribution_state.c
 _start = case((_T.kind == "bucket", cast(_T.key, BigInteger)))  # keys of buckets are integers
 
 
-def load(engine: Engine, book: Book) -> int:
-    """Restore into ``book`` everything Postgres holds, resource by resource as
-    :func:`load_resources` does (a worker that owns every partition)."""
-    with engine.connect() as conn:
-        ids = list(conn.execute(select(_T.resource_id).distinct()).scalars())
-    return load_resources(engine, book, ids)
-
-
 def load_resources(engine: Engine, book: Book, resource_ids: list[str]) -> int:
     """Restore into ``book`` what Postgres holds for these resources: every rate and bill, the
     latest closed bucket and the closed buckets within ``resident_seconds`` of it (older ones

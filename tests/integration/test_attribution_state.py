@@ -34,7 +34,7 @@ def test_state_restores_the_recent_window_and_loads_older_buckets_on_demand(db_u
     assert book.resident_buckets <= 7
 
     restarted = Book(cfg, loader)
-    state.load(engine, restarted)
+    state.load_resources(engine, restarted, ["node-1"])  # its first message after the restart
     restarted.add_request(request("e59", 59))  # open at the "crash": Kafka replays its message
     assert 1 <= restarted.resident_buckets <= 7  # not the 60 buckets in Postgres
 
