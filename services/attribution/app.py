@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import faust
 
@@ -14,10 +15,12 @@ from services.attribution.processor import AttributionProcessor, Output
 from services.ledger.db import make_engine
 from services.runtime import logs
 from services.runtime.config import ALLOCATIONS, BILLING, EVENTS, RATES, Settings
-from services.runtime.faustapp import make_app, pause_fetching
+from services.runtime.faustapp import commit_offsets, crash_on_error, make_app, pause_fetching
+from services.runtime.health import kafka_errors, postgres_errors, retry_async, retry_sync
 from services.runtime.kafka import publish_end_markers
 
 log = logs.get(__name__)
+T = TypeVar("T")
 
 
 def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asyncio.Event]:
@@ -28,17 +31,32 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
     db = make_engine(settings.database_url)
     # a resource's stored state comes back when its first message reaches this worker (at
     # start-up, or after a rebalance gave it the resource's partition), before that message
+    pg_errors = postgres_errors()
+
+    def durably(fn: Callable[..., T]) -> Callable[..., T]:
+        """A Postgres read that waits out an outage (backoff, unhealthy) instead of failing."""
+
+        def call(*args: Any) -> T:
+            return retry_sync("postgres", functools.partial(fn, db, *args), pg_errors)
+
+        return call
+
     proc = AttributionProcessor(
         settings,
         run_id,
-        functools.partial(state.load_buckets, db),
-        functools.partial(state.load_resources, db),
+        durably(state.load_buckets),
+        durably(state.load_resources),
+        durably(state.pending),
     )
     events_name, rates_name = settings.topic(EVENTS), settings.topic(RATES)
     billing_name = settings.topic(BILLING)
     alloc_name = settings.topic(ALLOCATIONS)
-    events_topic = app.topic(events_name)
-    # no offsets are committed for rates: every start re-reads the (compacted) rates topic
+    # Offsets of the events topic are committed by the processor itself, after each step's
+    # output is stored and published (Output.commit): faust's own commit skips a held message
+    # when the one after it was acknowledged first (its gap check is off by one), and messages
+    # here are released in bucket order, not offset order.
+    events_topic = app.topic(events_name, acks=False)
+    # no offsets are committed for rates and bills: every start re-reads those topics
     rates_topic = app.topic(rates_name, acks=False)
     billing_topic = app.topic(billing_name, acks=False)
     done = asyncio.Event()
@@ -47,22 +65,46 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
     def assigned(topic: str) -> set[int]:
         return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
 
-    async def publish(out: Output) -> None:
+    kafka_errors_ = kafka_errors()
+
+    async def send_all(out: Output) -> None:
         producer = app.producer
         futures = [
             await producer.send(alloc_name, key.encode(), value, None, None, None)
             for key, value in out.allocations
         ]
         futures += [
+            await producer.send(alloc_name, key.encode(), value, None, None, None)
+            for _, key, value in out.resent
+        ]
+        futures += [
             await producer.send(topic, None, value, None, None, None)
             for topic, value in out.dead_letters
         ]
+        futures += [
+            await producer.send(events_name, key.encode(), value, None, None, None)
+            for key, value in out.reroutes
+        ]
         if futures:
             await asyncio.gather(*futures)
-        if out.state:
-            await asyncio.to_thread(state.save, db, out.state)
-        for token in out.release:  # only now may Kafka commit past these messages
-            token.ack()
+
+    async def publish(out: Output) -> None:
+        """Store, publish, forget, commit: each step waits out an outage of what it needs
+        (backoff, ``/healthz`` unhealthy) and is safe to repeat after a crash at any line."""
+        ids: list[int] = []
+        if out.state or out.allocations:
+            ids = await retry_async(
+                "postgres",
+                lambda: asyncio.to_thread(state.save, db, out.state, out.allocations),
+                pg_errors,
+            )
+        await retry_async("kafka", lambda: send_all(out), kafka_errors_)
+        ids += [i for i, _, _ in out.resent]
+        if ids:
+            await retry_async("postgres", lambda: asyncio.to_thread(state.sent, db, ids), pg_errors)
+        # only now may Kafka commit past these messages (a failed commit is retried later)
+        if out.commit and not await commit_offsets(app, events_name, out.commit):
+            proc.uncommitted(out.commit)
 
     # Steps hand their output to one publisher task, in order, so that consuming and deciding
     # go on while Kafka acknowledges and Postgres stores the previous step's output. A bounded
@@ -97,7 +139,15 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                 return
             await align(parts)
             out = proc.step(parts, assigned(rates_name), assigned(billing_name))
-            if out.allocations or out.dead_letters or out.state or out.release or out.finished:
+            if (
+                out.allocations
+                or out.resent
+                or out.reroutes
+                or out.dead_letters
+                or out.state
+                or out.commit
+                or out.finished
+            ):
                 await outbox.put(out)
 
     @app.task  # type: ignore[untyped-decorator]
@@ -106,7 +156,7 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
             out = await outbox.get()
             try:
                 await publish(out)
-            except Exception as exc:  # nothing may be acknowledged past a failed publish
+            except Exception as exc:  # not an outage (those are waited out): a bug, so stop
                 log.exception("publishing failed; stopping")
                 await app.crash(exc)
                 return
@@ -119,6 +169,7 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
     first_seen = False
 
     @app.agent(events_topic)
+    @crash_on_error(app)
     async def attribute(stream: Any) -> None:
         nonlocal first_seen
         async for batch in stream.take_events(settings.take_max, settings.take_within_seconds):
@@ -127,8 +178,7 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                 log.info("first message consumed", at=time.time())
             for event in batch:
                 msg = event.message
-                msg.incref()  # held until its buckets close (see processor)
-                proc.on_events(event.value, event, msg.partition, msg.offset)
+                proc.on_events(event.value, None, msg.partition, msg.offset, key=msg.key)
                 # holding it needs its position only: let its bytes go (a backlog holds
                 # minutes of messages; their values were most of the processor's memory)
                 event.value = msg.value = None
@@ -144,7 +194,7 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                     handle(event.value, event.message.partition, event.message.offset)
                 await step()
 
-        app.agent(topic, name=f"inferledger.{topic.get_topic_name()}")(consume)
+        app.agent(topic, name=f"inferledger.{topic.get_topic_name()}")(crash_on_error(app)(consume))
 
     reference_agent(rates_topic, proc.on_rate)
     reference_agent(billing_topic, proc.on_billing)
@@ -152,6 +202,7 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
     progress = logs.Progress("inferledger.attribution", proc.counters)
 
     @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
+    @crash_on_error(app)
     async def tick() -> None:
         await step()
         progress.tick()

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import msgspec
@@ -102,6 +103,11 @@ def to_ledger_entry(e: Entry) -> LedgerEntry:
     )
 
 
+class _Unchecked:
+    """The key of a message is not checked (a caller without keys, such as a unit test)."""
+
+
+UNCHECKED = _Unchecked()
 COUNTED_PER_MESSAGE = 5000
 _ADDED_KEY = {a: f"events.{a.value}" for a in Added}  # counter names, formatted once
 ALLOCATION_TYPE: str = CostAllocation.model_fields["type"].default
@@ -214,6 +220,10 @@ ResourceLoader = Callable[[Book, list[str]], int]
 """``(book, resource ids) -> items restored``: puts back into the Book what storage holds for
 resources this worker has just come to own (``state.load_resources``)."""
 
+OutboxLoader = Callable[[list[str]], list[tuple[int, str, bytes]]]
+"""``(resource ids) -> [(outbox id, resource id, allocation message)]``: allocations stored
+for these resources but maybe never published (``state.pending``)."""
+
 
 @dataclass
 class Output:
@@ -223,6 +233,16 @@ class Output:
     dead_letters: list[tuple[str, bytes]] = field(default_factory=list)
     release: list[Any] = field(default_factory=list)
     state: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
+    # events partition -> the offset Kafka may commit once this output is published: every
+    # message before it was released (its buckets closed and their allocations are in this
+    # output or an earlier one). Never past a held message, whatever order messages release in.
+    commit: dict[int, int] = field(default_factory=dict)
+    # allocations stored in the outbox by a run that crashed before Kafka had them:
+    # (outbox id, resource id, message), published again (same entry ids: no double count)
+    resent: list[tuple[int, str, bytes]] = field(default_factory=list)
+    # messages of the events topic whose key was not their resource id: (resource id, value),
+    # published again to the events topic under the right key
+    reroutes: list[tuple[str, bytes]] = field(default_factory=list)
     finished: bool = False
 
 
@@ -235,8 +255,10 @@ class AttributionProcessor:
         run_id: str | None = None,
         loader: Loader | None = None,
         resource_loader: ResourceLoader | None = None,
+        outbox_loader: OutboxLoader | None = None,
     ) -> None:
         self.settings = settings
+        self._outbox_loader = outbox_loader
         self._loader = loader
         self._resource_loader = resource_loader
         # the resources this worker owns, and the partition each came on (a rebalance that takes
@@ -260,8 +282,11 @@ class AttributionProcessor:
         self.clock = time.monotonic
         self.counters: Counter[str] = Counter()
         self._out = Output()
-        # (release when closed through, seq, partition, token)
-        self._held: list[tuple[int, int, int, Any]] = []
+        # (release when closed through, seq, partition, offset, token)
+        self._held: list[tuple[int, int, int, int, Any]] = []
+        self._next_offset: dict[int, int] = {}  # per events partition: after the latest read
+        self._emitted: dict[int, int] = {}  # per events partition: the latest offset to commit
+        self.wall_clock = time.time  # judges events from the future (a wrong clock on a node)
         self._seq = itertools.count()
         self._markers: set[tuple[str, int]] = set()
         self._flushed = False
@@ -294,11 +319,30 @@ class AttributionProcessor:
             )
         )
 
-    def on_events(self, raw: bytes, token: Any, partition: int, offset: int) -> None:
+    def on_events(
+        self,
+        raw: bytes | None,
+        token: Any,
+        partition: int,
+        offset: int,
+        key: bytes | None | _Unchecked = UNCHECKED,
+    ) -> None:
+        """One message of the events topic. ``key`` is the message's key: a message whose key
+        is not its resource id may sit on a partition that another worker's resource hashes
+        to, so it is never accounted here but published again under its resource id."""
         topic = self.events_topic
+        if offset >= self._next_offset.get(partition, 0):
+            self._next_offset[partition] = offset + 1
+        if raw is None:  # a tombstone carries no event: counted and skipped (DESIGN.md s. 2)
+            self.counters["tombstones"] += 1
+            self._out.release.append(token)
+            return
         events: list[InferenceEvent] | list[EventRecord] | None = None
         if isinstance(raw, bytes):
             events = event_records(raw)  # the fast path; None: the full decoder decides
+            if events and self._reroute(raw, events[0].resource_id, key):
+                self._out.release.append(token)
+                return
         if events is None:
             try:
                 decoded = decode_events(raw)
@@ -306,11 +350,16 @@ class AttributionProcessor:
                 self._reject(topic, exc.reason, exc.detail, raw, partition, offset)
                 self._out.release.append(token)
                 return
+            if decoded.events and self._reroute(raw, decoded.events[0].resource_id, key):
+                self._out.release.append(token)  # the owner dead-letters what is invalid
+                return
             for rej in decoded.rejected:
                 self._reject(topic, rej.reason, rej.detail, rej.payload, partition, offset)
             if decoded.end_of_input is not None:
                 self._on_marker(topic, partition, decoded.end_of_input)
             events = decoded.events
+        if events:
+            events = self._from_now(events, partition, offset)
         if events:
             self._own({e.resource_id for e in events}, partition)
         W = self.book.settings.bucket_us
@@ -361,7 +410,47 @@ class AttributionProcessor:
         if newest == no_end:
             self._out.release.append(token)
         else:  # held until the bucket its latest counts go to has closed
-            heapq.heappush(self._held, (newest - newest % W + W, next(self._seq), partition, token))
+            until = newest - newest % W + W
+            heapq.heappush(self._held, (until, next(self._seq), partition, offset, token))
+
+    def _reroute(self, raw: bytes | str, resource_id: str, key: bytes | None | _Unchecked) -> bool:
+        """Publish a mis-keyed message again under its resource id (all events of a message
+        share one resource); True when it was (then nothing of it is accounted here)."""
+        if isinstance(key, _Unchecked):
+            return False
+        want = resource_id.encode()
+        if key == want:
+            return False
+        self.counters["events.rerouted"] += 1
+        self._out.reroutes.append((resource_id, raw if isinstance(raw, bytes) else raw.encode()))
+        return True
+
+    def _from_now(
+        self, events: list[InferenceEvent] | list[EventRecord], partition: int, offset: int
+    ) -> list[Any]:
+        """The events that do not finish too far after this processor's wall clock; the others
+        are dead-lettered (``future_event``). One node with a wrong clock must never move the
+        watermark into the future, where it would make everyone else's events too late."""
+        now = datetime.fromtimestamp(self.wall_clock(), UTC)
+        limit = now + timedelta(seconds=self.settings.max_future_seconds)
+        if all(e.finished_at <= limit for e in events):
+            return events  # the common case: one pass, no copy
+        kept: list[Any] = []
+        for e in events:
+            if e.finished_at <= limit:
+                kept.append(e)
+                continue
+            self._reject(
+                self.events_topic,
+                "future_event",
+                f"finished_at {e.finished_at.isoformat()} is more than "
+                f"{self.settings.max_future_seconds} s after this processor's clock "
+                f"({now.isoformat()})",
+                record_data(e) if isinstance(e, EventRecord) else e.model_dump(mode="json"),
+                partition,
+                offset,
+            )
+        return kept
 
     def _reference(self, decode: Any, topic: str, raw: bytes, partition: int, offset: int) -> Any:
         """Decode a rates or billing message; markers and rejects are handled here (None)."""
@@ -406,6 +495,10 @@ class AttributionProcessor:
             owner[r] = partition
         if self._resource_loader is not None:
             self.counters["state.restored"] += self._resource_loader(self.book, sorted(new))
+        if self._outbox_loader is not None:
+            resent = self._outbox_loader(sorted(new))
+            self.counters["outbox.resent"] += len(resent)
+            self._out.resent.extend(resent)
         self.counters["resources.owned"] = len(owner)
 
     def _hand_over(self, assigned: set[int]) -> None:
@@ -425,6 +518,8 @@ class AttributionProcessor:
         self._held = [h for h in self._held if h[2] not in parts]
         heapq.heapify(self._held)
         for p in parts:
+            self._next_offset.pop(p, None)
+            self._emitted.pop(p, None)
             self._partition_max.pop(p, None)
             self._partition_seen.pop(p, None)
             self._assigned_at.pop(p, None)
@@ -480,6 +575,7 @@ class AttributionProcessor:
             if kind == "bucket":
                 self._unsaved[resource_id, int(key)] = data
         self._release_closed()
+        self._out.commit = self._safe_offsets(events_partitions)
         out, self._out = self._out, Output()
         out.finished = self._flushed and not self._held
         return out
@@ -552,9 +648,26 @@ class AttributionProcessor:
             return max(self._partition_max[p] for p in active) - self.book.settings.lateness_us
         return min(self._partition_max[p] for p in active) - self.book.settings.lateness_us
 
+    def _safe_offsets(self, partitions: set[int]) -> dict[int, int]:
+        """Per events partition, the offset up to which every message was released: the
+        oldest held message's, or the one after the latest read when nothing is held."""
+        safe = {p: o for p, o in self._next_offset.items() if p in partitions}
+        for _, _, p, offset, _ in self._held:
+            if p in safe and offset < safe[p]:
+                safe[p] = offset
+        new = {p: o for p, o in safe.items() if o > self._emitted.get(p, -1)}
+        self._emitted.update(new)
+        return new
+
+    def uncommitted(self, offsets: dict[int, int]) -> None:
+        """A commit of these offsets failed: offer them again with the next step."""
+        for p, o in offsets.items():
+            if self._emitted.get(p) == o:
+                del self._emitted[p]
+
     def _release_closed(self) -> None:
         while self._held:
-            until, _, _, token = self._held[0]
+            until, _, _, _, token = self._held[0]
             if not self._closed_through(until):
                 break
             heapq.heappop(self._held)

@@ -1,8 +1,12 @@
-"""Durable attribution state in Postgres: rates, bills and closed buckets of the Book.
+"""Durable attribution state in Postgres: rates, bills and closed buckets of the Book, and the
+outbox of allocations not yet known to be in Kafka.
 
-The attribution processor publishes a step's allocations, then stores the state that step
-changed, then acknowledges the Kafka messages: a crash anywhere in between replays messages
-whose entries carry the same deterministic ids, so the ledger never counts twice.
+The attribution processor stores the state a step changed together with that step's
+allocations (the outbox) in one transaction, then publishes the allocations, then deletes them
+from the outbox, then commits the consumed offsets to Kafka. A crash anywhere in between either
+replays input that the stored state already holds (duplicates, dropped) or republishes outbox
+allocations whose entries carry the same deterministic ids (the ledger keeps one copy). A bucket
+is never decided twice, so no later decision can differ from the one the ledger kept.
 """
 
 from __future__ import annotations
@@ -11,11 +15,11 @@ from typing import Any
 
 import msgspec
 from psycopg.types.json import Jsonb
-from sqlalchemy import BigInteger, Engine, and_, case, cast, func, or_, select
+from sqlalchemy import BigInteger, Engine, and_, case, cast, delete, func, or_, select, text
 
 from services.accounting import Book
 from services.ledger.db import copy_insert
-from services.ledger.schema import attribution_state
+from services.ledger.schema import attribution_outbox, attribution_state
 
 Item = tuple[str, str, str, dict[str, Any]]
 
@@ -26,19 +30,56 @@ def _dumps(data: Any) -> str:
     return msgspec.json.encode(data).decode()
 
 
-def save(engine: Engine, items: list[Item]) -> None:
-    if not items:
-        return
+def save(
+    engine: Engine, items: list[Item], outbox: list[tuple[str, bytes]] | None = None
+) -> list[int]:
+    """Store changed state and the allocations it decided, in one transaction; returns the
+    outbox ids of the allocations (delete them with :func:`sent` once Kafka has them)."""
+    if not items and not outbox:
+        return []
     rows = [[r, k, key, Jsonb(d, dumps=_dumps)] for r, k, key, d in items]
+    ids: list[int] = []
     with engine.begin() as conn:
-        copy_insert(
-            conn,
-            attribution_state.name,
-            ("resource_id", "kind", "key", "data"),
-            rows,
-            "ON CONFLICT (resource_id, kind, key) DO UPDATE SET data = EXCLUDED.data, "
-            "updated_at = now()",
+        if rows:
+            copy_insert(
+                conn,
+                attribution_state.name,
+                ("resource_id", "kind", "key", "data"),
+                rows,
+                "ON CONFLICT (resource_id, kind, key) DO UPDATE SET data = EXCLUDED.data, "
+                "updated_at = now()",
+            )
+        if outbox:
+            result = conn.execute(
+                text(
+                    "INSERT INTO attribution_outbox (resource_id, payload) "
+                    "SELECT * FROM unnest(CAST(:r AS text[]), CAST(:p AS bytea[])) RETURNING id"
+                ),
+                {"r": [r for r, _ in outbox], "p": [p for _, p in outbox]},
+            )
+            ids = [int(i) for (i,) in result]
+    return ids
+
+
+def sent(engine: Engine, ids: list[int]) -> None:
+    """Allocations Kafka has acknowledged leave the outbox."""
+    if ids:
+        with engine.begin() as conn:
+            conn.execute(delete(attribution_outbox).where(attribution_outbox.c.id.in_(ids)))
+
+
+def pending(engine: Engine, resource_ids: list[str]) -> list[tuple[int, str, bytes]]:
+    """Allocations of these resources stored but maybe never published (a crashed run's)."""
+    if not resource_ids:
+        return []
+    ob = attribution_outbox.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(ob.id, ob.resource_id, ob.payload)
+            .where(ob.resource_id.in_(resource_ids))
+            .order_by(ob.id)
         )
+        return [(int(i), r, bytes(p)) for i, r, p in rows]
 
 
 _T = attribution_state.c

@@ -24,6 +24,7 @@ from services.demo.fleet import (
 from services.demo.html import write_html
 from services.ingest.files import batch_events, ingest_billing
 from services.ledger.audit import run_audit
+from services.ledger.completeness import scan_input
 from services.ledger.db import make_engine, migrate
 from services.ledger.report import (
     cost_per_completion,
@@ -116,7 +117,7 @@ def run_demo(
         click.echo(render(recon, "table", "provisional (rates) versus billed (FOCUS bill)"))
         unallocated = _unallocated(engine)
         click.echo(f"unallocated billing lines: {unallocated}")
-        checks = run_audit(engine, s.accounting(), s.allocated_charge_categories)
+        checks = run_audit(engine, s.accounting(), s.allocated_charge_categories, scan_input(s))
         click.echo(
             "audit: "
             + (

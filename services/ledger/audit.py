@@ -8,13 +8,19 @@ counted events from ``counted_events``, row hashes in SQL.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 from decimal import Decimal
 
 from sqlalchemy import Connection, Engine, text
 
 from services.accounting import AccountingSettings, Bill, Rate, to_us
 from services.accounting.arithmetic import bucket_cost
+from services.ledger.completeness import (
+    Check,
+    TopicEvents,
+    buckets_closed,
+    events_accounted,
+    outbox_drained,
+)
 
 ROW_HASH_SQL = """
 encode(sha256(convert_to(concat_ws('|', entry_id, entry_kind, cost_basis,
@@ -25,25 +31,27 @@ encode(sha256(convert_to(concat_ws('|', entry_id, entry_kind, cost_basis,
 """
 
 
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    problems: list[str] = field(default_factory=list)
-
-
 def run_audit(
-    engine: Engine, settings: AccountingSettings, allocated_categories: list[str]
+    engine: Engine,
+    settings: AccountingSettings,
+    allocated_categories: list[str],
+    topic: TopicEvents | None = None,
 ) -> list[Check]:
+    """Consistency (what the ledger holds adds up) and completeness (nothing accepted is
+    missing: with ``topic``, what the events topic and its dead letters hold)."""
     with engine.connect() as conn:
-        return [
+        checks = [
             _bucket_costs(conn, settings, [c.lower() for c in allocated_categories]),
             _billed_lines_reflected(conn, [c.lower() for c in allocated_categories]),
             _no_event_twice(conn),
             _completions(conn),
             _rows_unchanged(conn),
+            buckets_closed(conn, settings.bucket_seconds),
+            outbox_drained(conn),
         ]
+        if topic is not None:
+            checks.append(events_accounted(conn, topic))
+        return checks
 
 
 def _bucket_costs(conn: Connection, settings: AccountingSettings, allocated: list[str]) -> Check:

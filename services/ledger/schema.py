@@ -10,6 +10,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -146,4 +147,18 @@ attribution_state = Table(
     Column("data", JSONB, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("kind IN ('bucket', 'rate', 'bill')", name="kind"),
+)
+
+
+# Allocations decided but not yet known to be in Kafka: written in the same transaction as the
+# attribution state that says they were decided, deleted once Kafka acknowledged them. A crash
+# in between republishes them (same entry ids: the ledger keeps one copy).
+attribution_outbox = Table(
+    "attribution_outbox",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("resource_id", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index(None, "resource_id"),
 )

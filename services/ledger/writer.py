@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -23,7 +24,8 @@ from services.contracts.fast import allocation_record
 from services.ledger.db import counted_set, entry_row, make_engine, record_row, write_batch
 from services.runtime import logs
 from services.runtime.config import ALLOCATIONS, BILLING, RATES, Settings
-from services.runtime.faustapp import make_app
+from services.runtime.faustapp import crash_on_error, make_app
+from services.runtime.health import kafka_errors, postgres_errors, retry_async
 from services.runtime.kafka import dead_letter
 
 log = logs.get(__name__)
@@ -51,10 +53,13 @@ class LedgerDecoder:
         self.billing_topic = settings.topic(BILLING)
         self.counters: Counter[str] = Counter()
 
-    def decode(self, messages: list[tuple[str, int, int, bytes]]) -> Batch:
+    def decode(self, messages: list[tuple[str, int, int, bytes | None]]) -> Batch:
         batch = Batch()
         for topic, partition, offset, raw in messages:
             batch.offsets[(topic, partition)] = offset + 1
+            if raw is None:  # a tombstone carries nothing: counted and skipped
+                self.counters["tombstones"] += 1
+                continue
             if topic == self.alloc_topic and self._fast(raw, batch):
                 continue
             try:
@@ -145,15 +150,31 @@ def build(
             log.info("ledger writer finished", **dict(counters))
             done.set()
 
+    pg_errors, kafka_errors_ = postgres_errors(), kafka_errors()
+
+    async def send_dead_letters(batch: Batch) -> None:
+        for topic, value in batch.dead_letters:
+            await app.producer.send_and_wait(topic, None, value, None, None, None)
+
     @app.agent(app.topic(alloc_name, rates_name, billing_name))
+    @crash_on_error(app)
     async def write(stream: Any) -> None:
         async for events in stream.take_events(settings.take_max, settings.take_within_seconds):
             batch = decoder.decode(
                 [(e.message.topic, e.message.partition, e.message.offset, e.value) for e in events]
             )
-            for topic, value in batch.dead_letters:
-                await app.producer.send_and_wait(topic, None, value, None, None, None)
-            new = await asyncio.to_thread(write_batch, db, settings.group(GROUP), batch)
+            # an outage of Postgres or the broker is waited out here (backoff, /healthz
+            # unhealthy): the batch is not acknowledged until it is written, and writing it
+            # again is idempotent
+            if batch.dead_letters:
+                await retry_async(
+                    "kafka", functools.partial(send_dead_letters, batch), kafka_errors_
+                )
+            new = await retry_async(
+                "postgres",
+                functools.partial(asyncio.to_thread, write_batch, db, settings.group(GROUP), batch),
+                pg_errors,
+            )
             counters["entries.received"] += len(batch.entries)
             counters["entries.written"] += new
             counters["rates"] += len(batch.rates)
@@ -168,6 +189,7 @@ def build(
     progress = logs.Progress("inferledger.ledger", counters)
 
     @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
+    @crash_on_error(app)
     async def tick() -> None:
         check_done()
         progress.tick()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import signal
 import ssl
 import tempfile
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import faust
 from aiokafka import TopicPartition
@@ -18,6 +20,7 @@ from services.runtime import logs
 from services.runtime.config import Settings
 
 log = logs.get(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -111,6 +114,29 @@ def broker_credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context)
 
 
+def crash_on_error(app: faust.App) -> Callable[[F], F]:
+    """An agent or timer that fails takes its process down, with a non-zero exit: faust would
+    log the error and go on without that agent, a process that looks alive and does nothing.
+    (Outages of Postgres and the broker are waited out inside, with backoff; what reaches here
+    is a bug, and a supervisor restarting the process from the committed offsets is safe.)"""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("agent failed; stopping the process", agent=fn.__name__)
+                await app.crash(exc)
+                raise
+
+        return cast(F, guarded)
+
+    return wrap
+
+
 async def pause_fetching(app: faust.App, topic: str, pause: set[int], resume: set[int]) -> bool:
     """Pause and resume fetching of partitions in the aiokafka consumer itself.
 
@@ -135,6 +161,37 @@ async def pause_fetching(app: faust.App, topic: str, pause: set[int], resume: se
             consumer.resume(*go)
 
     await thread.call_thread(apply)
+    return True
+
+
+async def commit_offsets(app: faust.App, topic: str, offsets: dict[int, int]) -> bool:
+    """Commit these next-offsets of ``topic`` for the partitions this worker still owns, in the
+    aiokafka consumer itself. Not faust's commit path: faust computes offsets from acked
+    messages (and skips a held message whose successor was acknowledged first), and crashes the
+    app on a commit error; here a failed commit is logged and reported False, and the caller
+    commits again later (an offset not committed only means more input is read again)."""
+    from aiokafka.structs import OffsetAndMetadata
+
+    thread = getattr(app.consumer, "_thread", None)
+    if thread is None or not hasattr(thread, "_ensure_consumer"):
+        raise RuntimeError("cannot commit offsets: no aiokafka consumer thread")
+    consumer = thread._ensure_consumer()
+
+    async def apply() -> None:
+        owned = consumer.assignment()  # a partition revoked meanwhile is another's to commit
+        mine = {
+            tp: OffsetAndMetadata(o, "")
+            for p, o in offsets.items()
+            if (tp := TopicPartition(topic, p)) in owned
+        }
+        if mine:
+            await consumer.commit(mine)
+
+    try:
+        await thread.call_thread(apply)
+    except Exception as exc:  # a rebalance or an outage: the next step commits again
+        log.warning("offset commit failed; will retry", topic=topic, error=repr(exc)[:300])
+        return False
     return True
 
 

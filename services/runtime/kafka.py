@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.serializer import Serializer
@@ -19,7 +20,12 @@ from services.runtime.config import ALERTS, ALLOCATIONS, BILLING, EVENTS, RATES,
 
 log = logs.get(__name__)
 TOPICS = (EVENTS, RATES, BILLING, ALLOCATIONS, ALERTS)
-COMPACTED = {RATES}
+# Rates are a history, never compacted: compaction by resource_id would keep only each node's
+# latest rate and lose the prices of every earlier hour (DESIGN.md section 2). Keep everything.
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {
+    RATES: {"cleanup.policy": "delete", "retention.ms": "-1"},
+    BILLING: {"cleanup.policy": "delete", "retention.ms": "-1"},
+}
 
 
 def all_topic_names(settings: Settings) -> list[str]:
@@ -49,7 +55,7 @@ def ensure_topics(settings: Settings, timeout: float = 30) -> None:
             if name in existing:
                 continue
             base = name.removeprefix(settings.topic_prefix)
-            configs = {"cleanup.policy": "compact"} if base in COMPACTED else {}
+            configs = dict(TOPIC_CONFIGS.get(base, {}))
             wanted.append(
                 NewTopic(
                     name, settings.partitions, settings.replication_factor, topic_configs=configs
@@ -116,6 +122,59 @@ def dead_letter(
         "rejected_at": datetime.now(UTC).isoformat(),
     }
     return json.dumps(record).encode()
+
+
+Record = tuple[str, int, int, bytes | None, bytes | None]  # topic, partition, offset, key, value
+
+
+def read_records(
+    settings: Settings, topics: list[str], timeout_s: float = 30, client_id: str = "inferledger"
+) -> Iterator[Record]:
+    """Every record of ``topics`` from the beginning to their end, as they are now.
+
+    The end is each partition's high watermark as the fetch responses report it (some brokers'
+    ListOffsets answers lag behind a multi-record batch), reached when a poll brings nothing
+    new. ``timeout_s`` bounds a wait for records that the high watermark says exist."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        client_id=client_id,
+        **settings.kafka_security(),
+    )
+    try:
+        parts = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        if not parts:
+            return
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        deadline = time.monotonic() + timeout_s
+        quiet = 0
+        while True:
+            batch = consumer.poll(timeout_ms=300)
+            for tp, messages in batch.items():
+                for m in messages:
+                    yield tp.topic, tp.partition, m.offset, m.key, m.value
+            if batch:
+                quiet = 0
+                deadline = time.monotonic() + timeout_s
+                continue
+            quiet += 1
+            marks = [consumer.highwater(tp) for tp in parts]
+            behind = [
+                tp
+                for tp, hw in zip(parts, marks, strict=True)
+                if hw is not None and consumer.position(tp) < hw
+            ]
+            if not behind and (all(hw is not None for hw in marks) or quiet >= 5):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"records of {behind} did not arrive in {timeout_s} s")
+    finally:
+        consumer.close()
 
 
 def publish_end_markers(settings: Settings, topics: list[str], run_id: str) -> None:

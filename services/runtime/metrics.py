@@ -11,10 +11,13 @@ collector turns them into two metric families when Prometheus scrapes:
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -57,8 +60,32 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-def serve(listen: str, component: str, counters: Mapping[str, int]) -> Any:
-    """``/metrics`` on ``host:port`` in a background thread (the process's lifetime)."""
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
+        pass
+
+
+def serve(
+    listen: str, component: str, counters: Mapping[str, int], health: Any = None
+) -> WSGIServer:
+    """``/metrics`` and ``/healthz`` on ``host:port`` in a background thread (the process's
+    lifetime). ``/healthz`` answers 200 ``{"status": "ok"}``, or 503 with the dependencies that
+    are failing now (a :class:`services.runtime.health.Health`)."""
+    from services.runtime.health import HEALTH
+
+    state = HEALTH if health is None else health
+    metrics_app = make_wsgi_app(registry_for(component, counters))
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") == "/healthz":
+            status = state.status()
+            body = json.dumps({"component": component, **status}).encode()
+            code = "200 OK" if status["status"] == "ok" else "503 Service Unavailable"
+            start_response(code, [("Content-Type", "application/json")])
+            return [body]
+        return metrics_app(environ, start_response)
+
     host, port = parse_listen(listen)
-    server, _thread = start_http_server(port, host, registry_for(component, counters))
+    server = make_server(host, port, app, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

@@ -1,0 +1,148 @@
+"""What a processor's dependencies look like right now, for ``/healthz`` and the logs.
+
+A processor never crash-loops on an outage of Postgres or the broker: it retries with
+exponential backoff (:func:`retry_sync`, :func:`retry_async`) and, while it does, reports the
+dependency as unhealthy here. A supervisor or a load balancer reads ``/healthz`` (503 while
+anything is down); the log says what failed, how often, and when it recovered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from services.runtime import logs
+
+log = logs.get(__name__)
+T = TypeVar("T")
+
+BACKOFF_FIRST_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 15.0
+
+
+class Health:
+    """Dependencies that are failing now, with their latest error (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failing: dict[str, tuple[str, float, int]] = {}  # dep -> (error, since, attempts)
+
+    def failed(self, dependency: str, error: BaseException) -> int:
+        """Record a failed attempt; returns how many in a row."""
+        with self._lock:
+            _, since, attempts = self._failing.get(dependency, ("", time.time(), 0))
+            text = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            self._failing[dependency] = (text[:300], since, attempts + 1)
+            return attempts + 1
+
+    def recovered(self, dependency: str) -> None:
+        with self._lock:
+            gone = self._failing.pop(dependency, None)
+        if gone is not None:
+            log.warning(
+                "dependency recovered",
+                dependency=dependency,
+                down_seconds=round(time.time() - gone[1], 1),
+                attempts=gone[2],
+            )
+
+    @property
+    def healthy(self) -> bool:
+        with self._lock:
+            return not self._failing
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            failing = {
+                d: {"error": e, "since": since, "attempts": n}
+                for d, (e, since, n) in self._failing.items()
+            }
+        return {"status": "unhealthy" if failing else "ok", "failing": failing}
+
+
+HEALTH = Health()  # one per process: the processes are separate (``run all`` spawns them)
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** (attempt - 1)))
+
+
+def retry_sync(
+    dependency: str,
+    fn: Callable[[], T],
+    retry_on: tuple[type[BaseException], ...],
+    health: Health = HEALTH,
+) -> T:
+    """Call ``fn`` until it succeeds, sleeping with exponential backoff after each failure of
+    a kind in ``retry_on`` (an outage); any other exception propagates (a bug: crash loudly)."""
+    attempt = 0
+    while True:
+        try:
+            result = fn()
+        except retry_on as exc:
+            attempt = health.failed(dependency, exc)
+            delay = _backoff(attempt)
+            log.warning(
+                "dependency unavailable; retrying",
+                dependency=dependency,
+                attempt=attempt,
+                retry_in=delay,
+                error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            )
+            time.sleep(delay)
+            continue
+        if attempt:
+            health.recovered(dependency)
+        return result
+
+
+async def retry_async(
+    dependency: str,
+    fn: Callable[[], Awaitable[T]],
+    retry_on: tuple[type[BaseException], ...],
+    health: Health = HEALTH,
+) -> T:
+    """:func:`retry_sync` for coroutines (the event loop goes on while it waits)."""
+    attempt = 0
+    while True:
+        try:
+            result = await fn()
+        except retry_on as exc:
+            attempt = health.failed(dependency, exc)
+            delay = _backoff(attempt)
+            log.warning(
+                "dependency unavailable; retrying",
+                dependency=dependency,
+                attempt=attempt,
+                retry_in=delay,
+                error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            )
+            await asyncio.sleep(delay)
+            continue
+        if attempt:
+            health.recovered(dependency)
+        return result
+
+
+def postgres_errors() -> tuple[type[BaseException], ...]:
+    """What an outage of Postgres raises (connection refused, reset, server shut down)."""
+    import psycopg
+    from sqlalchemy import exc as sa_exc
+
+    return (sa_exc.OperationalError, sa_exc.InterfaceError, psycopg.OperationalError, OSError)
+
+
+def kafka_errors() -> tuple[type[BaseException], ...]:
+    """What an outage of the broker raises to a producer (aiokafka and kafka-python)."""
+    from aiokafka import errors as aiokafka_errors
+    from kafka import errors as kafka_python_errors
+
+    return (
+        aiokafka_errors.KafkaError,
+        kafka_python_errors.KafkaError,
+        asyncio.TimeoutError,
+        OSError,
+    )
