@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import faust
 from sqlalchemy import Engine
+from sqlalchemy import exc as sa_exc
 
 from services.contracts import (
     BillingLine,
@@ -156,13 +157,53 @@ def build(
         for topic, value in batch.dead_letters:
             await app.producer.send_and_wait(topic, None, value, None, None, None)
 
+    # what Postgres refuses for a value (not an outage): a poison message is dead-lettered
+    refused = (sa_exc.DataError, sa_exc.IntegrityError, sa_exc.ProgrammingError)
+
+    async def store(batch: Batch) -> int:
+        return await retry_async(
+            "postgres",
+            functools.partial(asyncio.to_thread, write_batch, db, settings.group(GROUP), batch),
+            pg_errors,
+        )
+
+    async def store_one_by_one(messages: list[tuple[str, int, int, bytes | None]]) -> int:
+        """Each message in a transaction of its own; those Postgres refuses go to their
+        topic's dead-letter topic with its error (nothing else stops, nothing is lost)."""
+        quiet = LedgerDecoder(settings)  # its rejections were dead-lettered already
+        new = 0
+        for topic, partition, offset, raw in messages:
+            try:
+                new += await store(quiet.decode([(topic, partition, offset, raw)]))
+            except refused as exc:
+                counters["dlq.rejected_by_database"] += 1
+                letter = dead_letter(
+                    topic,
+                    "rejected_by_database",
+                    str(exc.orig if exc.orig is not None else exc).splitlines()[0],
+                    raw or b"",
+                    settings.dlq_payload_limit,
+                    source="ledger",
+                    partition=partition,
+                    offset=offset,
+                )
+                await retry_async(
+                    "kafka",
+                    functools.partial(
+                        app.producer.send_and_wait, f"{topic}.dlq", None, letter, None, None, None
+                    ),
+                    kafka_errors_,
+                )
+        return new
+
     @app.agent(app.topic(alloc_name, rates_name, billing_name))
     @crash_on_error(app)
     async def write(stream: Any) -> None:
         async for events in stream.take_events(settings.take_max, settings.take_within_seconds):
-            batch = decoder.decode(
-                [(e.message.topic, e.message.partition, e.message.offset, e.value) for e in events]
-            )
+            messages = [
+                (e.message.topic, e.message.partition, e.message.offset, e.value) for e in events
+            ]
+            batch = decoder.decode(messages)
             # an outage of Postgres or the broker is waited out here (backoff, /healthz
             # unhealthy): the batch is not acknowledged until it is written, and writing it
             # again is idempotent
@@ -170,11 +211,12 @@ def build(
                 await retry_async(
                     "kafka", functools.partial(send_dead_letters, batch), kafka_errors_
                 )
-            new = await retry_async(
-                "postgres",
-                functools.partial(asyncio.to_thread, write_batch, db, settings.group(GROUP), batch),
-                pg_errors,
-            )
+            try:
+                new = await store(batch)
+            except refused as exc:  # a value Postgres will not take: find it, write the rest
+                log.error("a batch was refused by Postgres; writing it message by message",
+                          error=repr(exc)[:500], messages=len(messages))  # fmt: skip
+                new = await store_one_by_one(messages)
             counters["entries.received"] += len(batch.entries)
             counters["entries.written"] += new
             counters["rates"] += len(batch.rates)

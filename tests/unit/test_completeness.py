@@ -1,0 +1,77 @@
+"""The audit's completeness scan of the input topic and its dead letters (records in, no I/O),
+and the retry-with-backoff that keeps processors up through an outage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import exc as sa_exc
+
+from services.ledger.completeness import scan_events
+from services.runtime import health
+
+EVENT = {
+    "event_id": "e1",
+    "tenant_id": "acme",
+    "resource_id": "node-1",
+    "model": "m",
+    "engine": "vllm",
+    "started_at": "2024-01-01T00:00:00Z",
+    "finished_at": "2024-01-01T00:00:30Z",
+    "prompt_tokens": 10,
+    "completion_tokens": 5,
+    "status": "ok",
+}
+
+
+def rec(value: bytes | None, offset: int = 0):
+    return ("t", 0, offset, b"node-1", value)
+
+
+def test_scan_finds_valid_events_and_dead_lettered_ids():
+    batch = {
+        "resource_id": "node-1",
+        "events": [dict(EVENT, event_id="b1"), dict(EVENT, event_id="b2", prompt_tokens=-1)],
+    }
+    dead = {
+        "type": "inferledger.dead_letter.v1",
+        "reason": "future_event",
+        "payload": json.dumps(dict(EVENT, event_id="e9")),
+    }
+    scan = scan_events(
+        [
+            rec(json.dumps(EVENT).encode()),
+            rec(json.dumps(batch).encode()),
+            rec(None),
+            rec(b"{broken"),
+            rec(b"\xff\xfe"),
+        ],
+        [rec(json.dumps(dead).encode()), rec(b"not a dead letter")],
+    )
+    assert scan.valid == {"e1", "b1"}
+    assert scan.messages == 5 and scan.tombstones == 1
+    assert scan.unreadable == 3  # b2, the broken JSON and the invalid UTF-8
+    assert scan.dead_lettered == {"e9": "future_event"}
+    assert scan.dlq_reasons == {"future_event": 1, "unreadable_dead_letter": 1}
+
+
+def test_retry_waits_out_an_outage_and_reports_it(monkeypatch):
+    monkeypatch.setattr(health.time, "sleep", lambda s: None)
+    state = health.Health()
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise sa_exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+        assert not state.healthy and state.status()["failing"]["postgres"]["attempts"] == 2
+        return "done"
+
+    assert health.retry_sync("postgres", flaky, health.postgres_errors(), state) == "done"
+    assert state.healthy and state.status() == {"status": "ok", "failing": {}}
+
+
+def test_retry_lets_a_bug_through():
+    with pytest.raises(ZeroDivisionError):
+        health.retry_sync("postgres", lambda: 1 // 0, health.postgres_errors(), health.Health())
