@@ -11,6 +11,11 @@ inference event per request through the emitter SDK, with ``resource_id`` set to
 served it. A client that disconnects makes the event ``cancelled``; an upstream error (or an
 unreachable upstream) makes it ``error``. Other paths (``/v1/models``, ...) are forwarded
 unmetered to the first upstream.
+
+Each event gets the proxy's own id, unique per request (a UUIDv7: time-ordered, random below
+the millisecond); the upstream's response id is kept as ``request_id`` only. Engines (and
+gateways in front of them) may repeat or leave out their response ids, and an idempotency key
+built from them made later requests "duplicates", lost to the ledger.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -75,6 +82,24 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def new_event_id() -> str:
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits. Unique per
+    request whatever the upstream answers, and ordered by time (kind to Postgres indexes)."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
+    return str(uuid.UUID(int=value))
+
+
+def _request_id(value: Any) -> str | None:
+    """The upstream's response id, if it is a usable id (else None: it never blocks the event)."""
+    if not isinstance(value, str) or not value or len(value) > 128:
+        return None
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+        return None
+    return value
+
+
 def _error(status: int, message: str, kind: str) -> web.Response:
     body = {"error": {"message": message, "type": kind, "code": status}}
     return web.json_response(body, status=status)
@@ -92,6 +117,7 @@ class Metered:
     usage: dict[str, Any] = field(default_factory=dict)
     response_id: str | None = None
     status: str = "ok"
+    event_id: str = field(default_factory=new_event_id)
     done: bool = False  # the whole answer came from upstream: a disconnect now is not a cancel
 
     def event(self) -> dict[str, Any]:
@@ -100,12 +126,12 @@ class Metered:
         prompt = int(self.usage.get("prompt_tokens") or 0)
         cached = min(int(details.get("cached_tokens") or 0), prompt)
         return {
-            "event_id": f"{self.upstream.resource_id}:{self.response_id or uuid.uuid4().hex}",
+            "event_id": self.event_id,
             "tenant_id": self.tenant,
             "resource_id": self.upstream.resource_id,
             "model": self.model,
             "engine": self.upstream.engine,
-            "request_id": self.response_id,
+            "request_id": _request_id(self.response_id),
             "started_at": self.started.isoformat(),
             "first_token_at": None if self.first_token is None else self.first_token.isoformat(),
             "finished_at": finished.isoformat(),
