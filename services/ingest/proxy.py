@@ -15,12 +15,15 @@ unmetered to the first upstream.
 Each event gets the proxy's own id, unique per request (a UUIDv7: time-ordered, random below
 the millisecond); the upstream's response id is kept as ``request_id`` only. Engines (and
 gateways in front of them) may repeat or leave out their response ids, and an idempotency key
-built from them made later requests "duplicates", lost to the ledger.
+built from them made later requests "duplicates", lost to the ledger. API keys are compared in
+constant time (SHA-256 digests through ``hmac.compare_digest``, over every configured key).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import itertools
 import json
 import os
@@ -100,6 +103,21 @@ def _request_id(value: Any) -> str | None:
     return value
 
 
+class ApiKeys:
+    """API key to tenant, found in constant time (no lookup keyed by the presented key)."""
+
+    def __init__(self, keys: dict[str, str]) -> None:
+        self._entries = [(hashlib.sha256(k.encode()).digest(), t) for k, t in keys.items()]
+
+    def tenant(self, key: str) -> str | None:
+        digest = hashlib.sha256(key.encode()).digest()
+        found: str | None = None
+        for known, tenant in self._entries:
+            if hmac.compare_digest(known, digest):
+                found = tenant
+        return found
+
+
 def _error(status: int, message: str, kind: str) -> web.Response:
     body = {"error": {"message": message, "type": kind, "code": status}}
     return web.json_response(body, status=status)
@@ -147,7 +165,7 @@ class Proxy:
     def __init__(self, settings: Settings, emitter: Emitter | None = None) -> None:
         self.settings = settings
         self.nodes = upstreams(settings)
-        self.keys: dict[str, str] = dict(settings.proxy_keys)
+        self.keys = ApiKeys({k.get_secret_value(): t for k, t in settings.proxy_keys.items()})
         self._emitter = emitter
         self._session: aiohttp.ClientSession | None = None
         self._turn = itertools.count()
@@ -213,7 +231,7 @@ class Proxy:
     async def metered(self, request: web.Request) -> web.StreamResponse:
         auth = request.headers.get("Authorization", "")
         key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        tenant = self.keys.get(key)
+        tenant = self.keys.tenant(key) if key else None
         if tenant is None:
             self._count("unauthorized")
             return _error(401, "unknown API key", "invalid_request_error")
@@ -251,8 +269,9 @@ class Proxy:
 
     def _upstream_headers(self, request: web.Request) -> dict[str, str]:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
-        if self.settings.proxy_upstream_api_key:
-            headers["Authorization"] = f"Bearer {self.settings.proxy_upstream_api_key}"
+        upstream_key = self.settings.proxy_upstream_api_key
+        if upstream_key is not None and upstream_key.get_secret_value():
+            headers["Authorization"] = f"Bearer {upstream_key.get_secret_value()}"
         return headers
 
     async def _unary(

@@ -42,7 +42,7 @@ def event(event_id: str, **over: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def gateway(cli_env: dict[str, str]) -> Iterator[str]:
+def gateway_proc(cli_env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     env = dict(
         cli_env,
@@ -58,10 +58,16 @@ def gateway(cli_env: dict[str, str]) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/healthz", proc)
-        yield url
+        yield url, proc
     finally:
-        proc.terminate()
-        proc.wait(30)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+
+
+@pytest.fixture
+def gateway(gateway_proc: tuple[str, subprocess.Popen[bytes]]) -> str:
+    return gateway_proc[0]
 
 
 def post(url: str, path: str, body: bytes | str, ctype: str, token: str | None = "tok-all"):
@@ -130,8 +136,9 @@ def test_gateway_accepts_every_form_and_rejects_the_bad_input_corpus(
     cases = [
         (b"{not json", "application/json", "tok-all", 400, "invalid_json"),
         (b'{"event_id": "\xff\xfe"}', "application/json", "tok-all", 400, "invalid_utf8"),
-        (json.dumps(event("x")), "application/json", None, 401, "missing_token"),
-        (json.dumps(event("x")), "application/json", "wrong", 401, "invalid_token"),
+        (json.dumps(event("anon-x")), "application/json", None, 401, "missing_token"),
+        (json.dumps(event("wrong-x")), "application/json", "wrong", 401, "invalid_token"),
+        (b"x" * (10 * 1024 * 1024), "application/json", None, 401, "missing_token"),
         (json.dumps(event("x")), "text/csv", "tok-all", 415, "unsupported_media_type"),
         (b"x" * (10 * 1024 * 1024), "application/json", "tok-all", 413, "body_too_large"),
         (json.dumps([event("y", prompt_tokens=-1)]), "application/json", "tok-all", 400, None),
@@ -152,8 +159,13 @@ def test_gateway_accepts_every_form_and_rejects_the_bad_input_corpus(
     metrics = requests.get(f"{url}/metrics", timeout=10).text
     assert 'inferledger_gateway_items_total{kind="events",outcome="accepted"} 11.0' in metrics
     assert "inferledger_dead_letters_total" in metrics
+    assert (
+        'inferledger_gateway_unauthenticated_total{endpoint="events",reason="missing_token"} 2.0'
+        in metrics
+    )
 
-    # dead letters: one per rejected item or request, with reason, source and payload
+    # dead letters: one per rejected item or request of a known token, with reason, source,
+    # payload and the credential that sent it (its name and id, never the token)
     dlq = read_topic(settings.kafka_bootstrap, settings.topic("inference-events") + ".dlq")
     reasons = [d["reason"] for d in dlq]
     assert all(d["source"] == "gateway" for d in dlq)
@@ -161,14 +173,20 @@ def test_gateway_accepts_every_form_and_rejects_the_bad_input_corpus(
         "invalid_event",
         "invalid_json",
         "invalid_utf8",
-        "missing_token",
-        "invalid_token",
         "unsupported_media_type",
         "body_too_large",
         "unknown_type",
         "forbidden",
     ):
         assert reason in reasons, reason
+    # unauthenticated requests leave nothing behind: no record, no body
+    assert "missing_token" not in reasons and "invalid_token" not in reasons
+    assert not any("anon-x" in d["payload"] or "wrong-x" in d["payload"] for d in dlq)
+    assert {(d["credential"], d["credential_id"][:7]) for d in dlq} == {
+        ("all", "sha256:"),
+        ("node-2 only", "sha256:"),
+    }
+    assert not any(token in json.dumps(dlq) for token in TOKENS)
     naive = next(d for d in dlq if "bad-naive" in d["payload"])
     assert naive["reason"] == "invalid_event" and "naive" in naive["detail"]
 
@@ -177,3 +195,4 @@ def test_gateway_accepts_every_form_and_rejects_the_bad_input_corpus(
     rows = ledger(settings.database_url)
     completions = sum(r[4] for r in rows.values() if r[0] == "usage")
     assert completions == 11  # json-1, nd-0..2, ce-1, ce-2, mixed-ok-1/2, nd-ok(2), scoped-ok
+
