@@ -3,13 +3,16 @@
     python -m tests.fake_upstream PORT
 
 Models: any name answers; ``broken`` answers 500; ``slow`` streams 100 chunks 50 ms apart.
-Usage reports 4 cached prompt tokens, as vLLM does with prefix caching.
+Usage reports 4 cached prompt tokens, as vLLM does with prefix caching. With
+``FAKE_UPSTREAM_ID`` set (even to the empty string), every answer carries that response id, as
+a misbehaving engine or a gateway in front of one may do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -41,7 +44,7 @@ async def complete(request: web.Request) -> web.StreamResponse:
     words = ["tok"] * int(body.get("max_tokens") or 6)
     if model == "slow":
         words = ["tok"] * 100
-    rid = f"cmpl-{time.time_ns()}"
+    rid = os.environ.get("FAKE_UPSTREAM_ID", f"cmpl-{time.time_ns()}")
     kind = "chat.completion" if chat else "text_completion"
     if not body.get("stream"):
         text = " ".join(words)

@@ -587,6 +587,19 @@ def dlq_list(
     help="JSONL of fixed messages (- for stdin): dead-letter records from `dlq list "
     "--format jsonl` with their payload fixed, or plain messages for the one --topic",
 )
+@click.option(
+    "--record",
+    "records",
+    multiple=True,
+    help="only this dead letter, TOPIC:PARTITION:OFFSET (dlq_topic, dlq_partition, dlq_offset "
+    "of `dlq list --format jsonl`); repeatable",
+)
+@click.option(
+    "--include-unauthorized",
+    is_flag=True,
+    help="send the --record dead letters even if the gateway's authorization refuses them now "
+    "(unauthenticated, token gone, or out of its scope)",
+)
 @click.option("--dry-run", is_flag=True, help="validate and report, send nothing")
 @click.pass_context
 def dlq_replay(
@@ -596,27 +609,45 @@ def dlq_replay(
     source: str | None,
     everything: bool,
     from_file: str | None,
+    records: tuple[str, ...],
+    include_unauthorized: bool,
     dry_run: bool,
 ) -> None:
     """Send dead-lettered payloads back to the topic they were rejected from.
 
     Each payload is validated first: one still invalid, or truncated, is reported and not
-    sent. Events sent twice are counted once (event ids), and so are rates and bills."""
+    sent. What the gateway dead-lettered is authorized again under the current gateway tokens
+    (refused: unauthenticated, unknown_credential, forbidden) unless named with --record and
+    --include-unauthorized. Events sent twice are counted once (event ids), and so are rates
+    and bills."""
     from services.ingest import dlq as d
     from services.ingest.files import open_input
     from services.runtime.kafka import ensure_topics
 
-    if from_file is None and not (reason or source or everything):
-        raise click.UsageError("choose what to replay: --reason, --source, --all or --from-file")
+    if from_file is None and not (reason or source or everything or records):
+        raise click.UsageError(
+            "choose what to replay: --reason, --source, --all, --record or --from-file"
+        )
     if from_file is not None and len(topics) > 1:
         raise click.UsageError("--from-file takes at most one --topic (for plain messages)")
+    if include_unauthorized and (not records or from_file is not None):
+        raise click.UsageError("--include-unauthorized needs the dead letters named by --record")
     with local_stack(_settings(ctx), need_database=False) as s:
         ensure_topics(s)
         if from_file is not None:
             with open_input(from_file) as stream:
                 result = d.send(s, d.from_file(stream, s, topics[0] if topics else None), dry_run)
         else:
-            result = d.send(s, d.from_records(_dlq_records(s, topics, reason, source)), dry_run)
+            try:
+                named = {d.parse_position(s, r) for r in records} or None
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--record") from None
+            chosen = (
+                r
+                for r in _dlq_records(s, topics, reason, source)
+                if named is None or (r.dlq_topic, r.dlq_partition, r.dlq_offset) in named
+            )
+            result = d.send(s, d.from_records(chosen, include_unauthorized), dry_run)
     for problem in result.problems[:50]:
         click.echo(f"not sent: {problem}", err=True)
     click.echo(json.dumps({**result.as_dict(), "dry_run": dry_run}))

@@ -16,6 +16,14 @@ Accepted forms for events (``POST /v1/events``):
   ``inferledger.inference_event.v1`` with the event as ``data``;
 * ``application/cloudevents-batch+json``: a JSON array of such CloudEvents.
 
+Tokens are compared in constant time (SHA-256 digests through ``hmac.compare_digest``, over
+every configured token). A request without a valid token is refused before its body is read:
+nothing of it is stored, not even a dead letter (it is counted in
+``inferledger_gateway_unauthenticated_total``). Every dead letter of an authenticated request
+records the credential that sent it (``credential``: the token's configured name, and
+``credential_id``: ``sha256:`` and the first 16 hex digits of the token's SHA-256, never the
+token), so that ``inferledger dlq replay`` can apply the same authorization again.
+
 CloudEvents are deduplicated by ``(source, id)`` over the last ``gateway_dedup_ids`` ids.
 Rates (``POST /v1/rates``) and billing lines (``POST /v1/billing``) take JSON or NDJSON.
 ``GET /healthz`` and ``GET /metrics`` (Prometheus) need no token.
@@ -24,6 +32,8 @@ Rates (``POST /v1/rates``) and billing lines (``POST /v1/billing``) take JSON or
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,13 +64,20 @@ INVALID: dict[type[BaseModel], str] = {
 }
 
 
+def credential_id(token: str) -> str:
+    """A stable, non-secret identifier of a token: what dead letters record (never the token)."""
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Grant:
-    """What one bearer token may write (None: any)."""
+    """What one bearer token may write (None: any). ``id`` identifies the token without
+    revealing it; ``name`` is the operator's label for it."""
 
     name: str
     resources: frozenset[str] | None = None
     tenants: frozenset[str] | None = None
+    id: str = ""
 
     def forbids(self, resource_id: str | None, tenant_id: str | None = None) -> str | None:
         if self.resources is not None and resource_id not in self.resources:
@@ -70,19 +87,50 @@ class Grant:
         return None
 
 
-def grants(settings: Settings) -> dict[str, Grant]:
+class Credentials:
+    """The configured tokens, found in constant time.
+
+    A presented token is hashed and its digest compared with ``hmac.compare_digest`` against
+    every configured token's digest (no early exit, no lookup keyed by the token), so the time
+    an answer takes says nothing about how much of a token was right."""
+
+    def __init__(self, grants: list[tuple[bytes, Grant]]) -> None:
+        self._entries = grants
+        self._by_id = {g.id: g for _, g in grants}
+
+    def find(self, token: str) -> Grant | None:
+        digest = hashlib.sha256(token.encode()).digest()
+        found: Grant | None = None
+        for known, grant in self._entries:
+            if hmac.compare_digest(known, digest):
+                found = grant
+        return found
+
+    def by_id(self, cid: str) -> Grant | None:
+        """The grant of the token with this credential id (dead-letter replay)."""
+        return self._by_id.get(cid)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def grants(settings: Settings) -> Credentials:
     """Tokens from ``INFERLEDGER_GATEWAY_TOKENS`` (JSON), e.g.
     ``{"s3cret": {"name": "cluster-a", "resources": ["node-1"], "tenants": null}}``."""
-    out = {}
-    for token, spec in settings.gateway_tokens.items():
+    out = []
+    for secret, spec in settings.gateway_tokens.items():
+        token = secret.get_secret_value()
         spec = spec or {}
         resources, tenants = spec.get("resources"), spec.get("tenants")
-        out[token] = Grant(
-            spec.get("name", token[:4] + "…"),
+        cid = credential_id(token)
+        grant = Grant(
+            str(spec.get("name") or cid),
             None if resources is None else frozenset(resources),
             None if tenants is None else frozenset(tenants),
+            cid,
         )
-    return out
+        out.append((hashlib.sha256(token.encode()).digest(), grant))
+    return Credentials(out)
 
 
 @dataclass
@@ -115,6 +163,12 @@ class Metrics:
             "inferledger_gateway_items",
             "items received, by kind and outcome (accepted, duplicate or the rejection reason)",
             ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.unauthenticated = Counter(
+            "inferledger_gateway_unauthenticated",
+            "requests refused for a missing or wrong token (their bodies are never read or kept)",
+            ["endpoint", "reason"],
             registry=self.registry,
         )
         self.dead_letters = Counter(
@@ -202,22 +256,24 @@ class Gateway:
     ) -> tuple[int, dict[str, Any]]:
         auth = request.headers.get("Authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        grant = self.grants.get(token) if token else None
+        grant = self.grants.find(token) if token else None
+        if grant is None:  # refused before the body is read: nothing of it is stored
+            reason = "missing_token" if not token else "invalid_token"
+            self.metrics.unauthenticated.labels(kind, reason).inc()
+            return 401, {"error": reason, "detail": "send Authorization: Bearer <token>"}
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
             detail = f"body over the {self.settings.gateway_max_body_bytes}-byte limit"
-            await self._dead_letters(topic, [("body_too_large", f"{detail}: {exc.text}", "")])
+            await self._dead_letters(
+                topic, grant, [("body_too_large", f"{detail}: {exc.text}", "")]
+            )
             return 413, {"error": "body_too_large", "detail": detail}
-        if grant is None:
-            reason = "missing_token" if not token else "invalid_token"
-            await self._dead_letters(topic, [(reason, "no valid bearer token", body)])
-            return 401, {"error": reason, "detail": "send Authorization: Bearer <token>"}
         content_type = request.content_type
         try:
             items = self._items(body, content_type, kind)
         except DecodeError as exc:
-            await self._dead_letters(topic, [(exc.reason, exc.detail, body)])
+            await self._dead_letters(topic, grant, [(exc.reason, exc.detail, body)])
             status = 415 if exc.reason == "unsupported_media_type" else 400
             return status, {"error": exc.reason, "detail": exc.detail}
         if not items:
@@ -239,7 +295,7 @@ class Gateway:
                     self._remember(i)
         rejected = [i for i in items if i.reason is not None]
         await self._dead_letters(
-            topic, [(i.reason or "", i.detail or "", i.payload) for i in rejected]
+            topic, grant, [(i.reason or "", i.detail or "", i.payload) for i in rejected]
         )
         for i in rejected:
             self.metrics.items.labels(kind, i.reason).inc()
@@ -367,10 +423,20 @@ class Gateway:
         futures = await asyncio.to_thread(send)
         await asyncio.gather(*(kafka_done(f) for f in futures))
 
-    async def _dead_letters(self, topic: str, rejected: list[tuple[str, str, Any]]) -> None:
+    async def _dead_letters(
+        self, topic: str, grant: Grant, rejected: list[tuple[str, str, Any]]
+    ) -> None:
+        """Dead letters of an authenticated request, each naming the credential that sent it."""
         records = [
             dead_letter(
-                topic, reason, detail, payload, self.settings.dlq_payload_limit, source="gateway"
+                topic,
+                reason,
+                detail,
+                payload,
+                self.settings.dlq_payload_limit,
+                source="gateway",
+                credential=grant.name,
+                credential_id=grant.id,
             )
             for reason, detail, payload in rejected
         ]

@@ -11,13 +11,23 @@ inference event per request through the emitter SDK, with ``resource_id`` set to
 served it. A client that disconnects makes the event ``cancelled``; an upstream error (or an
 unreachable upstream) makes it ``error``. Other paths (``/v1/models``, ...) are forwarded
 unmetered to the first upstream.
+
+Each event gets the proxy's own id, unique per request (a UUIDv7: time-ordered, random below
+the millisecond); the upstream's response id is kept as ``request_id`` only. Engines (and
+gateways in front of them) may repeat or leave out their response ids, and an idempotency key
+built from them made later requests "duplicates", lost to the ledger. API keys are compared in
+constant time (SHA-256 digests through ``hmac.compare_digest``, over every configured key).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import itertools
 import json
+import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -75,6 +85,39 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def new_event_id() -> str:
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits. Unique per
+    request whatever the upstream answers, and ordered by time (kind to Postgres indexes)."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
+    return str(uuid.UUID(int=value))
+
+
+def _request_id(value: Any) -> str | None:
+    """The upstream's response id, if it is a usable id (else None: it never blocks the event)."""
+    if not isinstance(value, str) or not value or len(value) > 128:
+        return None
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+        return None
+    return value
+
+
+class ApiKeys:
+    """API key to tenant, found in constant time (no lookup keyed by the presented key)."""
+
+    def __init__(self, keys: dict[str, str]) -> None:
+        self._entries = [(hashlib.sha256(k.encode()).digest(), t) for k, t in keys.items()]
+
+    def tenant(self, key: str) -> str | None:
+        digest = hashlib.sha256(key.encode()).digest()
+        found: str | None = None
+        for known, tenant in self._entries:
+            if hmac.compare_digest(known, digest):
+                found = tenant
+        return found
+
+
 def _error(status: int, message: str, kind: str) -> web.Response:
     body = {"error": {"message": message, "type": kind, "code": status}}
     return web.json_response(body, status=status)
@@ -92,6 +135,7 @@ class Metered:
     usage: dict[str, Any] = field(default_factory=dict)
     response_id: str | None = None
     status: str = "ok"
+    event_id: str = field(default_factory=new_event_id)
     done: bool = False  # the whole answer came from upstream: a disconnect now is not a cancel
 
     def event(self) -> dict[str, Any]:
@@ -100,12 +144,12 @@ class Metered:
         prompt = int(self.usage.get("prompt_tokens") or 0)
         cached = min(int(details.get("cached_tokens") or 0), prompt)
         return {
-            "event_id": f"{self.upstream.resource_id}:{self.response_id or uuid.uuid4().hex}",
+            "event_id": self.event_id,
             "tenant_id": self.tenant,
             "resource_id": self.upstream.resource_id,
             "model": self.model,
             "engine": self.upstream.engine,
-            "request_id": self.response_id,
+            "request_id": _request_id(self.response_id),
             "started_at": self.started.isoformat(),
             "first_token_at": None if self.first_token is None else self.first_token.isoformat(),
             "finished_at": finished.isoformat(),
@@ -121,7 +165,7 @@ class Proxy:
     def __init__(self, settings: Settings, emitter: Emitter | None = None) -> None:
         self.settings = settings
         self.nodes = upstreams(settings)
-        self.keys: dict[str, str] = dict(settings.proxy_keys)
+        self.keys = ApiKeys({k.get_secret_value(): t for k, t in settings.proxy_keys.items()})
         self._emitter = emitter
         self._session: aiohttp.ClientSession | None = None
         self._turn = itertools.count()
@@ -187,7 +231,7 @@ class Proxy:
     async def metered(self, request: web.Request) -> web.StreamResponse:
         auth = request.headers.get("Authorization", "")
         key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        tenant = self.keys.get(key)
+        tenant = self.keys.tenant(key) if key else None
         if tenant is None:
             self._count("unauthorized")
             return _error(401, "unknown API key", "invalid_request_error")
@@ -225,8 +269,9 @@ class Proxy:
 
     def _upstream_headers(self, request: web.Request) -> dict[str, str]:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
-        if self.settings.proxy_upstream_api_key:
-            headers["Authorization"] = f"Bearer {self.settings.proxy_upstream_api_key}"
+        upstream_key = self.settings.proxy_upstream_api_key
+        if upstream_key is not None and upstream_key.get_secret_value():
+            headers["Authorization"] = f"Bearer {upstream_key.get_secret_value()}"
         return headers
 
     async def _unary(

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         "brokers (Tansu) wait out on every fetch even when data has arrived",
     )
     gateway_listen: str = Field(default="127.0.0.1:8080", description="host:port of the gateway")
-    gateway_tokens: dict[str, dict[str, Any] | None] = Field(
+    gateway_tokens: dict[SecretStr, dict[str, Any] | None] = Field(
         default_factory=dict,
         description='bearer tokens, JSON: {"<token>": {"name": "cluster-a", "resources": '
         '["node-1"], "tenants": null}} (a null or absent list: any)',
@@ -114,10 +114,10 @@ class Settings(BaseSettings):
         description='serving nodes, JSON: [{"resource_id": "node-1", "url": "http://10.0.0.5:8000",'
         ' "models": ["llama-70b"], "gpu_count": 8, "engine": "vllm"}]',
     )
-    proxy_keys: dict[str, str] = Field(
+    proxy_keys: dict[SecretStr, str] = Field(
         default_factory=dict, description='API key to tenant, JSON: {"sk-abc": "acme"}'
     )
-    proxy_upstream_api_key: str | None = Field(
+    proxy_upstream_api_key: SecretStr | None = Field(
         default=None, description="API key the proxy sends upstream (the caller's is not passed)"
     )
     publish_queue: int = Field(

@@ -99,8 +99,14 @@ def dead_letter(
     source: str,
     partition: int | None = None,
     offset: int | None = None,
+    credential: str | None = None,
+    credential_id: str | None = None,
 ) -> bytes:
-    """The dead-letter record: why, from where, and the original payload (truncated)."""
+    """The dead-letter record: why, from where, and the original payload (truncated).
+
+    ``credential`` and ``credential_id`` name who sent it where a component authenticates its
+    callers (the gateway: the token's configured name and a non-secret id of the token, never
+    the token itself); ``dlq replay`` authorizes the payload again against them."""
     if isinstance(payload, bytes):
         text = payload.decode("utf-8", errors="backslashreplace")
     elif isinstance(payload, str):
@@ -121,6 +127,9 @@ def dead_letter(
         "payload_size": len(text),
         "rejected_at": datetime.now(UTC).isoformat(),
     }
+    if credential_id is not None:
+        record["credential"] = credential
+        record["credential_id"] = credential_id
     return json.dumps(record).encode()
 
 

@@ -10,6 +10,7 @@ import urllib.request
 
 from sqlalchemy import create_engine, text
 
+from services.ingest.gateway import credential_id
 from services.runtime.kafka import dead_letter, make_producer
 from tests.helpers import cli, free_port
 
@@ -73,6 +74,8 @@ def test_dead_letters_are_listed_fixed_and_replayed(cli_env, settings, tmp_path)
             json.dumps(event(4)),
             65536,
             source="gateway",
+            credential="cluster-a",
+            credential_id=credential_id("tok-a"),
         ),
     )
     big = json.dumps(event(5, model="x" * 400))
@@ -103,9 +106,10 @@ def test_dead_letters_are_listed_fixed_and_replayed(cli_env, settings, tmp_path)
         == 1
     )
 
-    # as they are: the gateway's refused event is valid and goes back; the truncated one and
-    # the broken JSON do not
-    asis = json.loads(cli(cli_env, "dlq", "replay", "--source", "gateway").stdout)
+    # as they are: the gateway's refused event is valid and its token may now write node-1 (the
+    # scope was widened), so it goes back; the truncated one and the broken JSON do not
+    widened = {**cli_env, "INFERLEDGER_GATEWAY_TOKENS": json.dumps({"tok-a": {"name": "a"}})}
+    asis = json.loads(cli(widened, "dlq", "replay", "--source", "gateway").stdout)
     assert asis["sent"] == 1 and asis["skipped_by_reason"] == {"payload_truncated": 1}
     broken = json.loads(cli(cli_env, "dlq", "replay", "--reason", "invalid_json").stdout)
     assert broken["sent"] == 0 and broken["skipped_by_reason"] == {"still_invalid": 1}

@@ -185,3 +185,87 @@ def test_proxy_meters_openai_requests_into_the_ledger(
     assert statuses == {"ok": 24, "error": 1, "cancelled": 1}
     assert per_tenant == {"acme": 22, "beta": 2}
     cli(cli_env, "audit")
+
+
+@pytest.mark.parametrize("upstream_id", ["cmpl-always-the-same", ""])
+def test_proxy_counts_every_request_when_the_upstream_repeats_or_omits_its_response_id(
+    upstream_id: str, cli_env: dict[str, str], settings: Any, tmp_path: Any
+) -> None:
+    """Defect 10: the event id was built from the upstream's response id, so an engine that
+    repeats it (or leaves it empty) made every later request a duplicate, lost to the ledger.
+    The proxy now makes its own id per request and keeps the upstream's as ``request_id``."""
+    up_port, proxy_port = free_port(), free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_upstream", str(up_port)],
+        env={**cli_env, "FAKE_UPSTREAM_ID": upstream_id},
+        stderr=subprocess.PIPE,
+    )
+    nodes = [
+        {"resource_id": node, "url": f"http://127.0.0.1:{up_port}", "models": [model]}
+        for node, model in (("gpu-node-1", "llama-70b"), ("gpu-node-2", "qwen-32b"))
+    ]
+    env = dict(
+        cli_env,
+        INFERLEDGER_PROXY_UPSTREAMS=json.dumps(nodes),
+        INFERLEDGER_PROXY_KEYS=json.dumps({"sk-acme": "acme", "sk-beta": "beta"}),
+    )
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "proxy", "--listen", f"127.0.0.1:{proxy_port}"],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{up_port}/v1/models", upstream)
+        wait_http(f"http://127.0.0.1:{proxy_port}/healthz", proxy)
+        rates = tmp_path / "rates.jsonl"
+        rates.write_text("\n".join(json.dumps(r) for r in RATES))
+        cli(cli_env, "ingest", "rates", str(rates))
+        messages = [{"role": "user", "content": "same id again"}]
+        sent: dict[str, int] = {}
+        for key, tenant in (("sk-acme", "acme"), ("sk-beta", "beta")):
+            client = openai.OpenAI(
+                base_url=f"http://127.0.0.1:{proxy_port}/v1", api_key=key, max_retries=0
+            )
+            for model in ("llama-70b", "qwen-32b"):
+                client.chat.completions.create(model=model, messages=messages, max_tokens=2)
+                list(
+                    client.chat.completions.create(
+                        model=model, messages=messages, max_tokens=2, stream=True
+                    )
+                )
+                client.completions.create(model=model, prompt="hello", max_tokens=2)
+                sent[tenant] = sent.get(tenant, 0) + 3
+        proxy.send_signal(signal.SIGTERM)  # flushes the emitter
+        assert proxy.wait(30) == 0
+    finally:
+        for p in (proxy, upstream):
+            if p.poll() is None:
+                p.terminate()
+                p.wait(30)
+
+    events = [
+        e
+        for m in read_topic(settings.kafka_bootstrap, settings.topic("inference-events"))
+        for e in m.get("events", [m])
+    ]
+    assert len(events) == 12
+    assert len({e["event_id"] for e in events}) == 12, [e["event_id"] for e in events]
+    # the upstream's id is kept where it says something, never as the idempotency key
+    assert {e.get("request_id") for e in events} == {upstream_id or None}
+
+    cli(cli_env, "run", "all", "--until-idle")
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        counted = conn.execute(text("SELECT count(DISTINCT event_id) FROM counted_events")).scalar()
+        per_tenant = dict(
+            conn.execute(
+                text(
+                    "SELECT tenant_id, sum(completions) FROM ledger_entries "
+                    "WHERE tenant_id IS NOT NULL GROUP BY 1"
+                )
+            ).all()
+        )
+    engine.dispose()
+    assert counted == 12
+    assert per_tenant == sent == {"acme": 6, "beta": 6}
+    cli(cli_env, "audit")
