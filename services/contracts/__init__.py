@@ -10,18 +10,27 @@ from services.contracts.models import (
     InferenceEvent,
     InferenceEventBatch,
     LedgerEntry,
+    Limits,
 )
 from services.contracts.wire import (
+    FUTURE_EVENT,
+    TOMBSTONE,
     DecodeError,
+    Tombstone,
+    check_clock,
     decode_allocation,
     decode_billing,
     decode_events,
     decode_rate,
     dumps,
+    is_tombstone,
+    too_far_in_future,
 )
 
 __all__ = [
+    "FUTURE_EVENT",
     "MESSAGE_MODELS",
+    "TOMBSTONE",
     "BillingLine",
     "BudgetAlert",
     "CostAllocation",
@@ -31,9 +40,14 @@ __all__ = [
     "InferenceEvent",
     "InferenceEventBatch",
     "LedgerEntry",
+    "Limits",
+    "Tombstone",
+    "check_clock",
     "decode_allocation",
     "decode_billing",
     "decode_events",
     "decode_rate",
     "dumps",
+    "is_tombstone",
+    "too_far_in_future",
 ]

@@ -8,23 +8,40 @@ microsecond, dates at the edge of the calendar, lax coercions such as ``"5"`` fo
 fast path does not decide: it answers ``None`` and the caller uses the full decoder in
 :mod:`services.contracts.wire`, which also explains every rejection. So a message the fast path
 accepts is one the models accept, with the same values (a hypothesis test holds them to it).
+
+The input limits are the models' too: counts and GPUs by msgspec's constraints, the calendar and
+the request's length in :func:`_valid`, and control characters only when the message could hold
+one: a decoded string holds a control character (or a surrogate) only when the raw JSON has an
+escape (a backslash) or a C1 control (UTF-8 bytes C2 80..C2 9F), since JSON forbids
+raw C0 controls; so an ordinary message pays one ``bytes.__contains__`` for them, not a regex
+per field.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from services.contracts.models import INT4_MAX, INT8_MAX
+from services.contracts.models import (
+    DEFAULT_LIMITS,
+    INT4_MAX,
+    INT8_MAX,
+    MAX_GPUS,
+    MAX_TOKENS,
+    TIMESTAMP_MAX,
+    TIMESTAMP_MIN,
+    Limits,
+    attributes_problem,
+)
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
-Count = Annotated[int, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
 
 
 class EventRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -44,7 +61,7 @@ class EventRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     request_id: str | None = None
     first_token_at: Timestamp | None = None
     cached_prompt_tokens: Count = 0
-    gpu_count: Annotated[int, msgspec.Meta(ge=1)] = 1
+    gpu_count: Annotated[int, msgspec.Meta(ge=1, le=MAX_GPUS)] = 1
     attributes: dict[str, Any] | None = None
 
 
@@ -66,13 +83,47 @@ def _plain(s: str | None) -> bool:
     return s is None or s.strip() is s
 
 
+# what the models' NO_CONTROL refuses, and the surrogates pydantic's str refuses
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _may_hold_control(raw: bytes) -> bool:
+    """Whether a decoded string of ``raw`` may hold a control character or a surrogate."""
+    return b"\\" in raw or b"\xc2" in raw
+
+
+def _clean(s: str | None) -> bool:
+    return s is None or _CONTROL.search(s) is None
+
+
 def _in_calendar(ts: datetime) -> bool:
-    """Safely inside years 1..9999 in UTC too (pydantic rejects an instant outside them)."""
-    return 1 < ts.year < 9999
+    """Inside the models' TIMESTAMP_MIN..TIMESTAMP_MAX (aware comparison: never overflows)."""
+    return TIMESTAMP_MIN <= ts < TIMESTAMP_MAX
 
 
-def _valid(e: EventRecord) -> bool:
-    """The models' other checks: what pydantic strips, the calendar, and the cross-field rules."""
+def _attributes_ok(attributes: dict[str, Any], escaped: bool) -> bool:
+    for value in attributes.values():
+        kind = type(value)
+        if kind is not str and kind is not int and kind is not bool and value is not None:
+            return attributes_problem(attributes) is None  # nested, or a float: look closer
+    return not escaped or attributes_problem(attributes) is None
+
+
+def _escaped_ok(e: EventRecord) -> bool:
+    """No control character in the ids and names (only asked when the raw JSON had escapes)."""
+    return (
+        _clean(e.event_id)
+        and _clean(e.tenant_id)
+        and _clean(e.resource_id)
+        and _clean(e.model)
+        and _clean(e.engine)
+        and _clean(e.request_id)
+    )
+
+
+def _valid(e: EventRecord, longest: timedelta, escaped: bool) -> bool:
+    """The models' other checks: what pydantic strips, the calendar, the request's length, the
+    attributes, control characters (``escaped``), and the cross-field rules."""
     started, finished, first = e.started_at, e.finished_at, e.first_token_at
     return (
         e.cached_prompt_tokens <= e.prompt_tokens
@@ -80,6 +131,7 @@ def _valid(e: EventRecord) -> bool:
         and (first is None or started <= first <= finished)
         and _in_calendar(started)
         and _in_calendar(finished)
+        and finished - started <= longest
         and (first is None or _in_calendar(first))
         # _plain, inline for the required strings (per event)
         and e.event_id.strip() is e.event_id
@@ -89,13 +141,19 @@ def _valid(e: EventRecord) -> bool:
         and e.engine.strip() is e.engine
         and _plain(e.request_id)
         and (e.attributes is None or all(_plain(k) for k in e.attributes))
+        and (e.attributes is None or _attributes_ok(e.attributes, escaped))
+        and (not escaped or _escaped_ok(e))
     )
 
 
-def event_records(raw: bytes) -> list[EventRecord] | None:
-    """The events of a valid event or batch message, or None: then ask the full decoder."""
-    if _FINE_FRACTION.search(raw) is not None:
+def event_records(raw: bytes | None, limits: Limits = DEFAULT_LIMITS) -> list[EventRecord] | None:
+    """The events of a valid event or batch message, or None: then ask the full decoder (also
+    for a tombstone, None, which :func:`services.contracts.wire.decode_events` reports as such).
+    ``limits`` must be the ones given to the full decoder."""
+    if not isinstance(raw, bytes) or _FINE_FRACTION.search(raw) is not None:
         return None
+    longest = timedelta(seconds=limits.max_request_seconds)
+    escaped = _may_hold_control(raw)
     try:
         if b'"events"' in raw:
             batch = _batch.decode(raw)
@@ -104,13 +162,13 @@ def event_records(raw: bytes) -> list[EventRecord] | None:
             if not _plain(resource):
                 return None
             for e in events:
-                if e.resource_id != resource or not _valid(e):
+                if e.resource_id != resource or not _valid(e, longest, escaped):
                     return None
             return events
         one = _one.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
-    return [one] if _valid(one) else None
+    return [one] if _valid(one, longest, escaped) else None
 
 
 def to_builtins(e: EventRecord) -> Any:
@@ -169,9 +227,19 @@ class AllocationRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 _allocation = msgspec.json.Decoder(AllocationRecord)
 
 
-def _entry_valid(e: EntryRecord) -> bool:
+def _entry_valid(e: EntryRecord, escaped: bool) -> bool:
     return (
         _in_calendar(e.bucket_start)
+        and (
+            not escaped
+            or (
+                _clean(e.entry_id)
+                and _clean(e.tenant_id)
+                and _clean(e.model)
+                and _clean(e.resource_id)
+                and all(_clean(x) for x in e.billing_line_ids)
+            )
+        )
         and _plain(e.entry_id)
         and _plain(e.tenant_id)
         and _plain(e.model)
@@ -181,19 +249,24 @@ def _entry_valid(e: EntryRecord) -> bool:
     )
 
 
-def allocation_record(raw: bytes) -> AllocationRecord | None:
-    """A valid allocation message, or None: then ask the full decoder. Money is checked by
-    :func:`money` when it is read."""
-    if _FINE_FRACTION.search(raw) is not None:
+def allocation_record(raw: bytes | None) -> AllocationRecord | None:
+    """A valid allocation message, or None: then ask the full decoder (also for a tombstone).
+    Money is checked by :func:`money` when it is read."""
+    if not isinstance(raw, bytes) or _FINE_FRACTION.search(raw) is not None:
         return None
     try:
         a = _allocation.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
+    escaped = _may_hold_control(raw)
     if not (_in_calendar(a.bucket_start) and _plain(a.resource_id)):
         return None
-    if not all(_entry_valid(e) for e in a.entries):
+    if escaped and not _clean(a.resource_id):
+        return None
+    if not all(_entry_valid(e, escaped) for e in a.entries):
         return None
     if not all(_plain(event_id) for event_id, _ in a.counted_events):
+        return None
+    if escaped and not all(_clean(event_id) for event_id, _ in a.counted_events):
         return None
     return a

@@ -2,11 +2,21 @@
 
 Money is a decimal string on the wire and ``Decimal`` in Python; a JSON float or integer for
 money is rejected. Timestamps must carry an offset and are normalised to UTC.
+
+The input limits of DESIGN.md section 2 are checked here, where a message is decoded, so that
+nothing a processor cannot store or account ever reaches it: no control character in an id or a
+name (``NO_CONTROL``), no NUL or lone surrogate anywhere in ``attributes`` or free text (Postgres
+text and JSONB refuse them), at most ``MAX_TOKENS`` tokens per count and ``MAX_GPUS`` GPUs, a
+request at most ``Limits.max_request_seconds`` long, timestamps inside the years 2..9998 (UTC),
+and money finite, inside ``PRICE_LIMIT`` and with at most ``MONEY_MAX_PLACES`` decimal places.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
@@ -17,9 +27,92 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     WithJsonSchema,
     model_validator,
 )
+
+MAX_TOKENS = 10**9
+"""Most tokens one count of one event may be (prompt, cached prompt, completion)."""
+MAX_GPUS = 4_096
+"""Most GPUs one event (or one rate's resource) may span."""
+MAX_REQUEST_SECONDS = 86_400
+"""Default longest request (``finished_at - started_at``); ``INFERLEDGER_MAX_REQUEST_SECONDS``."""
+MAX_FUTURE_SECONDS = 300
+"""Default most ``finished_at`` may be after the processor's wall clock when it reads the event
+(``INFERLEDGER_MAX_FUTURE_SECONDS``); judged by the processor, see ``wire.check_clock``."""
+MAX_ATTRIBUTE_DEPTH = 32
+"""Most levels of objects and arrays in an event's ``attributes`` (the object itself is one)."""
+MONEY_MAX_PLACES = 30
+"""Most decimal places of an input amount (the ledger keeps 12; Postgres NUMERIC would refuse
+an amount with thousands of places, or an exponent such as ``1e-999999``)."""
+TIMESTAMP_MIN = datetime(2, 1, 1, tzinfo=UTC)
+"""Earliest instant accepted (inclusive): converting to UTC and bucket arithmetic stay inside
+Python's calendar."""
+TIMESTAMP_MAX = datetime(9999, 1, 1, tzinfo=UTC)
+"""First instant refused: the year 9999 and later (bucket ends, horizons would overflow)."""
+
+NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
+"""What an id or a name must match: no control character (Unicode category Cc, NUL included).
+Lone surrogates are refused by pydantic's ``str`` itself (and by the JSON parser)."""
+NO_NUL = r"^[^\x00]*$"
+"""What free text (a billing line's description) must match: no NUL (Postgres text refuses it);
+tabs and newlines are fine."""
+_PG_UNSAFE = re.compile("[\x00\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The input limits that are settings (``INFERLEDGER_MAX_REQUEST_SECONDS``,
+    ``INFERLEDGER_MAX_FUTURE_SECONDS``); the decoders take one, the defaults without."""
+
+    max_request_seconds: int = MAX_REQUEST_SECONDS
+    max_future_seconds: int = MAX_FUTURE_SECONDS
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Limits:
+        """From ``services.runtime.config.Settings`` (or anything with the same attributes)."""
+        return cls(
+            max_request_seconds=int(settings.max_request_seconds),
+            max_future_seconds=int(settings.max_future_seconds),
+        )
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def attributes_problem(value: Any, max_depth: int = MAX_ATTRIBUTE_DEPTH) -> str | None:
+    """Why ``attributes`` cannot be accepted, or None: a NUL or a lone surrogate in any key or
+    string value at any depth (Postgres JSONB refuses them), a non-finite number (not JSON), or
+    more than ``max_depth`` levels of nesting. Iterative: no recursion, whatever the depth."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if _PG_UNSAFE.search(item) is not None:
+                return "a string contains NUL or a lone surrogate"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "a number is not finite"
+        elif isinstance(item, dict | list | tuple):
+            if depth > max_depth:
+                return f"nested more than {max_depth} levels deep"
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if isinstance(key, str) and _PG_UNSAFE.search(key) is not None:
+                        return "a key contains NUL or a lone surrogate"
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+    return None
+
+
+def _attributes(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None:
+        problem = attributes_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+    return value
 
 
 def _money(value: Any) -> Decimal:
@@ -39,10 +132,20 @@ def _money(value: Any) -> Decimal:
     return result
 
 
+def _places(value: Decimal) -> Decimal:
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > MONEY_MAX_PLACES:
+        raise ValueError(f"money has more than {MONEY_MAX_PLACES} decimal places")
+    return value
+
+
 def _utc(value: datetime) -> datetime:
     offset = value.utcoffset()
     if offset is None:
         raise ValueError("timestamp has no UTC offset (naive timestamps are rejected)")
+    # compared before any conversion: astimezone overflows at the calendar's ends
+    if not TIMESTAMP_MIN <= value < TIMESTAMP_MAX:
+        raise ValueError("timestamp is outside the years 0002 to 9998 (UTC)")
     return value if not offset else value.astimezone(UTC)  # already UTC: keep it as parsed
 
 
@@ -80,10 +183,16 @@ PRICE_LIMIT = Decimal(10) ** 20
 derived from them, a bucket's share summed over its lines, a week-long bucket at that rate,
 and the difference of two such amounts, stays far inside ``AMOUNT_LIMIT``, so an absurd input
 is refused where it enters instead of its bucket's allocation being refused by the ledger."""
-InputMoney = Annotated[Money, Field(gt=-PRICE_LIMIT, lt=PRICE_LIMIT)]
+InputMoney = Annotated[Money, Field(gt=-PRICE_LIMIT, lt=PRICE_LIMIT), AfterValidator(_places)]
 
-Id = Annotated[str, Field(min_length=1, max_length=128)]
-Name = Annotated[str, Field(min_length=1, max_length=256)]
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=NO_CONTROL)]
+Name = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_CONTROL)]
+Text = Annotated[str, Field(pattern=NO_CONTROL)]
+"""An optional id or name (``request_id``, ``provider``, ``sku``, ...): no control character."""
+FreeText = Annotated[str, Field(pattern=NO_NUL)]
+Count = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+Gpus = Annotated[int, Field(ge=1, le=MAX_GPUS)]
+Attributes = Annotated[dict[str, Any] | None, AfterValidator(_attributes)]
 
 
 class _Contract(BaseModel):
@@ -99,19 +208,29 @@ class InferenceEvent(_Contract):
     resource_id: Name
     model: Name
     engine: Name
-    request_id: str | None = None
+    request_id: Text | None = None
     started_at: Timestamp
     first_token_at: Timestamp | None = None
-    finished_at: Timestamp
-    prompt_tokens: int = Field(ge=0)
-    cached_prompt_tokens: int = Field(default=0, ge=0)
-    completion_tokens: int = Field(ge=0)
+    finished_at: Annotated[
+        Timestamp,
+        Field(
+            description="at or after started_at, and at most max_request_seconds "
+            f"(INFERLEDGER_MAX_REQUEST_SECONDS, default {MAX_REQUEST_SECONDS}) after it"
+        ),
+    ]
+    prompt_tokens: Count
+    cached_prompt_tokens: Count = 0
+    completion_tokens: Count
     status: Literal["ok", "error", "cancelled"]
-    gpu_count: int = Field(default=1, ge=1)
-    attributes: dict[str, Any] | None = None
+    gpu_count: Gpus = 1
+    attributes: Attributes = Field(
+        default=None,
+        description="free-form labels; no NUL or lone surrogate in any key or string, no "
+        f"non-finite number, at most {MAX_ATTRIBUTE_DEPTH} levels deep",
+    )
 
     @model_validator(mode="after")
-    def _consistent(self) -> InferenceEvent:
+    def _consistent(self, info: ValidationInfo) -> InferenceEvent:
         if self.cached_prompt_tokens > self.prompt_tokens:
             raise ValueError(
                 f"cached_prompt_tokens ({self.cached_prompt_tokens}) exceeds "
@@ -119,6 +238,14 @@ class InferenceEvent(_Contract):
             )
         if self.finished_at < self.started_at:
             raise ValueError("finished_at is before started_at")
+        context = info.context
+        limits = context.get("limits") if isinstance(context, dict) else None
+        longest = (limits or DEFAULT_LIMITS).max_request_seconds
+        if self.finished_at - self.started_at > timedelta(seconds=longest):
+            raise ValueError(
+                f"the request lasts {(self.finished_at - self.started_at).total_seconds():.0f} s,"
+                f" more than max_request_seconds ({longest})"
+            )
         if self.first_token_at is not None and not (
             self.started_at <= self.first_token_at <= self.finished_at
         ):
@@ -154,11 +281,11 @@ class GpuRate(_Contract):
     effective_from: Timestamp
     effective_to: Timestamp | None = None
     source: Name = "list"
-    provider: str | None = None
-    instance_type: str | None = None
-    gpu_model: str | None = None
-    gpu_count: int | None = Field(default=None, ge=1)
-    region: str | None = None
+    provider: Text | None = None
+    instance_type: Text | None = None
+    gpu_model: Text | None = None
+    gpu_count: Gpus | None = None
+    region: Text | None = None
 
     @model_validator(mode="after")
     def _interval(self) -> GpuRate:
@@ -174,17 +301,17 @@ class BillingLine(_Contract):
 
     type: Literal["inferledger.billing_line.v1"] = "inferledger.billing_line.v1"
     line_id: Id
-    resource_id: str | None = None
+    resource_id: Text | None = None
     period_start: Timestamp
     period_end: Timestamp
     cost: InputMoney
     currency: Currency
     charge_category: Name
     source: Name = "focus"
-    provider: str | None = None
-    sku: str | None = None
-    pricing_category: str | None = None
-    description: str | None = None
+    provider: Text | None = None
+    sku: Text | None = None
+    pricing_category: Text | None = None
+    description: FreeText | None = None
 
     @model_validator(mode="after")
     def _interval(self) -> BillingLine:
@@ -200,11 +327,11 @@ CostBasis = Literal["provisional", "billed", "unpriced"]
 class LedgerEntry(_Contract):
     """One row the attribution processor wants in ``ledger_entries``."""
 
-    entry_id: Annotated[str, Field(min_length=16, max_length=64)]
+    entry_id: Annotated[str, Field(min_length=16, max_length=64, pattern=NO_CONTROL)]
     entry_kind: EntryKind
     cost_basis: CostBasis
-    tenant_id: str | None = None
-    model: str | None = None
+    tenant_id: Text | None = None
+    model: Text | None = None
     resource_id: Name
     bucket_start: Timestamp
     bucket_seconds: int = Field(gt=0)
@@ -219,7 +346,7 @@ class LedgerEntry(_Contract):
     busy_seconds: Annotated[Money, Field(gt=-BUSY_LIMIT, lt=BUSY_LIMIT)] = Decimal(0)
     amount: Annotated[Money, Field(gt=-AMOUNT_LIMIT, lt=AMOUNT_LIMIT)]
     currency: Currency
-    billing_line_ids: list[str] = Field(default_factory=list)
+    billing_line_ids: list[Text] = Field(default_factory=list)
 
 
 class CostAllocation(_Contract):

@@ -1,23 +1,50 @@
-"""Encoding and decoding of wire messages, with a clear reason for everything rejected."""
+"""Encoding and decoding of wire messages, with a clear reason for everything rejected.
+
+Every decoder either returns a valid message (inside every limit of DESIGN.md section 2, see
+:mod:`services.contracts.models`) or raises :class:`DecodeError` with a machine-readable
+``reason``; nothing else, whatever the bytes (a fuzz test holds them to it). Reasons:
+``invalid_utf8``, ``invalid_json`` (malformed, empty, NaN/Infinity literals, lone surrogate
+escapes, numbers past 4,300 digits, or nested too deeply), ``invalid_message`` (not an object),
+``unknown_type``, ``invalid_event``, ``invalid_batch``, ``invalid_rate``, ``invalid_billing_line``,
+``invalid_allocation``, ``invalid_control``, and ``tombstone``: a Kafka message whose value is
+None raises :class:`Tombstone` (a ``DecodeError``) so that a caller can count and skip it, never
+dead-letter it (check :func:`is_tombstone` first, or catch ``Tombstone`` before ``DecodeError``).
+
+A far-future event is not the decoder's to judge (it needs the processor's wall clock): see
+:func:`too_far_in_future` and :func:`check_clock`, reason ``future_event``.
+"""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 
+from services.contracts.fast import EventRecord, to_builtins
 from services.contracts.models import (
+    MAX_FUTURE_SECONDS,
+    NO_CONTROL,
+    NO_NUL,
     BillingLine,
     CostAllocation,
     EndOfInput,
     GpuRate,
     InferenceEvent,
     InferenceEventBatch,
+    Limits,
 )
 
 M = TypeVar("M", bound=BaseModel)
+E = TypeVar("E", InferenceEvent, EventRecord)
+
+TOMBSTONE = "tombstone"
+"""Reason of :class:`Tombstone`: counted and skipped on every topic, never dead-lettered."""
+FUTURE_EVENT = "future_event"
+"""Reason of an event whose ``finished_at`` is too far after the processor's wall clock."""
 
 _EVENT = "inferledger.inference_event.v1"
 _BATCH = "inferledger.inference_event_batch.v1"
@@ -34,6 +61,19 @@ class DecodeError(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class Tombstone(DecodeError):
+    """A message with a null value (a tombstone): it carries no message. Count it and skip it
+    (DESIGN.md section 2); it is not an invalid message and is never dead-lettered."""
+
+    def __init__(self) -> None:
+        super().__init__(TOMBSTONE, "the message value is null (a tombstone)")
+
+
+def is_tombstone(raw: object) -> bool:
+    """Whether a Kafka message value is a tombstone (None): count it and skip it."""
+    return raw is None
 
 
 @dataclass
@@ -62,19 +102,40 @@ def explain(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"]) or "message"
-        parts.append(f"{loc}: {err['msg']}")
+        msg = err["msg"]
+        if err["type"] == "string_pattern_mismatch":
+            pattern = (err.get("ctx") or {}).get("pattern")
+            if pattern == NO_CONTROL:
+                msg = "contains a control character (U+0000..U+001F or U+007F..U+009F)"
+            elif pattern == NO_NUL:
+                msg = "contains a NUL character"
+        parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
 
 
-def load_json(raw: bytes | str) -> Any:
-    if isinstance(raw, bytes):
+def load_json(raw: bytes | str | None) -> Any:
+    """Parse one JSON document strictly (RFC 8259): no NaN or Infinity, no lone surrogate
+    escape, at most a few hundred levels of nesting (pydantic-core's parser, which never
+    recurses in Python, so a deep document is a clean ``invalid_json``, not a RecursionError).
+    None (a tombstone) raises :class:`Tombstone`."""
+    if raw is None:
+        raise Tombstone()
+    if isinstance(raw, str):
         try:
-            raw = raw.decode("utf-8")
+            data = raw.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DecodeError("invalid_utf8", str(exc)) from None
+    else:
+        data = bytes(raw)
+        try:
+            data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise DecodeError("invalid_utf8", str(exc)) from None
     try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
+        return from_json(data, allow_inf_nan=False)
+    except RecursionError:
+        raise DecodeError("invalid_json", "nested too deeply") from None
+    except ValueError as exc:
         raise DecodeError("invalid_json", str(exc)) from None
 
 
@@ -87,34 +148,40 @@ def _type_of(obj: Any, default: str) -> str:
     return kind
 
 
-def decode_events(raw: bytes | str) -> DecodedEvents:
+def decode_events(raw: bytes | str | None, limits: Limits | None = None) -> DecodedEvents:
     """Decode an ``inference-events`` message: an event, a batch, or an end-of-input marker.
 
-    A whole message that cannot be read raises :class:`DecodeError`. In a batch, each invalid
-    event is rejected on its own and the valid ones are kept.
+    A whole message that cannot be read raises :class:`DecodeError` (:class:`Tombstone` for
+    None). In a batch, each invalid event is rejected on its own and the valid ones are kept.
+    ``limits`` (default :data:`~services.contracts.models.DEFAULT_LIMITS`) sets the longest
+    request; build it with ``Limits.from_settings(settings)``.
     """
+    if raw is None:
+        raise Tombstone()
     out = DecodedEvents()
+    context = None if limits is None else {"limits": limits}
     if isinstance(raw, bytes):
         # fast paths: parse and validate in one pass (pydantic-core), a batch or one event;
         # the slow path below says exactly what is wrong (event by event in a batch)
         try:
             if b'"events"' in raw:
-                out.events.extend(InferenceEventBatch.model_validate_json(raw).events)
+                batch = InferenceEventBatch.model_validate_json(raw, context=context)
+                out.events.extend(batch.events)
             else:
-                out.events.append(InferenceEvent.model_validate_json(raw))
+                out.events.append(InferenceEvent.model_validate_json(raw, context=context))
             return out
-        except ValidationError:
+        except (ValidationError, RecursionError):
             pass
     obj = load_json(raw)
     kind = _type_of(obj, _BATCH if isinstance(obj, dict) and "events" in obj else _EVENT)
     if kind == _EVENT:
         try:
-            out.events.append(InferenceEvent.model_validate(obj))
+            out.events.append(InferenceEvent.model_validate(obj, context=context))
         except ValidationError as exc:
             raise DecodeError("invalid_event", explain(exc)) from None
     elif kind == _BATCH:
         try:
-            out.events.extend(InferenceEventBatch.model_validate(obj).events)
+            out.events.extend(InferenceEventBatch.model_validate(obj, context=context).events)
         except ValidationError as exc:
             items = obj.get("events")
             if not isinstance(items, list) or not isinstance(obj.get("resource_id"), str):
@@ -122,7 +189,7 @@ def decode_events(raw: bytes | str) -> DecodedEvents:
             resource = obj["resource_id"]
             for item in items:
                 try:
-                    event = InferenceEvent.model_validate(item)
+                    event = InferenceEvent.model_validate(item, context=context)
                 except ValidationError as item_exc:
                     out.rejected.append(Rejected("invalid_event", explain(item_exc), item))
                     continue
@@ -149,11 +216,13 @@ def _validate(model: type[M], obj: Any, reason: str) -> M:
 
 
 def _decode_one(
-    raw: bytes | str, model: type[M], default: str, reason: str, topic: str
+    raw: bytes | str | None, model: type[M], default: str, reason: str, topic: str
 ) -> M | EndOfInput:
+    if raw is None:
+        raise Tombstone()
     try:  # fast path: one pass in pydantic-core; the slow path explains failures
         return model.model_validate_json(raw)
-    except ValidationError:
+    except (ValidationError, RecursionError):
         pass
     obj = load_json(raw)
     kind = _type_of(obj, default)
@@ -164,13 +233,63 @@ def _decode_one(
     raise DecodeError("unknown_type", f"unknown message type {kind!r} on {topic}")
 
 
-def decode_rate(raw: bytes | str) -> GpuRate | EndOfInput:
+def decode_rate(raw: bytes | str | None) -> GpuRate | EndOfInput:
     return _decode_one(raw, GpuRate, _RATE, "invalid_rate", "gpu-rates")
 
 
-def decode_allocation(raw: bytes | str) -> CostAllocation | EndOfInput:
+def decode_allocation(raw: bytes | str | None) -> CostAllocation | EndOfInput:
     return _decode_one(raw, CostAllocation, _ALLOCATION, "invalid_allocation", "cost-allocations")
 
 
-def decode_billing(raw: bytes | str) -> BillingLine | EndOfInput:
+def decode_billing(raw: bytes | str | None) -> BillingLine | EndOfInput:
     return _decode_one(raw, BillingLine, _BILLING, "invalid_billing_line", "gpu-billing")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+
+
+def too_far_in_future(
+    finished_at: datetime | int,
+    now: datetime | float,
+    max_future_seconds: float = MAX_FUTURE_SECONDS,
+) -> bool:
+    """Whether ``finished_at`` is more than ``max_future_seconds`` after ``now``.
+
+    ``finished_at``: an aware datetime, or an int of microseconds since the Unix epoch (as
+    ``services.accounting.to_us`` gives). ``now``: the processor's *wall* clock, an aware
+    datetime or Unix seconds (``time.time()``; never ``time.monotonic()``).
+    """
+    end_us = finished_at if isinstance(finished_at, int) else (finished_at - _EPOCH) // _ONE_US
+    now_us = (now - _EPOCH) // _ONE_US if isinstance(now, datetime) else round(now * 1e6)
+    return end_us - now_us > max_future_seconds * 1_000_000
+
+
+def check_clock(
+    events: Sequence[E], now: datetime | float, max_future_seconds: float = MAX_FUTURE_SECONDS
+) -> tuple[list[E], list[Rejected]]:
+    """Split decoded events (models or fast-path records) into those the processor may account
+    and those finishing more than ``max_future_seconds`` after its wall clock ``now`` (see
+    :func:`too_far_in_future`), rejected with reason ``future_event`` and the event as payload."""
+    ok: list[E] = []
+    rejected: list[Rejected] = []
+    for event in events:
+        if not too_far_in_future(event.finished_at, now, max_future_seconds):
+            ok.append(event)
+            continue
+        clock = now if isinstance(now, datetime) else _EPOCH + timedelta(seconds=now)
+        ahead = (event.finished_at - clock).total_seconds()
+        payload = (
+            to_builtins(event)
+            if isinstance(event, EventRecord)
+            else event.model_dump(mode="json", exclude_none=True)
+        )
+        rejected.append(
+            Rejected(
+                FUTURE_EVENT,
+                f"finished_at {event.finished_at.isoformat()} is {ahead:.0f} s after the "
+                f"processor's clock (limit {max_future_seconds:g} s)",
+                payload,
+            )
+        )
+    return ok, rejected

@@ -74,6 +74,17 @@ class Settings(BaseSettings):
         description="most seconds an event may finish after the processor's wall clock",
     )
     late_horizon_seconds: int = Field(default=7 * 86_400, ge=0)
+    max_request_seconds: int = Field(
+        default=86_400,
+        ge=1,
+        description="longest request accepted (finished_at - started_at); longer: dead-lettered",
+    )
+    max_future_seconds: int = Field(
+        default=300,
+        ge=0,
+        description="most an event's finished_at may be after the processor's wall clock when "
+        "it reads the event; later: dead-lettered as future_event",
+    )
     billing_horizon_seconds: int = Field(default=62 * 86_400, ge=0)
     fetch_bytes_per_partition: int = Field(
         default=4 * 1024 * 1024,

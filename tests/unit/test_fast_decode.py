@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.attribution.processor import to_request
-from services.contracts import DecodeError, decode_allocation, decode_events
+from services.contracts import DecodeError, Limits, decode_allocation, decode_events
 from services.contracts.fast import allocation_record, event_records
 from services.ledger.db import counted_set, entry_row, record_row
 from services.ledger.writer import LedgerDecoder
@@ -20,6 +20,8 @@ from services.runtime.config import Settings
 TEXT = st.one_of(
     st.text(min_size=1, max_size=8),
     st.sampled_from(["a", " a", "a ", "\ta", "a\n", "", "x" * 128, "x" * 129, "é", "a\x1f"]),
+    # control characters (the contract refuses them in ids and names) and a lone surrogate
+    st.sampled_from(["a\x00", "\x00", "a\x00b", "a\x7fb", "a\x85b", "a\x9f", "a\nb", "a\ud800"]),
 )
 TIMESTAMP = st.one_of(
     st.sampled_from(
@@ -39,6 +41,16 @@ TIMESTAMP = st.one_of(
             "0001-01-01T00:00:00+01:00",
             "9999-12-31T23:59:59-01:00",
             "2024-02-30T00:00:00Z",
+            # the calendar's ends: the contract takes years 0002..9998 in UTC
+            "9998-12-31T23:59:59Z",
+            "9998-12-31T23:30:00-01:00",
+            "9999-01-01T00:00:00Z",
+            "0002-01-01T00:00:00Z",
+            "0002-01-01T00:30:00+01:00",
+            # a request of exactly a day (the default limit) from the usual start, and longer
+            "2024-01-02T00:00:00.250Z",
+            "2024-01-02T00:00:00.251Z",
+            "2030-01-01T00:00:00Z",
         ]
     ),
     st.integers(min_value=0, max_value=2_000_000_000),
@@ -47,6 +59,8 @@ TIMESTAMP = st.one_of(
 COUNT = st.one_of(
     st.integers(min_value=-2, max_value=10**6),
     st.sampled_from([1.0, 2.5, "5", True, None, 2**70]),
+    # the contract's ceilings: 10^9 tokens, 4,096 GPUs
+    st.sampled_from([10**9, 10**9 + 1, 4096, 4097, 10**30]),
 )
 
 
@@ -67,7 +81,19 @@ FUZZ: dict[str, Any] = {
     "cached_prompt_tokens": COUNT,
     "gpu_count": COUNT,
     "attributes": st.one_of(
-        st.none(), st.dictionaries(TEXT, st.integers() | st.text(max_size=3), max_size=2)
+        st.none(),
+        st.dictionaries(TEXT, st.integers() | st.text(max_size=3), max_size=2),
+        st.sampled_from(
+            [
+                {"a": "\x00"},
+                {"a\x00": 1},
+                {"a": {"b": ["\x00"]}},
+                {"a": 1.5},
+                {"a": json.loads("[" * 31 + "]" * 31)},
+                {"a": json.loads("[" * 32 + "]" * 32)},
+                {"a": "\n\x85"},
+            ]
+        ),
     ),
     "unknown_field": st.just(1),
 }
@@ -105,11 +131,14 @@ def plain_event(n: int, resource: str = "node-1") -> dict[str, Any]:
     }
 
 
-def same_events(raw: bytes) -> None:
-    fast = event_records(raw)
+LIMITS = st.sampled_from([Limits(), Limits(max_request_seconds=2)])
+
+
+def same_events(raw: bytes, limits: Limits | None = None) -> None:
+    fast = event_records(raw, limits or Limits())
     if fast is None:
         return  # the full decoder decides, as before
-    slow = decode_events(raw)  # must accept all of it
+    slow = decode_events(raw, limits)  # must accept all of it
     assert not slow.rejected and slow.end_of_input is None
     assert [to_request(e) for e in fast] == [to_request(e) for e in slow.events]
     for f, s in zip(fast, slow.events, strict=True):
@@ -118,19 +147,20 @@ def same_events(raw: bytes) -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(events())
-def test_an_event_the_fast_path_accepts_is_the_same_event_for_the_models(event):
-    same_events(json.dumps(event).encode())
+@given(events(), LIMITS)
+def test_an_event_the_fast_path_accepts_is_the_same_event_for_the_models(event, limits):
+    same_events(json.dumps(event).encode(), limits)
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(events(resource="node-1"), min_size=0, max_size=3),
-    st.sampled_from(["node-1", " node-1"]),
+    st.sampled_from(["node-1", " node-1", "node\x00-1"]),
+    LIMITS,
 )
-def test_a_batch_the_fast_path_accepts_is_the_same_batch_for_the_models(items, resource):
+def test_a_batch_the_fast_path_accepts_is_the_same_batch_for_the_models(items, resource, limits):
     raw = json.dumps({"resource_id": resource, "events": items}).encode()
-    same_events(raw)
+    same_events(raw, limits)
 
 
 def test_the_fast_path_takes_ordinary_events_and_batches():

@@ -172,7 +172,9 @@ def test_a_partition_running_ahead_of_the_slowest_is_paused_until_it_catches_up(
 
 
 # -- the hand-built allocation encoding is byte for byte the contract model's ---------------
-_text = st.text(min_size=1, max_size=12).map(lambda s: s.strip() or "x")
+# ids and names as the contract accepts them: no control character (Cc), no surrogate (Cs)
+_chars = st.characters(blacklist_categories=("Cc", "Cs"))
+_text = st.text(_chars, min_size=1, max_size=12).map(lambda s: s.strip() or "x")
 _money = st.decimals(
     allow_nan=False, allow_infinity=False, places=12, min_value=-(10**6), max_value=10**6
 )
@@ -186,7 +188,7 @@ def closed_buckets(draw):
     entries = [
         Entry(
             entry_id=draw(
-                st.text(min_size=16, max_size=20).map(lambda s: s.strip().ljust(16, "e"))
+                st.text(_chars, min_size=16, max_size=20).map(lambda s: s.strip().ljust(16, "e"))
             ),
             entry_kind=draw(st.sampled_from(["usage", "idle", "adjustment", "reconciliation"])),
             cost_basis=draw(st.sampled_from(["list", "billed"])),
