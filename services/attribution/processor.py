@@ -38,6 +38,7 @@ from services.contracts import (
     GpuRate,
     InferenceEvent,
     LedgerEntry,
+    Limits,
     decode_billing,
     decode_events,
     decode_rate,
@@ -287,6 +288,7 @@ class AttributionProcessor:
         self._next_offset: dict[int, int] = {}  # per events partition: after the latest read
         self._emitted: dict[int, int] = {}  # per events partition: the latest offset to commit
         self.wall_clock = time.time  # judges events from the future (a wrong clock on a node)
+        self._limits = Limits.from_settings(settings)
         self._seq = itertools.count()
         self._markers: set[tuple[str, int]] = set()
         self._flushed = False
@@ -339,13 +341,13 @@ class AttributionProcessor:
             return
         events: list[InferenceEvent] | list[EventRecord] | None = None
         if isinstance(raw, bytes):
-            events = event_records(raw)  # the fast path; None: the full decoder decides
+            events = event_records(raw, self._limits)  # fast path; None: the full decoder
             if events and self._reroute(raw, events[0].resource_id, key):
                 self._out.release.append(token)
                 return
         if events is None:
             try:
-                decoded = decode_events(raw)
+                decoded = decode_events(raw, self._limits)
             except DecodeError as exc:
                 self._reject(topic, exc.reason, exc.detail, raw, partition, offset)
                 self._out.release.append(token)
@@ -452,8 +454,13 @@ class AttributionProcessor:
             )
         return kept
 
-    def _reference(self, decode: Any, topic: str, raw: bytes, partition: int, offset: int) -> Any:
+    def _reference(
+        self, decode: Any, topic: str, raw: bytes | None, partition: int, offset: int
+    ) -> Any:
         """Decode a rates or billing message; markers and rejects are handled here (None)."""
+        if raw is None:  # a tombstone carries nothing: counted and skipped
+            self.counters["tombstones"] += 1
+            return None
         try:
             msg = decode(raw)
         except DecodeError as exc:
@@ -464,14 +471,14 @@ class AttributionProcessor:
             return None
         return msg
 
-    def on_rate(self, raw: bytes, partition: int, offset: int) -> None:
+    def on_rate(self, raw: bytes | None, partition: int, offset: int) -> None:
         rate = self._reference(decode_rate, self.rates_topic, raw, partition, offset)
         if rate is not None:
             self.counters["rates"] += 1
             self._own((rate.resource_id,), partition)
             self._changes.extend(self.book.add_rate(to_rate(rate)))
 
-    def on_billing(self, raw: bytes, partition: int, offset: int) -> None:
+    def on_billing(self, raw: bytes | None, partition: int, offset: int) -> None:
         line = self._reference(decode_billing, self.billing_topic, raw, partition, offset)
         if line is None:
             return

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import faust
+import psycopg
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
@@ -158,7 +159,8 @@ def build(
             await app.producer.send_and_wait(topic, None, value, None, None, None)
 
     # what Postgres refuses for a value (not an outage): a poison message is dead-lettered
-    refused = (sa_exc.DataError, sa_exc.IntegrityError, sa_exc.ProgrammingError)
+    # (COPY runs on the raw psycopg cursor, so its errors come unwrapped)
+    refused = (sa_exc.DataError, sa_exc.IntegrityError, psycopg.DataError, psycopg.IntegrityError)
 
     async def store(batch: Batch) -> int:
         return await retry_async(
@@ -180,7 +182,7 @@ def build(
                 letter = dead_letter(
                     topic,
                     "rejected_by_database",
-                    str(exc.orig if exc.orig is not None else exc).splitlines()[0],
+                    (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0],
                     raw or b"",
                     settings.dlq_payload_limit,
                     source="ledger",

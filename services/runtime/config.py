@@ -68,11 +68,6 @@ class Settings(BaseSettings):
         "one before the attribution processor pauses it: its messages would only wait in "
         "memory for the slowest partition's watermark; 0 never pauses",
     )
-    max_future_seconds: int = Field(
-        default=300,
-        ge=0,
-        description="most seconds an event may finish after the processor's wall clock",
-    )
     late_horizon_seconds: int = Field(default=7 * 86_400, ge=0)
     max_request_seconds: int = Field(
         default=86_400,
