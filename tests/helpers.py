@@ -465,3 +465,28 @@ class TcpProxy:
         self._stop = True
         self.cut()
         self._listener.close()
+
+
+def explain_lost(db_url: str, events: list[InferenceEvent], lost: list[str]) -> list[str]:
+    """For each lost event: its span in 60 s buckets and the buckets of the attribution state
+    that hold its id. Held in none: its message was never accounted (skipped by a commit);
+    held in some but not its finish bucket: replayed after a restart and taken for a duplicate
+    because its first buckets had closed."""
+    by_id = {e.event_id: e for e in events}
+    out = []
+    for eid in lost:
+        e = by_id[eid]
+        rows = query_rows(
+            db_url,
+            "SELECT key::bigint / 1000000 FROM attribution_state WHERE kind = 'bucket' "
+            f"AND resource_id = '{e.resource_id}' AND data->'facts'->'events' ? '{eid}' "
+            "ORDER BY 1",
+        )
+        start, end = int(e.started_at.timestamp()), int(e.finished_at.timestamp())
+        span = list(range(start - start % 60, end - end % 60 + 1, 60))
+        held = [r[0] for r in rows]
+        out.append(
+            f"{eid} {e.resource_id} {end - start}s buckets {len(span)} held in state "
+            f"{len(held)} (finish bucket {'in' if span[-1] in held else 'NOT in'} state)"
+        )
+    return out

@@ -21,6 +21,7 @@ from tests.helpers import (
     cli,
     counting_faults,
     expected_positions,
+    explain_lost,
     fault_scenario,
     kill_group,
     position_diff,
@@ -88,6 +89,7 @@ def test_kill9_during_out_of_order_stream_is_exact(cli_env, settings, tmp_path):
             f"counting: {len(faults['missing'])} missing {faults['missing'][:10]}, "
             f"{len(faults['twice'])} twice, {len(faults['unknown'])} unknown"
         )
+        problems += explain_lost(settings.database_url, events, faults["missing"])
     if spare_got != spare_want:
         problems.append(f"spare node: {len(spare_got)} of {len(spare_want)} idle buckets")
     if got != want:

@@ -17,6 +17,7 @@ from tests.helpers import (
     cli,
     counting_faults,
     expected_positions,
+    explain_lost,
     fault_scenario,
     kill_group,
     position_diff,
@@ -60,5 +61,7 @@ def test_shuffled_chunks_then_sigterm_count_every_event_once(cli_env, settings, 
             f"+{(e.finished_at - e.started_at).total_seconds()}s"
             for e in lost
         )
+        + "\n"
+        + "\n".join(explain_lost(settings.database_url, events, faults["missing"]))
     )
     assert got == want, position_diff(got, want)
