@@ -97,3 +97,42 @@ def test_kill9_during_out_of_order_stream_is_exact(cli_env, settings, tmp_path):
         total_want = sum(v[0] for v in want.values())
         problems.append(f"ledger total {total_got} of {total_want}; {position_diff(got, want)}")
     assert not problems, f"after {len(kills)} kills:\n" + "\n".join(problems)
+
+
+def test_consumer_never_commits_past_a_held_message():
+    """The attribution processor holds a message (``msg.incref()``) until its buckets close and
+    lets later ones go first: Kafka's committed offset must never pass a held message, or a
+    crash loses it. faust-streaming 0.15's ``Consumer._new_offset`` (transport/consumer.py)
+    commits the first run of acknowledged offsets when nothing was committed yet or the
+    committed offset is 0 (``if committed_offset:``), and when exactly one message at the
+    committed offset is still held (``min(acked) - committed_offset > 1``: off by one)."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from intervaltree import IntervalTree
+
+    from services.runtime.faustapp import _Consumer
+
+    def new_offset(committed: int | None, acked: list[int]) -> int | None:
+        tp = ("inference-events", 0)
+        state = SimpleNamespace(
+            _acked=defaultdict(list, {tp: list(acked)}),
+            _gap=defaultdict(IntervalTree),
+            _committed_offset=defaultdict(lambda: None, {tp: committed}),
+            _acked_index=defaultdict(set, {tp: set(acked)}),
+        )
+        return _Consumer._new_offset(state, tp)  # type: ignore[arg-type]
+
+    # (committed, acked) -> the commit must not pass the first held offset
+    cases = {
+        "nothing committed, offset 0 held": (None, [1, 2], 0),
+        "committed 0, offset 0 held": (0, [1, 2], 0),
+        "committed 5, offset 5 held": (5, [6, 7], 5),
+        "committed 5, offsets 5, 6 held": (5, [7], 5),
+    }
+    bad = {}
+    for name, (committed, acked, held) in cases.items():
+        got = new_offset(committed, acked)
+        if got is not None and got > held:
+            bad[name] = f"commits {got}, past held offset {held}"
+    assert not bad, bad
