@@ -30,6 +30,7 @@ from tests.helpers import (
     cli,
     counting_faults,
     expected_positions,
+    explain_lost,
     fault_scenario,
     kill_group,
     ledger,
@@ -104,6 +105,7 @@ def test_broker_restarted_mid_run(db_url, tmp_path):
                 f"counting: {len(faults['missing'])} missing {faults['missing'][:8]}, "
                 f"{len(faults['twice'])} twice {faults['twice'][:8]}"
             )
+            observed += explain_lost(db_url, events, faults["missing"][:10])
         if got != want:
             observed.append(position_diff(got, want))
     finally:

@@ -22,6 +22,7 @@ from tests.helpers import (
     cli,
     counting_faults,
     expected_positions,
+    explain_lost,
     fault_scenario,
     free_port,
     kill_group,
@@ -115,6 +116,7 @@ def test_postgres_cut_for_30s_mid_stream(cli_env, settings, tmp_path):
             f"counting: {len(faults['missing'])} missing {faults['missing'][:8]}, "
             f"{len(faults['twice'])} twice"
         )
+        observed += explain_lost(settings.database_url, events, faults["missing"][:10])
     if got != want:
         observed.append(position_diff(got, want))
     assert not observed, "\n".join(observed)
