@@ -23,6 +23,8 @@ import random
 import signal
 import time
 
+import pytest
+
 from services.runtime.config import Settings
 from services.runtime.kafka import ensure_topics
 from services.runtime.stack import EmbeddedBroker, free_port
@@ -44,6 +46,9 @@ from tests.helpers import (
 )
 
 SEED = 47
+
+# bounded: a hang fails this test, not the suite
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 def test_broker_restarted_mid_run(db_url, tmp_path):

@@ -27,6 +27,8 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
+
 from services.contracts import InferenceEvent, dumps
 from services.runtime.kafka import make_producer
 from tests.helpers import (
@@ -49,6 +51,9 @@ RUN_LIMIT_S = 150
 PEAK_LIMIT_KB = 600 * 1024
 RSS_KILL_KB = 1500 * 1024  # a runaway child is stopped before it hurts the machine
 MB5 = 5 * 1024 * 1024
+
+# bounded: a hang fails this test, not the suite
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 def _event(**over: Any) -> dict[str, Any]:
@@ -242,7 +247,7 @@ def test_hostile_corpus_on_every_topic(cli_env, settings, tmp_path):
     first, second = events[:150], events[150:]
     publish_rates(settings, rates)
     publish_events(settings, first + extras)
-    producer = make_producer(settings, max_request_size=12_000_000, buffer_memory=64_000_000)
+    producer = make_producer(settings, max_request_size=12_000_000)
     sent: dict[tuple[str, int, int], str] = {}
     tombstones = 0
     try:

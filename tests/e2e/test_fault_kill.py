@@ -17,6 +17,8 @@ import random
 import signal
 import time
 
+import pytest
+
 from tests.helpers import (
     cli,
     counting_faults,
@@ -33,6 +35,9 @@ from tests.helpers import (
 
 SEED = 29
 KILLS = 12
+
+# bounded: a hang fails this test, not the suite
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 def out_of_order(events, rng, window=40):

@@ -14,6 +14,7 @@ import random
 import signal
 import time
 
+import pytest
 import requests
 from sqlalchemy.engine import make_url
 
@@ -36,6 +37,9 @@ from tests.helpers import (
 
 SEED = 41
 CUT_SECONDS = 30
+
+# bounded: a hang fails this test, not the suite
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 def _health(port: int) -> int | None:

@@ -13,6 +13,8 @@ import random
 import signal
 import time
 
+import pytest
+
 from tests.helpers import (
     FAULT_EPOCH,
     cli,
@@ -29,6 +31,9 @@ from tests.helpers import (
 )
 
 SEED = 13
+
+# bounded: a hang fails this test, not the suite
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 def test_shuffled_chunks_then_sigterm_count_every_event_once(cli_env, settings, tmp_path):
