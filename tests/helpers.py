@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -195,3 +196,297 @@ def ingest_fleet_replay(
     cli(env, "ingest", "rates", str(rate_file))
     cli(env, "ingest", "events", str(ev_file))
     return events, fleet_rates
+
+
+# -- fault tests (tests/e2e/test_fault_*.py, bench/faults.py) ---------------------------------
+
+FAULT_EPOCH = "2026-11-02T10:00:00+00:00"
+"""Start of the seeded fault scenarios (in the past: no event is ahead of the wall clock)."""
+
+
+def fault_scenario(
+    seed: int,
+    n_events: int = 400,
+    n_resources: int = 5,
+    n_tenants: int = 5,
+    n_models: int = 3,
+    hours: float = 2,
+    spare: bool = True,
+) -> tuple[list[InferenceEvent], list[GpuRate]]:
+    """A seeded workload: ``n_events`` requests over ``hours`` on ``n_resources`` rated nodes
+    (node-0 changes price half way), about 8 % zero-length and 20 % spanning several 60 s
+    buckets, three statuses, 1 to 4 GPUs; plus, with ``spare``, a rated node with no traffic
+    (all of its buckets are idle cost)."""
+    import random
+    from datetime import datetime, timedelta
+
+    rng = random.Random(seed)
+    t0 = datetime.fromisoformat(FAULT_EPOCH)
+    span_us = int(hours * 3600 * 1_000_000)
+    resources = [f"node-{i}" for i in range(n_resources)]
+    tenants = [f"tenant-{i}" for i in range(n_tenants)]
+    models = ["llama-3.1-70b", "llama-3.1-8b", "qwen2.5-coder-32b"][:n_models]
+    rates = [
+        GpuRate(
+            resource_id=r,
+            price_per_hour=Decimal(rng.choice(["2.50", "12.00", "36.00", "98.32"])),
+            currency="USD",
+            effective_from=t0,
+            source="list",
+        )
+        for r in resources + (["node-spare"] if spare else [])
+    ]
+    rates.append(
+        GpuRate(
+            resource_id=resources[0],
+            price_per_hour=Decimal("7.77"),
+            currency="USD",
+            effective_from=t0 + timedelta(microseconds=span_us // 2 + 123_457),
+            source="spot",
+        )
+    )
+    events = []
+    for i in range(n_events):
+        kind = rng.random()
+        if kind < 0.08:
+            dur = 0
+        elif kind < 0.28:
+            dur = rng.randrange(60_000_000, 300_000_000)
+        else:
+            dur = rng.randrange(1_000, 30_000_000)
+        start = t0 + timedelta(microseconds=rng.randrange(0, span_us - dur))
+        prompt = rng.randrange(0, 8000)
+        status = rng.choices(["ok", "error", "cancelled"], [90, 6, 4])[0]
+        events.append(
+            InferenceEvent(
+                event_id=f"ev-{seed}-{i}",
+                tenant_id=rng.choice(tenants),
+                resource_id=rng.choice(resources),
+                model=rng.choice(models),
+                engine="vllm",
+                started_at=start,
+                finished_at=start + timedelta(microseconds=dur),
+                prompt_tokens=prompt,
+                cached_prompt_tokens=rng.randrange(0, prompt + 1) if rng.random() < 0.3 else 0,
+                completion_tokens=0 if status == "error" else rng.randrange(0, 2000),
+                status=status,
+                gpu_count=rng.choice([1, 1, 2, 4]),
+            )
+        )
+    return events, rates
+
+
+def publish_events(settings: Any, events: list[InferenceEvent], batch: int = 50) -> int:
+    """Publish ``events`` as per-resource batches (at most ``batch`` events a message), the
+    way ``inferledger ingest events`` does; returns the number of messages."""
+    from services.ingest.files import batch_events
+    from services.runtime.kafka import make_producer
+
+    producer = make_producer(settings, compression_type="gzip")
+    n = 0
+    try:
+        for resource, value, _ in batch_events(events, batch, settings.max_message_bytes):
+            producer.send(settings.topic("inference-events"), key=resource, value=value)
+            n += 1
+        producer.flush(60)
+    finally:
+        producer.close(10)
+    return n
+
+
+def publish_rates(settings: Any, rates: list[GpuRate]) -> None:
+    from services.contracts import dumps
+    from services.runtime.kafka import make_producer
+
+    producer = make_producer(settings)
+    try:
+        for r in rates:
+            producer.send(settings.topic("gpu-rates"), key=r.resource_id, value=dumps(r))
+        producer.flush(60)
+    finally:
+        producer.close(10)
+
+
+def counted_event_ids(db_url: str) -> dict[str, int]:
+    """How many times the ledger counted each event (the ``counted_events`` view)."""
+    rows = query_rows(db_url, "SELECT event_id, count(*) FROM counted_events GROUP BY event_id")
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def counting_faults(db_url: str, events: list[InferenceEvent]) -> dict[str, list[str]]:
+    """Valid events never counted, events counted more than once, and unknown counted ids."""
+    got = counted_event_ids(db_url)
+    want = {e.event_id for e in events}
+    return {
+        "missing": sorted(want - set(got)),
+        "twice": sorted(e for e, n in got.items() if n > 1),
+        "unknown": sorted(set(got) - want),
+    }
+
+
+def position_diff(got: dict[Any, Any], want: dict[Any, Any], limit: int = 12) -> str:
+    """The keys where two position maps differ, as lines (for assertion messages)."""
+    changed = {k for k in got if k in want and got[k] != want[k]}
+    keys = sorted(set(got) ^ set(want) | changed, key=str)
+    lines = [f"{k}: got {got.get(k)} want {want.get(k)}" for k in keys[:limit]]
+    return f"{len(keys)} positions differ:\n" + "\n".join(lines)
+
+
+def start_run(env: dict[str, str], log: Any, *args: str) -> subprocess.Popen[bytes]:
+    """``inferledger run ARGS`` in its own process group (so a kill reaches its children),
+    stdout and stderr appended to ``log``."""
+    out = open(log, "ab")  # noqa: SIM115 - the child owns it
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", "run", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        out.close()
+
+
+def kill_group(proc: subprocess.Popen[bytes], sig: int = 9, wait_s: float = 30) -> int | None:
+    """Send ``sig`` to the process group of ``proc`` and wait for it (None: still running)."""
+    import os
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        return proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (read from /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def vm_hwm_kb(pid: int) -> int:
+    """Peak resident memory (VmHWM) of a live process in KiB (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def wait_until(pred: Any, limit_s: float, step_s: float = 0.5) -> bool:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step_s)
+    return bool(pred())
+
+
+class TcpProxy:
+    """A TCP proxy (threads) in front of ``target``: ``cut()`` closes every connection and
+    refuses new ones (accepted, then closed at once) until ``restore()``."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import threading
+
+        self.target = target
+        self.port = free_port()
+        self._listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self.cut_flag = False
+        self.refused = 0
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._stop:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.cut_flag:
+                self.refused += 1
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with self._lock:
+                    self._conns.discard(s)
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def cut(self) -> None:
+        self.cut_flag = True
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def restore(self) -> None:
+        self.cut_flag = False
+
+    def close(self) -> None:
+        self._stop = True
+        self.cut()
+        self._listener.close()
+
+
+def explain_lost(db_url: str, events: list[InferenceEvent], lost: list[str]) -> list[str]:
+    """For each lost event: its span in 60 s buckets and the buckets of the attribution state
+    that hold its id. Held in none: its message was never accounted (skipped by a commit);
+    held in some but not its finish bucket: replayed after a restart and taken for a duplicate
+    because its first buckets had closed."""
+    by_id = {e.event_id: e for e in events}
+    out = []
+    for eid in lost:
+        e = by_id[eid]
+        rows = query_rows(
+            db_url,
+            "SELECT key::bigint / 1000000 FROM attribution_state WHERE kind = 'bucket' "
+            f"AND resource_id = '{e.resource_id}' AND data->'facts'->'events' ? '{eid}' "
+            "ORDER BY 1",
+        )
+        start, end = int(e.started_at.timestamp()), int(e.finished_at.timestamp())
+        span = list(range(start - start % 60, end - end % 60 + 1, 60))
+        held = [r[0] for r in rows]
+        out.append(
+            f"{eid} {e.resource_id} {end - start}s buckets {len(span)} held in state "
+            f"{len(held)} (finish bucket {'in' if span[-1] in held else 'NOT in'} state)"
+        )
+    return out
