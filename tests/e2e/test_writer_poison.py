@@ -4,6 +4,8 @@ are written, and `run --until-idle` still ends."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -67,3 +69,32 @@ def test_a_message_postgres_refuses_is_dead_lettered_and_the_rest_written(settin
     assert [d["reason"] for d in dlq] == ["rejected_by_database"]
     assert "refused by a test trigger" in dlq[0]["detail"]
     assert "poison-entry-00001" in dlq[0]["payload"]
+
+
+def test_an_agent_that_fails_takes_its_process_down_with_a_non_zero_exit(settings, cli_env):
+    """Not an outage and not a refused value (a bug, say): faust would log it and leave a
+    process that looks alive and writes nothing; it must exit non-zero for its supervisor."""
+    engine = create_engine(settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                REFUSE.replace("check_violation", "feature_not_supported").replace(
+                    "refused by a test trigger", "a bug"
+                )
+            )
+        )
+    engine.dispose()
+    topic = settings.topic("cost-allocations")
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer.send(topic, key=b"node-1", value=allocation("poison-entry-00001", 1))
+    producer.flush()
+    producer.close()
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "run", "ledger"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "agent failed; stopping the process" in proc.stdout + proc.stderr
