@@ -11,7 +11,8 @@ One slot is two signed 64-bit integers in flat arrays (16 bytes, no Python objec
   restarted process still tells an identical copy from a conflicting one). Digest 0 means
   "content unknown" (a bucket stored before digests were).
 
-Linear probing, at most 2/3 full; growing rebuilds the table and drops the entries whose last
+Linear probing, at most 2/3 full (about 20 bytes an id: 5,000,000 ids take 134 MB, 201 MB while
+growing); growing rebuilds the table and drops the entries whose last
 bucket is before :attr:`SeenIndex.expire_before` (behind the late horizon: see ``Book``).
 Deleting (``discard``) keeps the key and marks the value, so probe chains stay intact.
 """
@@ -181,7 +182,7 @@ class SeenIndex:
             i = (i + 1) & mask
 
     def rebuild(self) -> None:
-        """Copy the live entries (not deleted, not expired) into a table at most 1/3 full
+        """Copy the live entries (not deleted, not expired) into a table at most half full
         (the peak is both tables, never a Python object per entry)."""
         expire = -_MAX_BUCKET if self.expire_before is None else self.expire_before
         expire = max(expire, -_MAX_BUCKET)  # so that DELETED is always below
@@ -189,7 +190,7 @@ class SeenIndex:
         low = expire << 32  # v >> 32 >= expire, without a shift per entry
         n = sum(1 for k, v in zip(old_keys, old_vals, strict=True) if k and v >= low)
         size = 8
-        while size < 3 * n:
+        while size < 2 * n:
             size *= 2
         self._alloc(size)
         keys, vals, mask = self._keys, self._vals, self._mask
