@@ -34,12 +34,22 @@ from services.accounting.arithmetic import (
 )
 from services.accounting.facts import BucketFacts
 from services.accounting.model import AccountingSettings, Bill, Entry, Rate, Request
+from services.accounting.seen import (
+    DELETED,
+    SeenIndex,
+    content_digest,
+    digest_of,
+    event_key,
+    last_bucket,
+    pack,
+)
 
 
 class Added(Enum):
     ACCEPTED = "accepted"
     LATE = "late"  # accepted into buckets that had closed: late_adjustment entries
-    DUPLICATE = "duplicate"
+    DUPLICATE = "duplicate"  # the same event again (same id and content): nothing changes
+    CONFLICT = "conflict"  # an accepted id again with other content: refused (the first wins)
     TOO_LATE = "too_late"  # beyond the late horizon: rejected
 
 
@@ -122,6 +132,8 @@ class Book:
         self._new_inputs: list[tuple[str, str, str, dict[str, Any]]] = []
         self._bucket_us = settings.bucket_us
         self._nano_weights: dict[str, tuple[int, int, int]] = {}  # per model
+        # every accepted event id, wherever its buckets lie (see add_request and _prune)
+        self._seen = SeenIndex()
 
     # -- input ---------------------------------------------------------------------------
     def add_rate(self, rate: Rate) -> list[ClosedBucket]:
@@ -191,34 +203,96 @@ class Book:
         return self._recompute(bill.resource_id, touched, "reconciliation", f"line:{bill.line_id}")
 
     def add_request(self, req: Request) -> tuple[Added, list[ClosedBucket]]:
+        """Add one request to the buckets it spans.
+
+        An event id is looked up in the Book's index of accepted ids (:class:`SeenIndex`),
+        not only in the buckets this copy touches: a copy whose content (times, tokens,
+        tenant, model, status, resource, GPUs) differs from the first copy's is a
+        ``CONFLICT`` and changes nothing, wherever the first copy's buckets lie. An identical
+        copy is a ``DUPLICATE``, unless some of its buckets lack it (they were open when the
+        process stopped, the others closed and stored): it is then added to those only, so a
+        message read again after a restart completes what was lost and counts nothing twice.
+        An id is remembered until its last bucket falls behind the late horizon, when every
+        bucket of its first copy is final: a copy touching them is ``TOO_LATE``.
+        """
         res = self._resources[req.resource_id]
         W = self._bucket_us
         start, end = req.start_us, req.end_us
         first = start - start % W  # bucket_floor (per event: no call)
         buckets = range(first, end - end % W + W, W)  # request_buckets
         if res.evicted_before_us is not None and first < res.evicted_before_us:
-            self._fetch(req.resource_id, buckets)
-        open_, closed, event_id = res.open, res.closed, req.event_id
-        for b in buckets:
-            facts = open_.get(b)
-            if facts is None and b in closed:
-                facts = closed[b].facts
-            if facts is not None and event_id in facts.event_ids:
-                return Added.DUPLICATE, []
+            self._fetch(req.resource_id, buckets)  # (indexes their event ids)
+        key = hash(req.event_id) or 1  # event_key (per event: no call)
+        digest = content_digest(req)
+        seen = self._seen
+        slot = seen.find(key)
+        if seen.key_at(slot):
+            value = seen.value_at(slot)
+            if value != DELETED:
+                return self._again(req, res, buckets, value & 0xFFFFFFFF, digest)
         nxt = res.next_open_us
         late = [] if nxt is None or first >= nxt else [b for b in buckets if b < nxt]
         if late:
             horizon = self._horizon(self.settings.late_horizon_seconds)
             if horizon is not None and late[0] < horizon:
+                # an id forgotten with its final buckets (see _prune) is still a duplicate
+                # where those buckets are in memory
+                if any(self._holds(res, b, req.event_id) for b in buckets):
+                    return Added.DUPLICATE, []
                 return Added.TOO_LATE, []
-        if nxt is None:
-            res.next_open_us = first
+        value = (end // W << 32) | digest  # pack(), inline
+        if not -(2**62) < value < 2**62:  # far outside any real time: clamped
+            value = pack(end // W, digest)
+        if seen.key_at(slot):  # a deleted entry of this id: taken over
+            seen.put(key, value)
+        else:
+            seen.insert_at(slot, key, value)
+        return self._add(req, res, buckets, late)
+
+    def _holds(self, res: _Resource, b: int, event_id: str) -> bool:
+        facts = res.open.get(b)
+        if facts is None:
+            state = res.closed.get(b)
+            if state is None:
+                return False
+            facts = state.facts
+        return event_id in facts.event_ids
+
+    def _again(
+        self, req: Request, res: _Resource, buckets: range, first_digest: int, digest: int
+    ) -> tuple[Added, list[ClosedBucket]]:
+        """A copy of an accepted event id (``first_digest``: its first copy's content)."""
+        if first_digest and first_digest != digest:
+            return Added.CONFLICT, []
+        missing = [b for b in buckets if not self._holds(res, b, req.event_id)]
+        if not first_digest:  # content unknown (stored before digests): where does it lie?
+            return (Added.CONFLICT if len(missing) == len(buckets) else Added.DUPLICATE), []
+        if not missing:
+            return Added.DUPLICATE, []
+        nxt = res.next_open_us
+        late = [] if nxt is None else [b for b in missing if b < nxt]
+        horizon = self._horizon(self.settings.late_horizon_seconds)
+        if late and horizon is not None and late[0] < horizon:
+            # buckets behind the late horizon are final: the copy adds nothing there
+            late = [b for b in late if b >= horizon]
+            missing = [b for b in missing if b >= horizon or (nxt is not None and b >= nxt)]
+            if not missing:
+                return Added.DUPLICATE, []
+        return self._add(req, res, missing, late)
+
+    def _add(
+        self, req: Request, res: _Resource, buckets: range | list[int], late: list[int]
+    ) -> tuple[Added, list[ClosedBucket]]:
+        if res.next_open_us is None:
+            res.next_open_us = buckets[0]
         weights = self._nano_weights.get(req.model)
         if weights is None:
             weights = self._nano_weights[req.model] = nano_weights(
                 self.settings.weights_for(req.model)
             )
         work = work_nanos(req, weights)
+        W = self._bucket_us
+        open_ = res.open
         for b in buckets:
             if late and b in late:
                 continue
@@ -226,6 +300,7 @@ class Book:
             if facts is None:
                 facts = open_[b] = BucketFacts(b)
             facts.add(req, work, W)
+        end = req.end_us
         if res.last_event_us is None or end > res.last_event_us:
             res.last_event_us = end
         if self.max_event_us is None or end > self.max_event_us:
@@ -385,7 +460,16 @@ class Book:
         return min(starts, default=None)
 
     def _prune(self) -> None:
-        """Forget closed buckets beyond every horizon (they can no longer change)."""
+        """Forget closed buckets beyond every horizon (they can no longer change).
+
+        Event ids whose last bucket is behind the late horizon leave the index at its next
+        rebuild: every bucket of their first copy is then final, so a copy touching one of
+        them is refused as too late (or found a duplicate there, while it is in memory), and
+        a copy lying wholly after the horizon is a new event (ids are unique within the late
+        horizon, 7 days by default)."""
+        late = self._horizon(self.settings.late_horizon_seconds)
+        if late is not None:
+            self._seen.expire_before = late // self.settings.bucket_us
         keep = max(self.settings.late_horizon_seconds, self.settings.billing_horizon_seconds)
         horizon = self._horizon(keep)
         if horizon is None:
@@ -423,6 +507,7 @@ class Book:
         if missing:
             for b, data in self._loader(resource_id, missing).items():
                 res.closed[b] = Closed.from_data(data)
+                self._remember(b, data)
 
     @property
     def resident_buckets(self) -> int:
@@ -443,12 +528,47 @@ class Book:
         them from storage and reads on from the last committed offset."""
         gone = set(resource_ids)
         for resource_id in gone:
-            self._resources.pop(resource_id, None)
+            res = self._resources.pop(resource_id, None)
+            if res is None:
+                continue
+            # ids not in storage (open or unexported buckets) are the new owner's to accept:
+            # this Book must not take a copy for a duplicate if the resources come back
+            unsaved = [f.event_ids for f in res.open.values()] + [
+                c.facts.event_ids for b, c in res.closed.items() if (resource_id, b) in self._dirty
+            ]
+            for ids in unsaved:
+                for event_id in ids:
+                    self._seen.discard(event_key(event_id))
         self._dirty = {d for d in self._dirty if d[0] not in gone}
         self._new_inputs = [i for i in self._new_inputs if i[0] not in gone]
 
     def resources(self) -> list[str]:
         return list(self._resources)
+
+    # -- the index of accepted event ids -------------------------------------------------
+    def remember(self, resource_id: str, key: str, data: dict[str, Any]) -> None:
+        """Index the event ids of a stored closed bucket (as :meth:`take_dirty` exported it)
+        without keeping the bucket in memory.
+
+        At start-up the caller restores the recent buckets (:meth:`restore`) and passes the
+        others within the late horizon here, so that a copy of an event whose buckets stay in
+        storage is still found."""
+        del resource_id  # one index for all resources (an id is unique across them)
+        self._remember(int(key), data)
+
+    def _remember(self, bucket_start_us: int, data: dict[str, Any]) -> None:
+        facts = data["facts"]
+        events: list[str] = facts["events"]
+        digests: list[int] = facts.get("digests") or [0] * len(events)
+        here = bucket_start_us // self.settings.bucket_us
+        seen = self._seen
+        for event_id, digest in zip(events, digests, strict=True):
+            k = event_key(event_id)
+            old = seen.get(k)
+            if old is None:
+                seen.put(k, pack(here, digest))
+            elif last_bucket(old) < here or (digest and not digest_of(old)):
+                seen.put(k, pack(max(here, last_bucket(old)), digest_of(old) or digest))
 
     # -- durability -----------------------------------------------------------------------
     def take_dirty(self) -> list[tuple[str, str, str, dict[str, Any]]]:
@@ -459,10 +579,14 @@ class Book:
         """
         out = list(self._new_inputs)
         self._new_inputs.clear()
+        seen = self._seen
         for resource_id, b in sorted(self._dirty):
             state = self._resources[resource_id].closed.get(b)
             if state is not None:
-                out.append((resource_id, "bucket", str(b), state.to_data()))
+                data = state.to_data()
+                facts = data["facts"]  # each id's content digest, as the index holds it
+                facts["digests"] = seen.digests(facts["events"])
+                out.append((resource_id, "bucket", str(b), data))
         self._dirty.clear()
         return out
 
@@ -492,6 +616,7 @@ class Book:
             return
         bucket_start_us = int(key)
         res.closed[bucket_start_us] = Closed.from_data(data)
+        self._remember(bucket_start_us, data)
         res.ever_closed = True
         W = self.settings.bucket_us
         nxt = bucket_start_us + W
