@@ -385,6 +385,18 @@ class AttributionProcessor:
             self.counters[_ADDED_KEY[added]] += 1
             if changes:
                 self._changes.extend(changes)
+            if added is Added.CONFLICT:
+                self._reject(
+                    topic,
+                    "duplicate_conflict",
+                    "event_id already accepted with other content (the first copy wins)",
+                    record_data(event)
+                    if isinstance(event, EventRecord)
+                    else event.model_dump(mode="json"),
+                    partition,
+                    offset,
+                )
+                continue
             if added is Added.TOO_LATE:
                 self._reject(
                     topic,

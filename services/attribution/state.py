@@ -128,6 +128,23 @@ def load_resources(engine: Engine, book: Book, resource_ids: list[str]) -> int:
             book.restore(resource_id, "bucket", key, data)
             latest[resource_id] = int(newest)
             n += 1
+        # older buckets within the late horizon stay in storage, but their event ids go into
+        # the Book's index: a reused id is found wherever its first copy lies (only the facts)
+        since = (
+            settings.late_horizon_seconds * 1_000_000 + settings.lateness_us + settings.bucket_us
+        )
+        older = conn.execute(
+            select(_T.resource_id, _T.key, _T.data["facts"])
+            .join(last, last.c.resource_id == _T.resource_id)
+            .where(
+                _T.kind == "bucket",
+                _start != last.c.last,
+                _start <= last.c.last - settings.resident_us,
+                _start > last.c.last - since,
+            )
+        )
+        for resource_id, key, facts in older:
+            book.remember(resource_id, key, {"facts": facts})
     W = settings.bucket_us
     cutoffs = {r: (b + W - settings.resident_us) // W * W for r, b in latest.items()}
     for resource_id, cutoff in cutoffs.items():

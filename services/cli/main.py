@@ -155,6 +155,10 @@ def _run_one(settings: Settings, which: str, until_idle: bool, run_id: str | Non
             if which == "attribution"
             else app.inferledger_counters  # type: ignore[attr-defined]
         )
+        from services.runtime.health import HEALTH, postgres_probe
+
+        if settings.database_url:
+            HEALTH.add_probe("postgres", postgres_probe(settings.database_url))
         serve(settings.metrics_listen, which, counters)  # /metrics and /healthz
         log.info("metrics listening", listen=settings.metrics_listen, component=which)
     if settings.profile_dir is None:

@@ -29,6 +29,12 @@ class Health:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._failing: dict[str, tuple[str, float, int]] = {}  # dep -> (error, since, attempts)
+        # dependency -> a check that raises when it is unreachable: an idle processor has no
+        # failed attempt to report, so /healthz asks the dependency itself
+        self._probes: dict[str, Callable[[], None]] = {}
+
+    def add_probe(self, dependency: str, probe: Callable[[], None]) -> None:
+        self._probes[dependency] = probe
 
     def failed(self, dependency: str, error: BaseException) -> int:
         """Record a failed attempt; returns how many in a row."""
@@ -54,13 +60,37 @@ class Health:
         with self._lock:
             return not self._failing
 
-    def status(self) -> dict[str, Any]:
+    def status(self, probe: bool = False) -> dict[str, Any]:
+        """What is failing now; with ``probe``, also each dependency asked directly."""
         with self._lock:
             failing = {
                 d: {"error": e, "since": since, "attempts": n}
                 for d, (e, since, n) in self._failing.items()
             }
+        if probe:
+            for dependency, check in list(self._probes.items()):
+                if dependency in failing:
+                    continue
+                try:
+                    check()
+                except Exception as exc:  # whatever it raises, it is not reachable
+                    failing[dependency] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         return {"status": "unhealthy" if failing else "ok", "failing": failing}
+
+
+def postgres_probe(url: str, timeout_seconds: int = 2) -> Callable[[], None]:
+    """A check that connects to the database at ``url`` (SQLAlchemy form) and runs SELECT 1."""
+    from sqlalchemy.engine import make_url
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def check() -> None:
+        import psycopg
+
+        with psycopg.connect(dsn, connect_timeout=timeout_seconds) as conn:
+            conn.execute("SELECT 1")
+
+    return check
 
 
 HEALTH = Health()  # one per process: the processes are separate (``run all`` spawns them)

@@ -78,7 +78,7 @@ def serve(
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         if environ.get("PATH_INFO") == "/healthz":
-            status = state.status()
+            status = state.status(probe=True)
             body = json.dumps({"component": component, **status}).encode()
             code = "200 OK" if status["status"] == "ok" else "503 Service Unavailable"
             start_response(code, [("Content-Type", "application/json")])
