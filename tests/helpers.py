@@ -490,3 +490,18 @@ def explain_lost(db_url: str, events: list[InferenceEvent], lost: list[str]) -> 
             f"{len(held)} (finish bucket {'in' if span[-1] in held else 'NOT in'} state)"
         )
     return out
+
+
+# one valid inference event as a producer writes it (JSON), for tests that vary a field
+SAMPLE_EVENT: dict[str, Any] = {
+    "event_id": "e1",
+    "tenant_id": "acme",
+    "resource_id": "node-1",
+    "model": "m",
+    "engine": "vllm",
+    "started_at": "2024-01-01T00:00:00Z",
+    "finished_at": "2024-01-01T00:00:30Z",
+    "prompt_tokens": 10,
+    "completion_tokens": 5,
+    "status": "ok",
+}

@@ -21,18 +21,15 @@ token's scope as ``forbidden``. An operator may override that for dead letters n
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from kafka import KafkaConsumer, TopicPartition
-
 from services.contracts import DecodeError, EndOfInput
 from services.contracts.wire import decode_allocation, decode_billing, decode_events, decode_rate
 from services.runtime.config import ALLOCATIONS, BILLING, EVENTS, RATES, Settings
-from services.runtime.kafka import make_producer
+from services.runtime.kafka import make_producer, read_records
 
 if TYPE_CHECKING:
     from services.ingest.gateway import Credentials
@@ -80,50 +77,12 @@ def dlq_topics(settings: Settings, topics: Iterable[str] | None = None) -> list[
 
 
 def read(settings: Settings, topics: list[str], timeout_s: float = 30) -> Iterator[DeadLetter]:
-    """Every record of ``topics`` from the beginning to their end.
-
-    The end is each partition's high watermark as the fetch responses report it (some brokers'
-    ListOffsets answers lag behind), reached when a poll brings nothing new."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        enable_auto_commit=False,
-        client_id="inferledger-dlq",
-        **settings.kafka_security(),
-    )
-    try:
-        parts = [
-            TopicPartition(t, p)
-            for t in topics
-            for p in sorted(consumer.partitions_for_topic(t) or ())
-        ]
-        if not parts:
-            return
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        deadline = time.monotonic() + timeout_s
-        quiet = 0
-        while True:
-            batch = consumer.poll(timeout_ms=300)
-            for tp, messages in batch.items():
-                for m in messages:
-                    yield DeadLetter(tp.topic, tp.partition, m.offset, _record(m.value))
-            if batch:
-                quiet = 0
-                deadline = time.monotonic() + timeout_s
-                continue
-            quiet += 1
-            marks = [consumer.highwater(tp) for tp in parts]
-            behind = [
-                tp
-                for tp, hw in zip(parts, marks, strict=True)
-                if hw is not None and consumer.position(tp) < hw
-            ]
-            if not behind and (all(hw is not None for hw in marks) or quiet >= 5):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"dead letters of {behind} did not arrive in {timeout_s} s")
-    finally:
-        consumer.close()
+    """Every record of ``topics`` from the beginning to their end (as the fetch responses'
+    high watermarks say: some brokers' ListOffsets answers lag behind)."""
+    for topic, partition, offset, _, value in read_records(
+        settings, topics, timeout_s, client_id="inferledger-dlq"
+    ):
+        yield DeadLetter(topic, partition, offset, _record(value))
 
 
 def _record(value: bytes | None) -> dict[str, Any]:

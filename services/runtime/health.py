@@ -96,8 +96,18 @@ def postgres_probe(url: str, timeout_seconds: int = 2) -> Callable[[], None]:
 HEALTH = Health()  # one per process: the processes are separate (``run all`` spawns them)
 
 
-def _backoff(attempt: int) -> float:
-    return float(min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** (attempt - 1)))
+def _failed(health: Health, dependency: str, exc: BaseException) -> float:
+    """Record and log a failed attempt; returns how long to wait before the next one."""
+    attempt = health.failed(dependency, exc)
+    delay = float(min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** (attempt - 1)))
+    log.warning(
+        "dependency unavailable; retrying",
+        dependency=dependency,
+        attempt=attempt,
+        retry_in=delay,
+        error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+    )
+    return delay
 
 
 def retry_sync(
@@ -113,16 +123,8 @@ def retry_sync(
         try:
             result = fn()
         except retry_on as exc:
-            attempt = health.failed(dependency, exc)
-            delay = _backoff(attempt)
-            log.warning(
-                "dependency unavailable; retrying",
-                dependency=dependency,
-                attempt=attempt,
-                retry_in=delay,
-                error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-            )
-            time.sleep(delay)
+            attempt += 1
+            time.sleep(_failed(health, dependency, exc))
             continue
         if attempt:
             health.recovered(dependency)
@@ -141,16 +143,8 @@ async def retry_async(
         try:
             result = await fn()
         except retry_on as exc:
-            attempt = health.failed(dependency, exc)
-            delay = _backoff(attempt)
-            log.warning(
-                "dependency unavailable; retrying",
-                dependency=dependency,
-                attempt=attempt,
-                retry_in=delay,
-                error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-            )
-            await asyncio.sleep(delay)
+            attempt += 1
+            await asyncio.sleep(_failed(health, dependency, exc))
             continue
         if attempt:
             health.recovered(dependency)

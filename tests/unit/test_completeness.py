@@ -10,19 +10,9 @@ from sqlalchemy import exc as sa_exc
 
 from services.ledger.completeness import scan_events
 from services.runtime import health
+from tests.helpers import SAMPLE_EVENT
 
-EVENT = {
-    "event_id": "e1",
-    "tenant_id": "acme",
-    "resource_id": "node-1",
-    "model": "m",
-    "engine": "vllm",
-    "started_at": "2024-01-01T00:00:00Z",
-    "finished_at": "2024-01-01T00:00:30Z",
-    "prompt_tokens": 10,
-    "completion_tokens": 5,
-    "status": "ok",
-}
+EVENT = SAMPLE_EVENT
 
 
 def rec(value: bytes | None, offset: int = 0):

@@ -6,19 +6,9 @@ import json
 
 from services.attribution.processor import AttributionProcessor
 from services.runtime.config import Settings
+from tests.helpers import SAMPLE_EVENT
 
-EVENT = {
-    "event_id": "e1",
-    "tenant_id": "acme",
-    "resource_id": "node-1",
-    "model": "m",
-    "engine": "vllm",
-    "started_at": "2024-01-01T00:00:00Z",
-    "finished_at": "2024-01-01T00:00:30Z",
-    "prompt_tokens": 10,
-    "completion_tokens": 5,
-    "status": "ok",
-}
+EVENT = SAMPLE_EVENT
 
 
 def raw(obj) -> bytes:
