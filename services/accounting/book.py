@@ -590,6 +590,14 @@ class Book:
         self._dirty.clear()
         return out
 
+    def _restored_start(self, res: _Resource, start_us: int) -> None:
+        """A restored rate or bill of a resource with nothing closed yet: its buckets close in
+        order from its start, as when :meth:`add_rate` or :meth:`add_bill` first read it (the
+        same input read again after a restart is known already and changes nothing there)."""
+        first = bucket_floor(start_us, self.settings.bucket_us)
+        if res.next_open_us is None or (not res.ever_closed and first < res.next_open_us):
+            res.next_open_us = first
+
     def restore(self, resource_id: str, kind: str, key: str, data: dict[str, Any]) -> None:
         """Put back what :meth:`take_dirty` exported (at start-up: inputs before buckets)."""
         res = self._resources[resource_id]
@@ -603,9 +611,10 @@ class Book:
             )
             if rate not in res.rates:
                 res.rates.append(rate)
+            self._restored_start(res, rate.start_us)
             return
         if kind == "bill":
-            res.bills[key] = Bill(
+            bill = Bill(
                 key,
                 resource_id,
                 int(data["start"]),
@@ -613,6 +622,9 @@ class Book:
                 Decimal(data["cost"]),
                 data["currency"],
             )
+            res.bills[key] = bill
+            if res.known and res.next_open_us is not None and bill.end_us > bill.start_us:
+                self._restored_start(res, bill.start_us)
             return
         bucket_start_us = int(key)
         res.closed[bucket_start_us] = Closed.from_data(data)
