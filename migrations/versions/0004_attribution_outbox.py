@@ -1,4 +1,6 @@
-"""attribution outbox: allocations decided and stored with the state, until Kafka has them
+"""attribution outbox: allocations decided and stored with the state, until Kafka has them;
+attribution progress: how far each worker has closed buckets, for the audit;
+resource owners: which worker may store decisions of a resource (fencing at a rebalance)
 
 Before, the attribution processor published a step's allocations, then stored the state that
 step changed. A crash between the two made the rerun decide the same buckets again, possibly
@@ -36,8 +38,28 @@ def upgrade() -> None:
     op.create_index(
         op.f('ix_attribution_outbox_resource_id'), 'attribution_outbox', ['resource_id']
     )
+    op.create_table(
+        'attribution_progress',
+        sa.Column('worker_id', sa.Text(), nullable=False),
+        sa.Column('closed_through', sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            'updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False
+        ),
+        sa.PrimaryKeyConstraint('worker_id', name=op.f('pk_attribution_progress')),
+    )
+    op.create_table(
+        'resource_owners',
+        sa.Column('resource_id', sa.Text(), nullable=False),
+        sa.Column('worker_id', sa.Text(), nullable=False),
+        sa.Column(
+            'claimed_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False
+        ),
+        sa.PrimaryKeyConstraint('resource_id', name=op.f('pk_resource_owners')),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('resource_owners')
+    op.drop_table('attribution_progress')
     op.drop_index(op.f('ix_attribution_outbox_resource_id'), table_name='attribution_outbox')
     op.drop_table('attribution_outbox')

@@ -545,6 +545,12 @@ class Book:
     def resources(self) -> list[str]:
         return list(self._resources)
 
+    def closed_through(self) -> int | None:
+        """How far in event time this Book has closed buckets: the latest resource's first open
+        bucket (the audit expects every rated bucket before it in the ledger)."""
+        ends = [r.next_open_us for r in self._resources.values() if r.ever_closed]
+        return max((e for e in ends if e is not None), default=None)
+
     # -- the index of accepted event ids -------------------------------------------------
     def remember(self, resource_id: str, key: str, data: dict[str, Any]) -> None:
         """Index the event ids of a stored closed bucket (as :meth:`take_dirty` exported it)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -41,13 +42,15 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
 
         return call
 
+    worker_id = uuid.uuid4().hex  # claims resources in Postgres (fencing) and names progress
     proc = AttributionProcessor(
         settings,
         run_id,
         durably(state.load_buckets),
-        durably(state.load_resources),
+        durably(functools.partial(state.load_resources, worker_id=worker_id)),
         durably(state.pending),
     )
+    proc.worker_id = worker_id
     events_name, rates_name = settings.topic(EVENTS), settings.topic(RATES)
     billing_name = settings.topic(BILLING)
     alloc_name = settings.topic(ALLOCATIONS)
@@ -92,12 +95,19 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
         """Store, publish, forget, commit: each step waits out an outage of what it needs
         (backoff, ``/healthz`` unhealthy) and is safe to repeat after a crash at any line."""
         ids: list[int] = []
-        if out.state or out.allocations:
-            ids = await retry_async(
+        if out.state or out.allocations or out.progress:
+            ids, fenced = await retry_async(
                 "postgres",
-                lambda: asyncio.to_thread(state.save, db, out.state, out.allocations),
+                lambda: asyncio.to_thread(
+                    state.save, db, out.state, out.allocations, out.progress, worker_id
+                ),
                 pg_errors,
             )
+            if fenced:  # another worker owns them now and decides them from storage
+                proc.counters["resources.fenced"] += len(fenced)
+                log.warning("decisions of resources another worker claimed were dropped",
+                            resources=sorted(fenced)[:10], count=len(fenced))  # fmt: skip
+                out.allocations = [a for a in out.allocations if a[0] not in fenced]
         await retry_async("kafka", lambda: send_all(out), kafka_errors_)
         ids += [i for i, _, _ in out.resent]
         if ids:
@@ -144,6 +154,7 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                 out.allocations
                 or out.resent
                 or out.reroutes
+                or out.progress
                 or out.dead_letters
                 or out.state
                 or out.commit
@@ -163,7 +174,13 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                 return
             proc.saved(out.state)
             if out.finished and run_id is not None and not done.is_set():
-                await asyncio.to_thread(publish_end_markers, settings, [alloc_name], run_id)
+                await retry_async(
+                    "kafka",
+                    functools.partial(
+                        asyncio.to_thread, publish_end_markers, settings, [alloc_name], run_id
+                    ),
+                    kafka_errors_,
+                )
                 log.info("attribution finished", **dict(proc.counters))
                 done.set()
 

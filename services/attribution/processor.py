@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -244,6 +245,8 @@ class Output:
     # messages of the events topic whose key was not their resource id: (resource id, value),
     # published again to the events topic under the right key
     reroutes: list[tuple[str, bytes]] = field(default_factory=list)
+    # (worker id, event time) this worker has closed buckets through, stored with the state
+    progress: tuple[str, datetime] | None = None
     finished: bool = False
 
 
@@ -287,6 +290,8 @@ class AttributionProcessor:
         self._held: list[tuple[int, int, int, int, Any]] = []
         self._next_offset: dict[int, int] = {}  # per events partition: after the latest read
         self._emitted: dict[int, int] = {}  # per events partition: the latest offset to commit
+        self.worker_id = uuid.uuid4().hex  # names this worker's row of attribution_progress
+        self._progress: int | None = None  # the closed-through time last handed over
         self.wall_clock = time.time  # judges events from the future (a wrong clock on a node)
         self._limits = Limits.from_settings(settings)
         self._seq = itertools.count()
@@ -591,6 +596,10 @@ class AttributionProcessor:
             for message in allocation_messages(c, W):
                 self._out.allocations.append((c.resource_id, message))
         self._out.state = self.book.take_dirty()
+        through = self.book.closed_through()
+        if through is not None and through != self._progress:
+            self._progress = through
+            self._out.progress = (self.worker_id, from_us(through))
         for resource_id, kind, key, data in self._out.state:
             if kind == "bucket":
                 self._unsaved[resource_id, int(key)] = data

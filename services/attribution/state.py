@@ -11,6 +11,7 @@ is never decided twice, so no later decision can differ from the one the ledger 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -31,15 +32,37 @@ def _dumps(data: Any) -> str:
 
 
 def save(
-    engine: Engine, items: list[Item], outbox: list[tuple[str, bytes]] | None = None
-) -> list[int]:
-    """Store changed state and the allocations it decided, in one transaction; returns the
-    outbox ids of the allocations (delete them with :func:`sent` once Kafka has them)."""
-    if not items and not outbox:
-        return []
-    rows = [[r, k, key, Jsonb(d, dumps=_dumps)] for r, k, key, d in items]
-    ids: list[int] = []
+    engine: Engine,
+    items: list[Item],
+    outbox: list[tuple[str, bytes]] | None = None,
+    progress: tuple[str, datetime] | None = None,
+    worker_id: str | None = None,
+) -> tuple[list[int], set[str]]:
+    """Store changed state, the allocations it decided and how far this worker has closed
+    buckets (``(worker id, event time)``), in one transaction. Returns the outbox ids of the
+    allocations (delete them with :func:`sent` once Kafka has them) and, with ``worker_id``,
+    the resources fenced off: another worker has claimed them since (``load_resources``), so
+    this worker's state and allocations of theirs are dropped here and must not be published."""
+    if not items and not outbox and progress is None:
+        return [], set()
+    fenced: set[str] = set()
     with engine.begin() as conn:
+        if worker_id is not None:
+            touched = sorted({r for r, _, _, _ in items} | {r for r, _ in outbox or []})
+            # locks this worker's owner rows until commit: a claim waits for this save
+            owners = conn.execute(
+                text(
+                    "SELECT resource_id, worker_id FROM resource_owners "
+                    "WHERE resource_id = ANY(:r) ORDER BY 1 FOR SHARE"
+                ),
+                {"r": touched},
+            )
+            fenced = {r for r, w in owners if w != worker_id}
+            if fenced:
+                items = [i for i in items if i[0] not in fenced]
+                outbox = [o for o in outbox or [] if o[0] not in fenced]
+        rows = [[r, k, key, Jsonb(d, dumps=_dumps)] for r, k, key, d in items]
+        ids: list[int] = []
         if rows:
             copy_insert(
                 conn,
@@ -58,7 +81,16 @@ def save(
                 {"r": [r for r, _ in outbox], "p": [p for _, p in outbox]},
             )
             ids = [int(i) for (i,) in result]
-    return ids
+        if progress is not None:
+            conn.execute(
+                text(
+                    "INSERT INTO attribution_progress (worker_id, closed_through) "
+                    "VALUES (:w, :t) ON CONFLICT (worker_id) DO UPDATE "
+                    "SET closed_through = EXCLUDED.closed_through, updated_at = now()"
+                ),
+                {"w": progress[0], "t": progress[1]},
+            )
+    return ids, fenced
 
 
 def sent(engine: Engine, ids: list[int]) -> None:
@@ -86,19 +118,34 @@ _T = attribution_state.c
 _start = case((_T.kind == "bucket", cast(_T.key, BigInteger)))  # keys of buckets are integers
 
 
-def load_resources(engine: Engine, book: Book, resource_ids: list[str]) -> int:
+def load_resources(
+    engine: Engine, book: Book, resource_ids: list[str], worker_id: str | None = None
+) -> int:
     """Restore into ``book`` what Postgres holds for these resources: every rate and bill, the
     latest closed bucket and the closed buckets within ``resident_seconds`` of it (older ones
     come back through :func:`load_buckets` when something touches them).
 
     The attribution processor calls it when a resource first reaches it on a partition it owns:
-    at start-up, and when a rebalance hands it a partition another worker had."""
+    at start-up, and when a rebalance hands it a partition another worker had. With
+    ``worker_id``, it first claims the resources (``resource_owners``), in the same transaction:
+    a worker that had them and still has a decision of theirs on its way to storage is fenced
+    off (:func:`save` drops it), so two workers never store two decisions of one bucket."""
     if not resource_ids:
         return 0
     n = 0
     settings = book.settings
     mine = _T.resource_id.in_(resource_ids)
-    with engine.connect() as conn:
+    with engine.begin() as conn:
+        if worker_id is not None:  # waits for a save of the old owner that holds the rows
+            conn.execute(
+                text(
+                    "INSERT INTO resource_owners (resource_id, worker_id) "
+                    "SELECT unnest(CAST(:r AS text[])), :w ORDER BY 1 "
+                    "ON CONFLICT (resource_id) DO UPDATE SET worker_id = EXCLUDED.worker_id, "
+                    "claimed_at = now()"
+                ),
+                {"r": sorted(resource_ids), "w": worker_id},
+            )
         rows = conn.execute(
             select(_T.resource_id, _T.kind, _T.key, _T.data)
             .where(mine, _T.kind.in_(("rate", "bill")))

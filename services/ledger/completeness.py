@@ -6,7 +6,8 @@ never closed. These checks compare the ledger with its inputs:
 
 - every valid event on the retained ``inference-events`` topic is counted (``counted_events``)
   or sits in ``inference-events.dlq`` with its reason;
-- every bucket of every rated resource, up to the latest bucket with traffic, has entries;
+- every bucket a rate covers has entries (to its end; an open-ended rate's to the latest
+  bucket with traffic), up to the latest closed bucket;
 - no allocation waits in the attribution outbox for longer than a few minutes.
 
 Reading the events topic is linear in its retained size (see docs/operations.md).
@@ -139,17 +140,27 @@ def events_accounted(conn: Connection, topic: TopicEvents) -> Check:
 
 EXPECTED_BUCKETS = """
 WITH last AS (
-    SELECT max(bucket_start) AS b FROM ledger_entries WHERE tenant_id IS NOT NULL
+    SELECT max(bucket_start) FILTER (WHERE tenant_id IS NOT NULL) AS traffic,
+           coalesce(
+               (SELECT max(closed_through) FROM attribution_progress),
+               max(bucket_start) + make_interval(secs => :w)
+           ) - make_interval(secs => :w) AS closed
+    FROM ledger_entries
 ), expected AS (
+    -- a finite rate: every bucket to its end; an open-ended one: to the latest bucket with
+    -- traffic (as a bounded run closes them); neither past what the attribution processor
+    -- says it has closed (a streaming run has not closed what lies after its watermark)
     SELECT DISTINCT r.resource_id, g.b AS bucket_start
     FROM gpu_rates r CROSS JOIN last
     CROSS JOIN LATERAL generate_series(
         to_timestamp(floor(extract(epoch FROM r.effective_from) / :w) * :w),
-        least(coalesce(r.effective_to, 'infinity'), last.b + make_interval(secs => :w))
-            - interval '1 microsecond',
+        least(
+            coalesce(r.effective_to, last.traffic + make_interval(secs => :w)),
+            last.closed + make_interval(secs => :w)
+        ) - interval '1 microsecond',
         make_interval(secs => :w)
     ) AS g(b)
-    WHERE last.b IS NOT NULL
+    WHERE last.closed IS NOT NULL
 ), missing AS (
     SELECT x.resource_id, x.bucket_start FROM expected x
     WHERE NOT EXISTS (
@@ -161,8 +172,9 @@ WITH last AS (
 
 
 def buckets_closed(conn: Connection, bucket_seconds: int) -> Check:
-    """Every bucket a rate covers, up to the latest bucket with traffic, has entries (a rated
-    resource costs money whether it served or sat idle)."""
+    """Every bucket a rate covers has entries (a rated resource costs money whether it served
+    or sat idle): a finite rate's to its end, an open-ended rate's to the latest bucket with
+    traffic, neither past the latest closed bucket."""
     params = {"w": bucket_seconds}
     expected, missing = conn.execute(
         text(EXPECTED_BUCKETS + "SELECT (SELECT count(*) FROM expected), count(*) FROM missing"),
@@ -172,7 +184,7 @@ def buckets_closed(conn: Connection, bucket_seconds: int) -> Check:
         text(EXPECTED_BUCKETS + "SELECT * FROM missing ORDER BY 1, 2 LIMIT 50"), params
     ).all()
     return Check(
-        "every rated bucket up to the latest bucket with traffic has entries",
+        "every rated bucket has entries",
         not missing,
         f"{expected} rated buckets, {missing} without entries",
         [f"{r.resource_id} bucket {r.bucket_start.isoformat()} has no entries" for r in rows],

@@ -150,6 +150,26 @@ attribution_state = Table(
 )
 
 
+# How far each attribution worker has closed buckets (event time): the audit expects every
+# rated bucket before the latest of these in the ledger.
+attribution_progress = Table(
+    "attribution_progress",
+    metadata,
+    Column("worker_id", Text, primary_key=True),
+    Column("closed_through", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Which attribution worker owns each resource: claimed when the resource's state is loaded,
+# checked when its decisions are stored (a revoked owner's late decisions are dropped).
+resource_owners = Table(
+    "resource_owners",
+    metadata,
+    Column("resource_id", Text, primary_key=True),
+    Column("worker_id", Text, nullable=False),
+    Column("claimed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 # Allocations decided but not yet known to be in Kafka: written in the same transaction as the
 # attribution state that says they were decided, deleted once Kafka acknowledged them. A crash
 # in between republishes them (same entry ids: the ledger keeps one copy).

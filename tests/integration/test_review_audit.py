@@ -6,6 +6,7 @@ from decimal import Decimal
 
 from services.accounting import AccountingSettings, Book, Rate, from_us, to_us
 from services.attribution.processor import to_ledger_entry, to_request
+from services.attribution.state import save
 from services.contracts import GpuRate, InferenceEvent
 from services.ledger.audit import run_audit
 from services.ledger.completeness import scan_events
@@ -20,8 +21,8 @@ def test_review_audit_notices_lost_idle_buckets_after_the_last_traffic(db_url: s
     """A node rented for ten minutes ([T0, T0+10 min), a finite rate) serves one request in its
     first minute. ``--until-idle`` closes its ten buckets (Book.flush closes up to the rate's
     end): 0.60 USD each. If the ledger keeps only the first three (seven idle buckets, 4.20 USD,
-    lost on the way), the audit must fail. It passes: ``buckets_closed`` expects rated buckets
-    only up to the latest bucket with *tenant* traffic, over all resources (EXPECTED_BUCKETS)."""
+    lost on the way), the audit must fail (it passed when it expected rated buckets only up to
+    the latest bucket with tenant traffic; now up to what attribution says it closed)."""
     cfg = AccountingSettings(allowed_lateness_seconds=0)
     rate = GpuRate(
         resource_id="node-1",
@@ -60,6 +61,8 @@ def test_review_audit_notices_lost_idle_buckets_after_the_last_traffic(db_url: s
     )
     engine = make_engine(db_url)
     write_batch(engine, "g", batch)
+    # what the attribution processor stores with its state: how far it has closed buckets
+    save(engine, [], None, ("worker-1", from_us(book.closed_through() or 0)))
     topic = scan_events(
         [("inference-events", 0, 0, b"node-1", event.model_dump_json().encode())], []
     )

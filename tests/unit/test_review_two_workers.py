@@ -1,8 +1,16 @@
-"""Review: the ledger must not depend on how partitions are spread over attribution workers."""
+"""Review: the ledger must not depend on how partitions are spread over attribution workers.
+
+KNOWN LIMITATION, not fixed yet (docs/operations.md, "Known limitations"): a worker whose
+partitions carry no traffic has no watermark, so a rated node without traffic on such a worker
+never closes its idle buckets. The audit fails on it (the rated bucket check), so it is not
+silent. These tests are strict xfails: they fail the suite the moment the limitation is fixed,
+so that whoever fixes it turns them into plain tests."""
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 from services.attribution.processor import AttributionProcessor, Output
 from services.runtime.config import Settings
@@ -42,6 +50,12 @@ def spare_buckets(out: Output) -> set[str]:
     }
 
 
+LIMITATION = pytest.mark.xfail(
+    strict=True, reason="a worker without traffic has no watermark (docs/operations.md)"
+)
+
+
+@LIMITATION
 def test_review_streaming_worker_without_traffic_never_closes_its_idle_buckets():
     """``busy`` traffic is on events partition 0, the ``spare`` node's rate on rates partition
     1 (same hash: its events would be on events partition 1, which stays empty). One worker with
@@ -75,6 +89,7 @@ def test_review_streaming_worker_without_traffic_never_closes_its_idle_buckets()
     assert closed_b == closed_one, f"worker B closed {len(closed_b)} of the spare node's buckets"
 
 
+@LIMITATION
 def test_review_bounded_run_on_two_workers_drops_the_spare_nodes_idle_cost():
     """The same with ``--until-idle``: ``Book.flush`` closes an open-ended rate up to the
     latest event time *this worker's Book* saw (``max_event_us``), None on B: nothing."""
