@@ -109,6 +109,14 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                             resources=sorted(fenced)[:10], count=len(fenced))  # fmt: skip
                 out.allocations = [a for a in out.allocations if a[0] not in fenced]
         await retry_async("kafka", lambda: send_all(out), kafka_errors_)
+        if out.reroutes and run_id is not None:  # end markers again, after the copies
+            await retry_async(
+                "kafka",
+                functools.partial(
+                    asyncio.to_thread, publish_end_markers, settings, [events_name], run_id
+                ),
+                kafka_errors_,
+            )
         ids += [i for i, _, _ in out.resent]
         if ids:
             await retry_async("postgres", lambda: asyncio.to_thread(state.sent, db, ids), pg_errors)

@@ -109,3 +109,17 @@ def test_a_message_keyed_by_another_resource_is_rerouted_not_accounted():
     # published again under the right key, it is accounted (by whoever owns node-1)
     proc.on_events(out.reroutes[0][1], "again", 0, 3, key=b"node-1")
     assert proc.counters["events.accepted"] == 2
+
+
+def test_a_bounded_run_waits_for_the_end_markers_written_after_a_reroute():
+    from services.contracts import EndOfInput, dumps
+
+    proc = AttributionProcessor(Settings(allowed_lateness_seconds=0), run_id="run-1")
+    marker = dumps(EndOfInput(run_id="run-1"))
+    proc.on_events(marker, "mk1", 1, 0, key=None)  # partition 1 is drained
+    proc.on_events(raw(EVENT), "wrong", 0, 0, key=b"other")  # re-routed: lands after markers
+    assert proc.counters["events.rerouted"] == 1
+    proc.on_events(marker, "mk0", 0, 1, key=None)
+    assert not proc.drained(proc.events_topic, {0, 1})  # partition 1 must be read again
+    proc.on_events(marker, "mk1-again", 1, 1, key=None)
+    assert proc.drained(proc.events_topic, {0, 1})
