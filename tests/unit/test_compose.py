@@ -30,3 +30,5 @@ def test_compose_has_the_production_stack_with_pinned_images_and_healthchecks():
         env = svc["environment"]
         assert env["INFERLEDGER_KAFKA_BOOTSTRAP"] and env["INFERLEDGER_DATABASE_URL"]
         assert svc["command"][:2] == ["inferledger", "run"]
+        assert env["INFERLEDGER_METRICS_LISTEN"]  # /healthz: 503 while a dependency fails
+        assert "/healthz" in " ".join(svc["healthcheck"]["test"])
