@@ -341,12 +341,14 @@ class Book:
             self._evict(bucket_floor(limit - self.settings.resident_us, self.settings.bucket_us))
         return closed
 
-    def flush(self) -> list[ClosedBucket]:
+    def flush(self, elsewhere_us: int | None = None) -> list[ClosedBucket]:
         """Close everything the bounded input determines (``run --until-idle``).
 
         Each resource closes up to the end of its latest finite rate or bill or, for an
-        open-ended rate, up to the latest event time in the whole input; a resource with
-        traffic and no rate closes up to its own last event.
+        open-ended rate, up to the latest event time in the whole input (this Book's, or
+        ``elsewhere_us``, how far other workers closed, when that is later: a worker whose
+        partitions carry no traffic still closes its rated nodes' idle buckets); a resource
+        with traffic and no rate closes up to its own last event.
         """
         W = self.settings.bucket_us
         closed: list[ClosedBucket] = []
@@ -360,8 +362,11 @@ class Book:
             for rate in res.rates:
                 if rate.end_us is not None:
                     ends.append(bucket_ceil(rate.end_us, W))
-                elif self.max_event_us is not None:
-                    ends.append(bucket_floor(self.max_event_us, W) + W)
+                else:
+                    if self.max_event_us is not None:
+                        ends.append(bucket_floor(self.max_event_us, W) + W)
+                    if elsewhere_us is not None:
+                        ends.append(bucket_floor(elsewhere_us, W))
             if ends:
                 closed.extend(self._close(resource_id, max(ends)))
         return closed

@@ -49,6 +49,7 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
         durably(state.load_buckets),
         durably(functools.partial(state.load_resources, worker_id=worker_id)),
         durably(state.pending),
+        durably(state.progress_elsewhere),
     )
     proc.worker_id = worker_id
     events_name, rates_name = settings.topic(EVENTS), settings.topic(RATES)

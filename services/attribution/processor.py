@@ -260,9 +260,13 @@ class AttributionProcessor:
         loader: Loader | None = None,
         resource_loader: ResourceLoader | None = None,
         outbox_loader: OutboxLoader | None = None,
+        progress_loader: Callable[[str], int | None] | None = None,
     ) -> None:
         self.settings = settings
         self._outbox_loader = outbox_loader
+        # (this worker's id) -> how far the other workers have closed buckets (event time, µs)
+        self._progress_loader = progress_loader
+        self._elsewhere_at: tuple[float, int | None] = (float("-inf"), None)
         self._loader = loader
         self._resource_loader = resource_loader
         # the resources this worker owns, and the partition each came on (a rebalance that takes
@@ -592,7 +596,7 @@ class AttributionProcessor:
                 W_us = self.book.settings.bucket_us
                 self._closed_until = max(self._closed_until, (wm // W_us) * W_us)
             if bounded and self.drained(self.events_topic, events_partitions):
-                closed += self.book.flush()
+                closed += self.book.flush(self._elsewhere())
                 self._flushed = True
         W = self.settings.bucket_seconds
         for c in closed:
@@ -676,10 +680,21 @@ class AttributionProcessor:
         active = self._active(partitions)
         if not active:
             active = [p for p in partitions if p in self._partition_max]
-            if not active:
-                return None
+            if not active:  # no traffic here at all: as far as the other workers closed
+                return self._elsewhere()
             return max(self._partition_max[p] for p in active) - self.book.settings.lateness_us
         return min(self._partition_max[p] for p in active) - self.book.settings.lateness_us
+
+    def _elsewhere(self) -> int | None:
+        """How far other workers have closed buckets (asked at most every 5 s): the watermark
+        of a worker whose partitions carry no traffic, whose rated nodes still cost idle money
+        (without it they would never close on a worker with no events)."""
+        if self._progress_loader is None:
+            return None
+        now = self.clock()
+        if now - self._elsewhere_at[0] >= 5:
+            self._elsewhere_at = (now, self._progress_loader(self.worker_id))
+        return self._elsewhere_at[1]
 
     def _safe_offsets(self, partitions: set[int]) -> dict[int, int]:
         """Per events partition, the offset up to which every message was released: the

@@ -93,6 +93,19 @@ def save(
     return ids, fenced
 
 
+def progress_elsewhere(engine: Engine, worker_id: str) -> int | None:
+    """How far the other attribution workers have closed buckets (µs since the epoch)."""
+    with engine.connect() as conn:
+        value = conn.execute(
+            text(
+                "SELECT (extract(epoch FROM max(closed_through)) * 1000000)::bigint "
+                "FROM attribution_progress WHERE worker_id <> :w"
+            ),
+            {"w": worker_id},
+        ).scalar_one()
+    return None if value is None else int(value)
+
+
 def sent(engine: Engine, ids: list[int]) -> None:
     """Allocations Kafka has acknowledged leave the outbox."""
     if ids:

@@ -1,16 +1,14 @@
 """Review: the ledger must not depend on how partitions are spread over attribution workers.
 
-KNOWN LIMITATION, not fixed yet (docs/operations.md, "Known limitations"): a worker whose
-partitions carry no traffic has no watermark, so a rated node without traffic on such a worker
-never closes its idle buckets. The audit fails on it (the rated bucket check), so it is not
-silent. These tests are strict xfails: they fail the suite the moment the limitation is fixed,
-so that whoever fixes it turns them into plain tests."""
+Found by a hostile review: a worker whose partitions carry no traffic had no watermark, so a
+rated node without traffic on such a worker never closed its idle buckets. Now such a worker
+closes as far as the other workers have (``attribution_progress``, through a progress loader;
+here the other worker's Book directly). In a bounded run that holds when the other workers
+have flushed first; otherwise the audit fails on the missing buckets (docs/operations.md)."""
 
 from __future__ import annotations
 
 import json
-
-import pytest
 
 from services.attribution.processor import AttributionProcessor, Output
 from services.runtime.config import Settings
@@ -50,12 +48,6 @@ def spare_buckets(out: Output) -> set[str]:
     }
 
 
-LIMITATION = pytest.mark.xfail(
-    strict=True, reason="a worker without traffic has no watermark (docs/operations.md)"
-)
-
-
-@LIMITATION
 def test_review_streaming_worker_without_traffic_never_closes_its_idle_buckets():
     """``busy`` traffic is on events partition 0, the ``spare`` node's rate on rates partition
     1 (same hash: its events would be on events partition 1, which stays empty). One worker with
@@ -66,13 +58,14 @@ def test_review_streaming_worker_without_traffic_never_closes_its_idle_buckets()
     settings = Settings(allowed_lateness_seconds=0, idle_partition_seconds=30)
     now = [1000.0]
 
-    def worker() -> AttributionProcessor:
-        proc = AttributionProcessor(settings)
+    def worker(elsewhere=None) -> AttributionProcessor:
+        proc = AttributionProcessor(settings, progress_loader=elsewhere)
         proc.clock = lambda: now[0]
         proc.wall_clock = lambda: 1704067200.0 + 3600
         return proc
 
-    one, a, b = worker(), worker(), worker()
+    one, a = worker(), worker()
+    b = worker(lambda me: a.book.closed_through())
     one.on_rate(json.dumps(RATE).encode(), 1, 0)
     b.on_rate(json.dumps(RATE).encode(), 1, 0)
     for minute in range(10):
@@ -89,19 +82,19 @@ def test_review_streaming_worker_without_traffic_never_closes_its_idle_buckets()
     assert closed_b == closed_one, f"worker B closed {len(closed_b)} of the spare node's buckets"
 
 
-@LIMITATION
 def test_review_bounded_run_on_two_workers_drops_the_spare_nodes_idle_cost():
     """The same with ``--until-idle``: ``Book.flush`` closes an open-ended rate up to the
     latest event time *this worker's Book* saw (``max_event_us``), None on B: nothing."""
     settings = Settings(allowed_lateness_seconds=0)
     marker = json.dumps({"type": "inferledger.control.end_of_input.v1", "run_id": "r"}).encode()
 
-    def worker() -> AttributionProcessor:
-        proc = AttributionProcessor(settings, run_id="r")
+    def worker(elsewhere=None) -> AttributionProcessor:
+        proc = AttributionProcessor(settings, run_id="r", progress_loader=elsewhere)
         proc.wall_clock = lambda: 1704067200.0 + 3600
         return proc
 
-    one, a, b = worker(), worker(), worker()
+    one, a = worker(), worker()
+    b = worker(lambda me: a.book.closed_through())
     one.on_rate(json.dumps(RATE).encode(), 1, 0)
     b.on_rate(json.dumps(RATE).encode(), 1, 0)
     for minute in range(10):
