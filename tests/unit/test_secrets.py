@@ -7,6 +7,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import sys
 from typing import Any
 
 import pytest
@@ -64,8 +65,22 @@ def test_settings_never_show_a_secret(env: Settings) -> None:
     }
 
 
+@pytest.fixture
+def restore_logging():
+    """Logging configured on the captured stderr must not outlive the capture (a later test
+    that logs would write to a closed file)."""
+    yield
+    import structlog
+
+    structlog.reset_defaults()
+    logging.basicConfig(level=logging.WARNING, stream=sys.__stderr__, force=True)
+
+
 def test_log_lines_never_show_a_secret(
-    env: Settings, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    env: Settings,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    restore_logging: None,
 ) -> None:
     logs.configure("DEBUG", "json")
     log = logs.get("test")
