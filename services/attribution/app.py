@@ -42,7 +42,7 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
 
         return call
 
-    worker_id = uuid.uuid4().hex  # claims resources in Postgres (fencing) and names progress
+    worker_id = uuid.uuid4().hex  # the loader claims resources under it (see state.save)
     proc = AttributionProcessor(
         settings,
         run_id,
@@ -50,8 +50,8 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
         durably(functools.partial(state.load_resources, worker_id=worker_id)),
         durably(state.pending),
         durably(state.progress_elsewhere),
+        worker_id,
     )
-    proc.worker_id = worker_id
     events_name, rates_name = settings.topic(EVENTS), settings.topic(RATES)
     billing_name = settings.topic(BILLING)
     alloc_name = settings.topic(ALLOCATIONS)

@@ -14,7 +14,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, cast
 
 import msgspec
@@ -40,6 +40,7 @@ from services.contracts import (
     InferenceEvent,
     LedgerEntry,
     Limits,
+    check_clock,
     decode_billing,
     decode_events,
     decode_rate,
@@ -261,6 +262,7 @@ class AttributionProcessor:
         resource_loader: ResourceLoader | None = None,
         outbox_loader: OutboxLoader | None = None,
         progress_loader: Callable[[str], int | None] | None = None,
+        worker_id: str | None = None,
     ) -> None:
         self.settings = settings
         self._outbox_loader = outbox_loader
@@ -294,7 +296,8 @@ class AttributionProcessor:
         self._held: list[tuple[int, int, int, int, Any]] = []
         self._next_offset: dict[int, int] = {}  # per events partition: after the latest read
         self._emitted: dict[int, int] = {}  # per events partition: the latest offset to commit
-        self.worker_id = uuid.uuid4().hex  # names this worker's row of attribution_progress
+        # claims resources in Postgres (fencing) and names this worker's attribution_progress
+        self.worker_id = worker_id or uuid.uuid4().hex
         self._progress: int | None = None  # the closed-through time last handed over
         self.wall_clock = time.time  # judges events from the future (a wrong clock on a node)
         self._limits = Limits.from_settings(settings)
@@ -369,8 +372,12 @@ class AttributionProcessor:
             if decoded.end_of_input is not None:
                 self._on_marker(topic, partition, decoded.end_of_input)
             events = decoded.events
-        if events:
-            events = self._from_now(events, partition, offset)
+        if events:  # one node with a wrong clock must never move the watermark into the future
+            events, ahead = check_clock(
+                cast(list[Any], events), self.wall_clock(), self.settings.max_future_seconds
+            )
+            for rej in ahead:
+                self._reject(topic, rej.reason, rej.detail, rej.payload, partition, offset)
         if events:
             self._own({e.resource_id for e in events}, partition)
         W = self.book.settings.bucket_us
@@ -451,33 +458,6 @@ class AttributionProcessor:
             # the publisher writes them again after it, and the run waits for those
             self._markers = {m for m in self._markers if m[0] != self.events_topic}
         return True
-
-    def _from_now(
-        self, events: list[InferenceEvent] | list[EventRecord], partition: int, offset: int
-    ) -> list[Any]:
-        """The events that do not finish too far after this processor's wall clock; the others
-        are dead-lettered (``future_event``). One node with a wrong clock must never move the
-        watermark into the future, where it would make everyone else's events too late."""
-        now = datetime.fromtimestamp(self.wall_clock(), UTC)
-        limit = now + timedelta(seconds=self.settings.max_future_seconds)
-        if all(e.finished_at <= limit for e in events):
-            return events  # the common case: one pass, no copy
-        kept: list[Any] = []
-        for e in events:
-            if e.finished_at <= limit:
-                kept.append(e)
-                continue
-            self._reject(
-                self.events_topic,
-                "future_event",
-                f"finished_at {e.finished_at.isoformat()} is more than "
-                f"{self.settings.max_future_seconds} s after this processor's clock "
-                f"({now.isoformat()})",
-                record_data(e) if isinstance(e, EventRecord) else e.model_dump(mode="json"),
-                partition,
-                offset,
-            )
-        return kept
 
     def _reference(
         self, decode: Any, topic: str, raw: bytes | None, partition: int, offset: int

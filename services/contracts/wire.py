@@ -271,13 +271,16 @@ def check_clock(
     """Split decoded events (models or fast-path records) into those the processor may account
     and those finishing more than ``max_future_seconds`` after its wall clock ``now`` (see
     :func:`too_far_in_future`), rejected with reason ``future_event`` and the event as payload."""
+    clock = now if isinstance(now, datetime) else _EPOCH + timedelta(seconds=now)
+    limit = clock + timedelta(seconds=max_future_seconds)
+    if all(e.finished_at <= limit for e in events):  # the common case (per message): no copy
+        return list(events), []
     ok: list[E] = []
     rejected: list[Rejected] = []
     for event in events:
-        if not too_far_in_future(event.finished_at, now, max_future_seconds):
+        if event.finished_at <= limit:
             ok.append(event)
             continue
-        clock = now if isinstance(now, datetime) else _EPOCH + timedelta(seconds=now)
         ahead = (event.finished_at - clock).total_seconds()
         payload = (
             to_builtins(event)

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, text
 
 from services.contracts import DecodeError, decode_events
 from services.runtime.config import EVENTS, Settings
+from services.runtime.kafka import Record
 
 
 @dataclass
@@ -45,9 +46,6 @@ class TopicEvents:
     tombstones: int = 0
     unreadable: int = 0  # messages or batch items the decoder rejects (their DLQ is counted)
     dlq_reasons: Counter[str] = field(default_factory=Counter)
-
-
-Record = tuple[str, int, int, bytes | None, bytes | None]
 
 
 def scan_events(records: Iterable[Record], dlq_records: Iterable[Record]) -> TopicEvents:

@@ -264,9 +264,6 @@ async def run_until(app: faust.App, done: asyncio.Event | None) -> None:
             failed = app.crash_reason
         if failed is not None:
             raise RuntimeError(f"processor crashed: {failed!r}") from failed
-    finally:
-        if failed is None:  # after a crash, commit nothing: what failed is read again
-            with contextlib.suppress(Exception):
-                await app.consumer.commit()
+    finally:  # nothing to commit here: the processors commit their own offsets as they go
         with contextlib.suppress(Exception):
             await asyncio.wait_for(app.stop(), 30)
