@@ -110,11 +110,11 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                             resources=sorted(fenced)[:10], count=len(fenced))  # fmt: skip
                 out.allocations = [a for a in out.allocations if a[0] not in fenced]
         await retry_async("kafka", lambda: send_all(out), kafka_errors_)
-        if out.reroutes and run_id is not None:  # end markers again, after the copies
+        if out.remark is not None:  # end markers of a new id, after the re-routed copies
             await retry_async(
                 "kafka",
                 functools.partial(
-                    asyncio.to_thread, publish_end_markers, settings, [events_name], run_id
+                    asyncio.to_thread, publish_end_markers, settings, [events_name], out.remark
                 ),
                 kafka_errors_,
             )
@@ -163,6 +163,7 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                 out.allocations
                 or out.resent
                 or out.reroutes
+                or out.remark
                 or out.progress
                 or out.dead_letters
                 or out.state

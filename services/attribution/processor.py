@@ -246,6 +246,9 @@ class Output:
     # messages of the events topic whose key was not their resource id: (resource id, value),
     # published again to the events topic under the right key
     reroutes: list[tuple[str, bytes]] = field(default_factory=list)
+    # a bounded run re-routed messages: publish end markers of this id to the events topic
+    # after them (the run waits for these, not the ones already there)
+    remark: str | None = None
     # (worker id, event time) this worker has closed buckets through, stored with the state
     progress: tuple[str, datetime] | None = None
     finished: bool = False
@@ -303,6 +306,7 @@ class AttributionProcessor:
         self._limits = Limits.from_settings(settings)
         self._seq = itertools.count()
         self._markers: set[tuple[str, int]] = set()
+        self._events_marker = run_id  # the end marker that drains the events topic
         self._flushed = False
         self._closed_until = -(2**62)
 
@@ -454,9 +458,12 @@ class AttributionProcessor:
         self.counters["events.rerouted"] += 1
         self._out.reroutes.append((resource_id, raw if isinstance(raw, bytes) else raw.encode()))
         if self.run_id is not None:
-            # a bounded run: the copy lands after the end markers already on the topic, so
-            # the publisher writes them again after it, and the run waits for those
+            # a bounded run: the copy lands after the end markers already on the topic, so the
+            # publisher writes markers of a new id after it, and only those count from now on
+            # (an old marker still unread must not let the run finish before the copy is read)
+            self._events_marker = f"{self.run_id}+rerouted.{self.counters['events.rerouted']}"
             self._markers = {m for m in self._markers if m[0] != self.events_topic}
+            self._out.remark = self._events_marker
         return True
 
     def _reference(
@@ -547,7 +554,8 @@ class AttributionProcessor:
         )
 
     def _on_marker(self, topic: str, partition: int, marker: EndOfInput) -> None:
-        if self.run_id is not None and marker.run_id == self.run_id:
+        want = self._events_marker if topic == self.events_topic else self.run_id
+        if self.run_id is not None and marker.run_id == want:
             self._markers.add((topic, partition))
 
     # -- progress ----------------------------------------------------------------------

@@ -112,14 +112,20 @@ def test_a_message_keyed_by_another_resource_is_rerouted_not_accounted():
 
 
 def test_a_bounded_run_waits_for_the_end_markers_written_after_a_reroute():
+    """The re-routed copy lands after the end markers already on the topic. Old markers still
+    unread must not let the run finish before the copy is read: only markers of the new id,
+    written after the copy, drain the events topic (a CI run once finished without it)."""
     from services.contracts import EndOfInput, dumps
 
     proc = AttributionProcessor(Settings(allowed_lateness_seconds=0), run_id="run-1")
-    marker = dumps(EndOfInput(run_id="run-1"))
-    proc.on_events(marker, "mk1", 1, 0, key=None)  # partition 1 is drained
+    old = dumps(EndOfInput(run_id="run-1"))
+    proc.on_events(old, "mk1", 1, 0, key=None)  # partition 1 is drained
     proc.on_events(raw(EVENT), "wrong", 0, 0, key=b"other")  # re-routed: lands after markers
-    assert proc.counters["events.rerouted"] == 1
-    proc.on_events(marker, "mk0", 0, 1, key=None)
-    assert not proc.drained(proc.events_topic, {0, 1})  # partition 1 must be read again
-    proc.on_events(marker, "mk1-again", 1, 1, key=None)
+    out = proc.step({0, 1}, set())
+    assert proc.counters["events.rerouted"] == 1 and out.remark is not None
+    proc.on_events(old, "mk0", 0, 1, key=None)  # partition 0's old marker, read after
+    assert not proc.drained(proc.events_topic, {0})  # the copy may still be on its way
+    new = dumps(EndOfInput(run_id=out.remark))
+    proc.on_events(new, "mk0-new", 0, 2, key=None)
+    proc.on_events(new, "mk1-new", 1, 1, key=None)
     assert proc.drained(proc.events_topic, {0, 1})
