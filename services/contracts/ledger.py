@@ -84,7 +84,7 @@ LEDGER_MONEY: tuple[Column, ...] = tuple(c for c in LEDGER_ENTRY if c.kind == "m
 
 entry_values: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(*LEDGER_ENTRY_COLUMNS)
 """The values of :data:`LEDGER_ENTRY_COLUMNS` of anything naming its fields as the columns (a
-``LedgerEntry``, an ``EntryRecord``, the core's ``Entry`` but for its bucket start)."""
+``LedgerEntry``, an ``EntryRecord``), in order: a row of the writer but for its hash."""
 
 
 def entry_dict(entry: Any) -> dict[str, Any]:
