@@ -26,6 +26,7 @@ from services.contracts.wire import (
     decode_rate,
     dumps,
     encode_dead_letter,
+    encode_event_batch,
     is_tombstone,
     too_far_in_future,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "decode_rate",
     "dumps",
     "encode_dead_letter",
+    "encode_event_batch",
     "is_tombstone",
     "too_far_in_future",
 ]

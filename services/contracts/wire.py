@@ -17,7 +17,8 @@ A far-future event is not the decoder's to judge (it needs the processor's wall 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -97,6 +98,27 @@ class DecodedEvents:
 def dumps(model: BaseModel) -> bytes:
     """Serialise a contract model to its wire form (money as strings, UTC timestamps)."""
     return model.model_dump_json(exclude_none=True).encode()
+
+
+BATCH_TYPE: str = InferenceEventBatch.model_fields["type"].default
+_BATCH_HEAD = b'{"type":' + json.dumps(BATCH_TYPE).encode() + b',"resource_id":'
+
+
+def encode_event_batch(resource_id: str, events: Iterable[bytes | InferenceEvent]) -> bytes:
+    """One ``inference_event_batch.v1`` message of ``resource_id``, compact JSON, around events
+    already encoded (``dumps(event)``, or any JSON object of an event) or event models.
+
+    Every producer builds its batches here (the emitter, file ingest, the gateway, the bench),
+    so the envelope has one form; the caller groups events per resource and keeps the batch
+    under the size limit: each event adds its length and one comma (:data:`BATCH_SEPARATOR`)."""
+    items = [e if isinstance(e, bytes) else dumps(e) for e in events]
+    return (
+        _BATCH_HEAD + json.dumps(resource_id).encode() + b',"events":[' + b",".join(items) + b"]}"
+    )
+
+
+BATCH_SEPARATOR = 1
+"""Bytes :func:`encode_event_batch` adds per event besides the event itself (the comma)."""
 
 
 def encode_dead_letter(letter: DeadLetter) -> bytes:
