@@ -166,6 +166,12 @@ def read_records(
         if not parts:
             return
         consumer.assign(parts)
+        # assigning asks for a metadata refresh of these topics, sent in the background once
+        # the retry backoff passed: behind a fetch long-poll on the same connection, its answer
+        # may come after the last poll, and closing the consumer then cancels it, which
+        # kafka-python logs as "ERROR Metadata refresh: failed Cancelled" on every clean run.
+        # topics() waits for that refresh (and makes one of all topics) before any fetch.
+        consumer.topics()
         consumer.seek_to_beginning(*parts)
         deadline = time.monotonic() + timeout_s
         quiet = 0
