@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from services.contracts import encode_event_batch
+from services.contracts.wire import BATCH_SEPARATOR
 from services.demo.fleet import TRACE, read_trace
 
 MODELS = (
@@ -119,20 +121,20 @@ def encode_batches(
         elif _seconds_between(window, at) >= linger_s:
             for pr in sorted(pending):
                 if pending[pr]:
-                    yield pr, _batch(pr, pending[pr]), len(pending[pr])
+                    yield pr, encode_event_batch(pr, pending[pr]), len(pending[pr])
             pending.clear()
             size.clear()
             window = at
         items = pending.setdefault(r, [])
         if items and (len(items) >= per_message or size[r] + len(raw) > max_bytes):
-            yield r, _batch(r, items), len(items)
+            yield r, encode_event_batch(r, items), len(items)
             items = pending[r] = []
             size[r] = 0
         items.append(raw)
-        size[r] = size.get(r, 0) + len(raw) + 1
+        size[r] = size.get(r, 0) + len(raw) + BATCH_SEPARATOR
     for r, items in pending.items():
         if items:
-            yield r, _batch(r, items), len(items)
+            yield r, encode_event_batch(r, items), len(items)
 
 
 def _seconds_between(a: str, b: str) -> float:
@@ -140,13 +142,3 @@ def _seconds_between(a: str, b: str) -> float:
         datetime.fromisoformat(b.replace("Z", "+00:00"))
         - datetime.fromisoformat(a.replace("Z", "+00:00"))
     ).total_seconds()
-
-
-def _batch(resource: str, items: list[bytes]) -> bytes:
-    return (
-        b'{"type":"inferledger.inference_event_batch.v1","resource_id":'
-        + json.dumps(resource).encode()
-        + b',"events":['
-        + b",".join(items)
-        + b"]}"
-    )

@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, text
 from services.accounting import AccountingSettings, Book, ClosedBucket
 from services.attribution.processor import to_rate, to_request
 from services.contracts import GpuRate, InferenceEvent
+from services.contracts.ledger import LEDGER_COUNTS
 
 
 def cli(
@@ -76,6 +77,7 @@ def expected_ledger(
 
 
 Position = tuple[Decimal, int, int, int, int, int]
+"""Amount, then the counts of ``LEDGER_COUNTS`` in order."""
 
 
 def positions(db_url: str) -> dict[tuple[str, int, str | None, str | None], Position]:
@@ -83,10 +85,9 @@ def positions(db_url: str) -> dict[tuple[str, int, str | None, str | None], Posi
     amount and counts summed over every entry kind (zero positions left out)."""
     rows = query_rows(
         db_url,
-        "SELECT resource_id, extract(epoch FROM bucket_start)::bigint, tenant_id, "
-        "model, sum(amount), sum(completions), sum(failed_requests), "
-        "sum(prompt_tokens), sum(cached_prompt_tokens), sum(completion_tokens) "
-        "FROM ledger_entries GROUP BY 1, 2, 3, 4",
+        "SELECT resource_id, extract(epoch FROM bucket_start)::bigint, tenant_id, model, "
+        + ", ".join(f"sum({c})" for c in ("amount", *LEDGER_COUNTS))
+        + " FROM ledger_entries GROUP BY 1, 2, 3, 4",
     )
     return {
         (r[0], r[1], r[2], r[3]): tuple(r[4:])  # type: ignore[misc]
@@ -108,15 +109,8 @@ def expected_positions(
     for c in book.flush():
         for e in c.entries:
             key = (e.resource_id, e.bucket_start_us // 1_000_000, e.tenant_id, e.model)
-            values = (
-                e.amount,
-                e.completions,
-                e.failed_requests,
-                e.prompt_tokens,
-                e.cached_prompt_tokens,
-                e.completion_tokens,
-            )
-            old = out.get(key, (Decimal(0), 0, 0, 0, 0, 0))
+            values = (e.amount, *(getattr(e, n) for n in LEDGER_COUNTS))
+            old = out.get(key, (Decimal(0), *(0 for _ in LEDGER_COUNTS)))
             out[key] = tuple(a + b for a, b in zip(old, values, strict=True))  # type: ignore[assignment]
     return {k: v for k, v in out.items() if any(v)}
 

@@ -393,6 +393,36 @@ class EndOfInput(_Contract):
     run_id: Id
 
 
+class DeadLetter(BaseModel):
+    """A rejected message on ``<topic>.dlq``: why, who rejected it, from where, and the
+    original payload as text (truncated to ``INFERLEDGER_DLQ_PAYLOAD_LIMIT`` characters).
+
+    Strings are kept exactly as they are (no stripping: the payload is the evidence and what a
+    replay sends back). ``partition`` and ``offset`` are null for a message rejected before it
+    reached a topic (the gateway, file ingest, the emitter). ``credential`` and
+    ``credential_id`` name who sent it where a component authenticates its callers (the
+    gateway: the token's configured name and a non-secret id of it, never the token itself);
+    ``dlq replay`` authorizes the payload again against them. Written by
+    ``services.runtime.kafka.dead_letter`` with :func:`services.contracts.wire.encode_dead_letter`,
+    read back with :func:`services.contracts.wire.decode_dead_letter`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["inferledger.dead_letter.v1"] = "inferledger.dead_letter.v1"
+    reason: str = Field(description="machine-readable reason, e.g. invalid_event, forbidden")
+    detail: str = Field(description="what exactly was wrong (at most 2000 characters)")
+    source: str = Field(description="the component that rejected it: gateway, ingest, ...")
+    topic: str = Field(description="the topic the payload was meant for (a replay sends it there)")
+    partition: int | None = None
+    offset: int | None = None
+    payload: str = Field(description="the original message as text, maybe truncated")
+    payload_truncated: bool
+    payload_size: int = Field(ge=0, description="characters of the whole original payload")
+    rejected_at: Timestamp
+    credential: str | None = None
+    credential_id: str | None = None
+
+
 MESSAGE_MODELS: dict[str, type[BaseModel]] = {
     "inference_event.v1": InferenceEvent,
     "inference_event_batch.v1": InferenceEventBatch,
@@ -402,4 +432,5 @@ MESSAGE_MODELS: dict[str, type[BaseModel]] = {
     "cost_allocation.v1": CostAllocation,
     "budget_alert.v1": BudgetAlert,
     "end_of_input.v1": EndOfInput,
+    "dead_letter.v1": DeadLetter,
 }

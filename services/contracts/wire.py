@@ -6,9 +6,10 @@ Every decoder either returns a valid message (inside every limit of DESIGN.md se
 ``invalid_utf8``, ``invalid_json`` (malformed, empty, NaN/Infinity literals, lone surrogate
 escapes, numbers past 4,300 digits, or nested too deeply), ``invalid_message`` (not an object),
 ``unknown_type``, ``invalid_event``, ``invalid_batch``, ``invalid_rate``, ``invalid_billing_line``,
-``invalid_allocation``, ``invalid_control``, and ``tombstone``: a Kafka message whose value is
-None raises :class:`Tombstone` (a ``DecodeError``) so that a caller can count and skip it, never
-dead-letter it (check :func:`is_tombstone` first, or catch ``Tombstone`` before ``DecodeError``).
+``invalid_allocation``, ``invalid_control``, ``invalid_dead_letter``, and ``tombstone``: a Kafka
+message whose value is None raises :class:`Tombstone` (a ``DecodeError``) so that a caller can
+count and skip it, never dead-letter it (check :func:`is_tombstone` first, or catch
+``Tombstone`` before ``DecodeError``).
 
 A far-future event is not the decoder's to judge (it needs the processor's wall clock): see
 :func:`too_far_in_future` and :func:`check_clock`, reason ``future_event``.
@@ -16,7 +17,8 @@ A far-future event is not the decoder's to judge (it needs the processor's wall 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -31,6 +33,7 @@ from services.contracts.models import (
     NO_NUL,
     BillingLine,
     CostAllocation,
+    DeadLetter,
     EndOfInput,
     GpuRate,
     InferenceEvent,
@@ -95,6 +98,46 @@ class DecodedEvents:
 def dumps(model: BaseModel) -> bytes:
     """Serialise a contract model to its wire form (money as strings, UTC timestamps)."""
     return model.model_dump_json(exclude_none=True).encode()
+
+
+BATCH_TYPE: str = InferenceEventBatch.model_fields["type"].default
+_BATCH_HEAD = b'{"type":' + json.dumps(BATCH_TYPE).encode() + b',"resource_id":'
+
+
+def encode_event_batch(resource_id: str, events: Iterable[bytes | InferenceEvent]) -> bytes:
+    """One ``inference_event_batch.v1`` message of ``resource_id``, compact JSON, around events
+    already encoded (``dumps(event)``, or any JSON object of an event) or event models.
+
+    Every producer builds its batches here (the emitter, file ingest, the gateway, the bench),
+    so the envelope has one form; the caller groups events per resource and keeps the batch
+    under the size limit: each event adds its length and one comma (:data:`BATCH_SEPARATOR`)."""
+    items = [e if isinstance(e, bytes) else dumps(e) for e in events]
+    return (
+        _BATCH_HEAD + json.dumps(resource_id).encode() + b',"events":[' + b",".join(items) + b"]}"
+    )
+
+
+BATCH_SEPARATOR = 1
+"""Bytes :func:`encode_event_batch` adds per event besides the event itself (the comma)."""
+
+
+def encode_dead_letter(letter: DeadLetter) -> bytes:
+    """A dead letter's wire form: every field, ``partition`` and ``offset`` as null when unknown
+    (as dead letters always were), ``credential`` and ``credential_id`` only when it names one."""
+    exclude = None if letter.credential_id is not None else {"credential", "credential_id"}
+    return letter.model_dump_json(exclude=exclude).encode()
+
+
+def decode_dead_letter(raw: bytes | str | None) -> DeadLetter:
+    """A record of a ``.dlq`` topic, validated; :class:`DecodeError` (``invalid_dead_letter``,
+    or ``invalid_json``/``invalid_utf8``) when it is not one."""
+    if raw is None:
+        raise Tombstone()
+    try:
+        return DeadLetter.model_validate_json(raw)
+    except (ValidationError, RecursionError):
+        pass
+    return _validate(DeadLetter, load_json(raw), "invalid_dead_letter")
 
 
 def explain(exc: ValidationError) -> str:

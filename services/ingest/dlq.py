@@ -1,9 +1,10 @@
 """Dead letters: read ``<topic>.dlq``, show them, and send fixed messages back.
 
-Every component writes the same record (:func:`services.runtime.kafka.dead_letter`): reason,
-detail, source, original topic, partition and offset, and the payload (truncated above
-``INFERLEDGER_DLQ_PAYLOAD_LIMIT``). ``inferledger dlq list`` reads them from the start of the
-dead-letter topics to their current end; ``inferledger dlq replay`` sends payloads back to the
+Every component writes the same record, a :class:`services.contracts.DeadLetter` (built by
+:func:`services.runtime.kafka.dead_letter`): reason, detail, source, original topic, partition
+and offset, and the payload (truncated above ``INFERLEDGER_DLQ_PAYLOAD_LIMIT``). ``inferledger
+dlq list`` reads them from the start of the dead-letter topics to their current end, decodes and
+validates each, and shows them oldest first; ``inferledger dlq replay`` sends payloads back to the
 topic they were rejected from, either as they are (after the cause was fixed elsewhere, e.g. a
 token's scope) or fixed by hand in a JSONL file. A replayed payload is validated first: what is
 still invalid is reported and not sent, and a truncated payload is never sent.
@@ -24,9 +25,11 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
-from services.contracts import DecodeError, EndOfInput
+from services.contracts import DeadLetter as Letter
+from services.contracts import DecodeError, EndOfInput, decode_dead_letter, encode_dead_letter
 from services.contracts.wire import decode_allocation, decode_billing, decode_events, decode_rate
 from services.runtime.config import ALLOCATIONS, BILLING, EVENTS, RATES, Settings
 from services.runtime.kafka import make_producer, read_records
@@ -35,15 +38,21 @@ if TYPE_CHECKING:
     from services.ingest.gateway import Credentials
 
 TOPICS = (EVENTS, RATES, BILLING, ALLOCATIONS)
-RECORD_TYPE = "inferledger.dead_letter.v1"
+RECORD_TYPE: str = Letter.model_fields["type"].default
 
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """One record of a dead-letter topic, where it is, and what it says."""
+
     dlq_topic: str
     dlq_partition: int
     dlq_offset: int
     record: dict[str, Any]
+    """The dead letter as its JSON object (:class:`~services.contracts.DeadLetter`'s fields),
+    or, for a record that is not a dead letter, ``unreadable_dead_letter`` with its bytes."""
+    rejected_at: datetime | None = None
+    """When it was rejected (None: an unreadable record)."""
 
     @property
     def reason(self) -> str:
@@ -70,6 +79,14 @@ class DeadLetter:
             **self.record,
         }
 
+    def order(self) -> tuple[bool, datetime, str, int, int]:
+        """Oldest first (by ``rejected_at``), then by where it is; unreadable records last."""
+        at = self.rejected_at
+        return (at is None, at or _NEVER, self.dlq_topic, self.dlq_partition, self.dlq_offset)
+
+
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
 
 def dlq_topics(settings: Settings, topics: Iterable[str] | None = None) -> list[str]:
     """The dead-letter topics of the given topics (base names, e.g. ``inference-events``)."""
@@ -78,22 +95,39 @@ def dlq_topics(settings: Settings, topics: Iterable[str] | None = None) -> list[
 
 def read(settings: Settings, topics: list[str], timeout_s: float = 30) -> Iterator[DeadLetter]:
     """Every record of ``topics`` from the beginning to their end (as the fetch responses'
-    high watermarks say: some brokers' ListOffsets answers lag behind)."""
-    for topic, partition, offset, _, value in read_records(
-        settings, topics, timeout_s, client_id="inferledger-dlq"
-    ):
-        yield DeadLetter(topic, partition, offset, _record(value))
+    high watermarks say: some brokers' ListOffsets answers lag behind), oldest first: by
+    ``rejected_at``, then dead-letter topic, partition and offset."""
+    letters = [
+        letter(topic, partition, offset, value)
+        for topic, partition, offset, _, value in read_records(
+            settings, topics, timeout_s, client_id="inferledger-dlq"
+        )
+    ]
+    letters.sort(key=DeadLetter.order)
+    return iter(letters)
 
 
-def _record(value: bytes | None) -> dict[str, Any]:
+def letter(topic: str, partition: int, offset: int, value: bytes | None) -> DeadLetter:
+    """A record of a dead-letter topic, decoded and validated as a dead letter; one that is not
+    (a tombstone, bytes someone else wrote) is listed as ``unreadable_dead_letter``."""
     try:
-        record = json.loads(value or b"")
-        if isinstance(record, dict):
-            return record
-    except ValueError:
-        pass
-    text = (value or b"").decode("utf-8", errors="backslashreplace")
-    return {"type": RECORD_TYPE, "reason": "unreadable_dead_letter", "payload": text}
+        decoded = decode_dead_letter(value)
+    except DecodeError as exc:
+        text = (value or b"").decode("utf-8", errors="backslashreplace")
+        record = {
+            "type": RECORD_TYPE,
+            "reason": "unreadable_dead_letter",
+            "detail": f"{exc.reason}: {exc.detail}"[:2000],
+            "payload": text,
+        }
+        return DeadLetter(topic, partition, offset, record)
+    return DeadLetter(topic, partition, offset, record_of(decoded), decoded.rejected_at)
+
+
+def record_of(letter: Letter) -> dict[str, Any]:
+    """A dead letter as the JSON object it is on the wire."""
+    data: dict[str, Any] = json.loads(encode_dead_letter(letter))
+    return data
 
 
 Position = tuple[str, int, int]  # dead-letter topic, partition, offset

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import queue
 import threading
 import time
@@ -31,7 +30,8 @@ from typing import Any
 from kafka import KafkaProducer
 from pydantic import ValidationError
 
-from services.contracts import InferenceEvent, dumps
+from services.contracts import InferenceEvent, dumps, encode_event_batch
+from services.contracts.wire import BATCH_SEPARATOR
 from services.runtime import logs
 from services.runtime.config import EVENTS, Settings, load_settings
 from services.runtime.kafka import dead_letter, make_producer
@@ -39,12 +39,6 @@ from services.runtime.kafka import dead_letter, make_producer
 log = logs.get(__name__)
 _STOP = object()
 _FLUSH = "flush"
-
-
-def batch_message(resource_id: str, items: list[bytes]) -> bytes:
-    """The batch envelope of DESIGN.md around already serialised events."""
-    head = b'{"type":"inferledger.inference_event_batch.v1","resource_id":'
-    return head + json.dumps(resource_id).encode() + b',"events":[' + b",".join(items) + b"]}"
 
 
 def _close_at_exit(ref: weakref.ReferenceType[Emitter]) -> None:
@@ -173,7 +167,7 @@ class Emitter:
                 self._send(r, pending.pop(r))
                 sizes.pop(r, None)
             pending[r].append(raw)
-            sizes[r] += len(raw) + 1
+            sizes[r] += len(raw) + BATCH_SEPARATOR
             if oldest is None:
                 oldest = time.monotonic()
 
@@ -187,7 +181,7 @@ class Emitter:
         n = len(items)
         try:
             future = self._producer.send(
-                self.topic, key=resource_id, value=batch_message(resource_id, items)
+                self.topic, key=resource_id, value=encode_event_batch(resource_id, items)
             )
         except Exception as exc:  # buffer full past max_block_ms, or the producer is closed
             self._count("send_errors", n)

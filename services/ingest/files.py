@@ -14,8 +14,8 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
-from services.contracts import BillingLine, GpuRate, InferenceEvent, dumps
-from services.contracts.wire import DecodeError, decode_events, load_json
+from services.contracts import BillingLine, GpuRate, InferenceEvent, dumps, encode_event_batch
+from services.contracts.wire import BATCH_SEPARATOR, DecodeError, decode_events, load_json
 from services.runtime.config import BILLING, EVENTS, RATES, Settings
 from services.runtime.kafka import dead_letter, make_producer
 
@@ -59,10 +59,7 @@ def batch_events(
     def emit(resource: str) -> tuple[str, bytes, int]:
         items = pending.pop(resource)
         sizes.pop(resource, None)
-        head = json.dumps(
-            {"type": "inferledger.inference_event_batch.v1", "resource_id": resource}
-        )[:-1]
-        return resource, (head + ', "events": [').encode() + b", ".join(items) + b"]}", len(items)
+        return resource, encode_event_batch(resource, items), len(items)
 
     for event in events:
         raw = dumps(event)
@@ -70,7 +67,7 @@ def batch_events(
         if pending.get(r) and (len(pending[r]) >= max_events or sizes[r] + len(raw) > max_bytes):
             yield emit(r)
         pending[r].append(raw)
-        sizes[r] += len(raw) + 2
+        sizes[r] += len(raw) + BATCH_SEPARATOR
     for r in sorted(pending):
         yield emit(r)
 

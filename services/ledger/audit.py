@@ -21,14 +21,7 @@ from services.ledger.completeness import (
     events_accounted,
     outbox_drained,
 )
-
-ROW_HASH_SQL = """
-encode(sha256(convert_to(concat_ws('|', entry_id, entry_kind, cost_basis,
-    coalesce(tenant_id, ''), coalesce(model, ''), resource_id,
-    extract(epoch FROM bucket_start)::bigint::text, bucket_seconds::text, completions::text,
-    failed_requests::text, prompt_tokens::text, cached_prompt_tokens::text,
-    completion_tokens::text, (amount::numeric(38, 12))::text, currency), 'UTF8')), 'hex')
-"""
+from services.ledger.hashing import ROW_HASH_SQL
 
 
 def run_audit(

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from services.contracts import DecodeError, decode_events
+from services.contracts import DecodeError, decode_dead_letter, decode_events
 from services.runtime.config import EVENTS, Settings
 from services.runtime.kafka import Record
 
@@ -64,14 +64,14 @@ def scan_events(records: Iterable[Record], dlq_records: Iterable[Record]) -> Top
         out.unreadable += len(decoded.rejected)
         out.valid.update(e.event_id for e in decoded.events)
     for _, _, _, _, value in dlq_records:
-        record = _json(value)
-        if not isinstance(record, dict):
+        try:
+            letter = decode_dead_letter(value)
+        except DecodeError:
             out.dlq_reasons["unreadable_dead_letter"] += 1
             continue
-        reason = str(record.get("reason", "unknown"))
-        out.dlq_reasons[reason] += 1
-        for event_id in _event_ids(_json(record.get("payload"))):
-            out.dead_lettered.setdefault(event_id, reason)
+        out.dlq_reasons[letter.reason] += 1
+        for event_id in _event_ids(_json(letter.payload)):
+            out.dead_lettered.setdefault(event_id, letter.reason)
     return out
 
 

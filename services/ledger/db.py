@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Context, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,9 @@ from sqlalchemy.dialects.postgresql import insert
 
 from services.contracts import GpuRate, LedgerEntry
 from services.contracts.fast import EntryRecord, money
-from services.contracts.models import AMOUNT_LIMIT, BUSY_LIMIT, WORK_LIMIT
+from services.contracts.ledger import LEDGER_ENTRY_COLUMNS, LEDGER_MONEY
+from services.contracts.ledger import entry_values as ledger_values
+from services.ledger.hashing import entry_values
 from services.ledger.schema import (
     billing_lines,
     consumer_offsets,
@@ -47,54 +47,18 @@ def migrate(url: str, revision: str = "head") -> None:
 
 def entry_row(e: LedgerEntry) -> tuple[Any, ...]:
     """A contract entry as a COPY row (``ENTRY_COLUMNS``, with its row hash)."""
-    return entry_values(*_entry_fields(e))
+    return entry_values(*ledger_values(e))
 
 
 def record_row(e: EntryRecord) -> tuple[Any, ...] | None:
     """A fast-path entry as a COPY row, or None when its money needs the full decoder."""
-    values = list(_entry_fields(e))
+    values = list(ledger_values(e))
     for i, limit in _MONEY_AT:  # decimal strings on the fast path
         value = money(values[i])
         if value is None or not -limit < value < limit:  # the model's limits
             return None
         values[i] = value
     return entry_values(*values)
-
-
-_AMOUNT_QUANTUM = Decimal("1e-12")
-# wide enough for any amount the column holds; half away from zero, as Postgres rounds NUMERIC
-_HASH_CONTEXT = Context(prec=60, rounding=ROUND_HALF_UP)
-
-
-def entry_values(*values: Any) -> tuple[Any, ...]:
-    """The values of ``ENTRY_COLUMNS`` but the last, and the row hash appended.
-
-    The hash is SHA-256 of an entry's identity, money and counts; ``inferledger audit``
-    recomputes it in SQL (same text form: epoch seconds, amount with 12 decimals) to prove that
-    no row changed."""
-    (eid, kind, basis, tenant, model, resource, start, seconds, completions, failed, prompt,
-     cached, completion, _work, _busy, amount, currency, _lines) = values  # fmt: skip
-    amount = amount.quantize(_AMOUNT_QUANTUM, context=_HASH_CONTEXT)
-    text = "|".join(
-        (
-            eid,
-            kind,
-            basis,
-            tenant or "",
-            model or "",
-            resource,
-            str(int(start.timestamp())),
-            str(seconds),
-            str(completions),
-            str(failed),
-            str(prompt),
-            str(cached),
-            str(completion),
-            "0.000000000000" if amount == 0 else format(amount, "f"),
-            currency,
-        )
-    )
-    return (*values, hashlib.sha256(text.encode()).hexdigest())
 
 
 def rate_row(r: GpuRate) -> dict[str, Any]:
@@ -114,35 +78,10 @@ def rate_row(r: GpuRate) -> dict[str, Any]:
     return row
 
 
-ENTRY_COLUMNS = (
-    "entry_id",
-    "entry_kind",
-    "cost_basis",
-    "tenant_id",
-    "model",
-    "resource_id",
-    "bucket_start",
-    "bucket_seconds",
-    "completions",
-    "failed_requests",
-    "prompt_tokens",
-    "cached_prompt_tokens",
-    "completion_tokens",
-    "work_units",
-    "busy_seconds",
-    "amount",
-    "currency",
-    "billing_line_ids",
-    "row_hash",
-)
-_entry_fields = operator.attrgetter(*ENTRY_COLUMNS[:-1])  # entries name fields as columns
+ENTRY_COLUMNS = (*LEDGER_ENTRY_COLUMNS, "row_hash")
+"""The columns the writer copies into ``ledger_entries``: the entry's and its row hash."""
 _MONEY_AT = tuple(
-    (ENTRY_COLUMNS.index(c), limit)
-    for c, limit in (
-        ("work_units", WORK_LIMIT),
-        ("busy_seconds", BUSY_LIMIT),
-        ("amount", AMOUNT_LIMIT),
-    )
+    (LEDGER_ENTRY_COLUMNS.index(c.name), c.limit) for c in LEDGER_MONEY if c.limit is not None
 )
 COUNTED_COLUMNS = ("resource_id", "bucket_start", "set_id", "event_ids", "statuses")
 
@@ -268,8 +207,3 @@ def stored_offsets(engine: Engine, group: str) -> dict[tuple[str, int], int]:
             ).where(consumer_offsets.c.consumer_group == group)
         )
         return {(t, p): o for t, p, o in rows}
-
-
-def _chunks(rows: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
-    for i in range(0, len(rows), size):
-        yield rows[i : i + size]

@@ -14,7 +14,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.serializer import Serializer
 
-from services.contracts import EndOfInput, dumps
+from services.contracts import DeadLetter, EndOfInput, dumps, encode_dead_letter
 from services.runtime import logs
 from services.runtime.config import ALERTS, ALLOCATIONS, BILLING, EVENTS, RATES, Settings
 
@@ -102,7 +102,8 @@ def dead_letter(
     credential: str | None = None,
     credential_id: str | None = None,
 ) -> bytes:
-    """The dead-letter record: why, from where, and the original payload (truncated).
+    """The dead-letter record (:class:`~services.contracts.DeadLetter`, encoded): why, from
+    where, and the original payload (truncated to ``limit`` characters).
 
     ``credential`` and ``credential_id`` name who sent it where a component authenticates its
     callers (the gateway: the token's configured name and a non-secret id of the token, never
@@ -110,27 +111,33 @@ def dead_letter(
     if isinstance(payload, bytes):
         text = payload.decode("utf-8", errors="backslashreplace")
     elif isinstance(payload, str):
-        text = payload
+        text = _no_surrogates(payload)
     else:
         text = json.dumps(payload, default=str)
-    truncated = len(text) > limit
-    record = {
-        "type": "inferledger.dead_letter.v1",
-        "reason": reason,
-        "detail": detail[:2000],
-        "source": source,
-        "topic": source_topic,
-        "partition": partition,
-        "offset": offset,
-        "payload": text[:limit],
-        "payload_truncated": truncated,
-        "payload_size": len(text),
-        "rejected_at": datetime.now(UTC).isoformat(),
-    }
-    if credential_id is not None:
-        record["credential"] = credential
-        record["credential_id"] = credential_id
-    return json.dumps(record).encode()
+    letter = DeadLetter(
+        reason=reason,
+        detail=_no_surrogates(detail[:2000]),
+        source=source,
+        topic=source_topic,
+        partition=partition,
+        offset=offset,
+        payload=text[:limit],
+        payload_truncated=len(text) > limit,
+        payload_size=len(text),
+        rejected_at=datetime.now(UTC),
+        credential=credential if credential_id is not None else None,
+        credential_id=credential_id,
+    )
+    return encode_dead_letter(letter)
+
+
+def _no_surrogates(text: str) -> str:
+    """``text`` with any lone surrogate written as its escape (UTF-8 cannot hold one)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+    return text
 
 
 Record = tuple[str, int, int, bytes | None, bytes | None]  # topic, partition, offset, key, value
@@ -159,6 +166,12 @@ def read_records(
         if not parts:
             return
         consumer.assign(parts)
+        # assigning asks for a metadata refresh of these topics, sent in the background once
+        # the retry backoff passed: behind a fetch long-poll on the same connection, its answer
+        # may come after the last poll, and closing the consumer then cancels it, which
+        # kafka-python logs as "ERROR Metadata refresh: failed Cancelled" on every clean run.
+        # topics() waits for that refresh (and makes one of all topics) before any fetch.
+        consumer.topics()
         consumer.seek_to_beginning(*parts)
         deadline = time.monotonic() + timeout_s
         quiet = 0

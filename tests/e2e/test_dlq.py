@@ -7,9 +7,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import create_engine, text
 
+from services.contracts import DeadLetter, encode_dead_letter
 from services.ingest.gateway import credential_id
 from services.runtime.kafka import dead_letter, make_producer
 from tests.helpers import cli, free_port
@@ -88,7 +90,11 @@ def test_dead_letters_are_listed_fixed_and_replayed(cli_env, settings, tmp_path)
     assert counted(settings.database_url) == {"e1"}
 
     listed = cli(cli_env, "dlq", "list", "--format", "jsonl")
+    assert "ERROR" not in listed.stderr, listed.stderr
     records = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [r["rejected_at"] for r in records] == sorted(
+        (r["rejected_at"] for r in records), key=datetime.fromisoformat
+    )
     by = {(r["source"], r["reason"]) for r in records}
     assert ("attribution", "invalid_json") in by
     assert ("gateway", "forbidden") in by
@@ -135,6 +141,65 @@ def test_dead_letters_are_listed_fixed_and_replayed(cli_env, settings, tmp_path)
     cli(cli_env, "run", "all", "--until-idle")
     assert counted(settings.database_url) == {"e1", "e2", "e4"}
     cli(cli_env, "audit")
+
+
+def test_dlq_list_shows_dead_letters_oldest_first_and_logs_no_error(cli_env, settings):
+    """Sorted by when they were rejected whatever topic and partition holds them (then by
+    topic, partition and offset); a dead letter written before the contract existed is listed
+    too; and a clean run prints no ERROR (kafka-python's cancelled metadata refresh)."""
+    events, rates = settings.topic("inference-events"), settings.topic("gpu-rates")
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def letter(topic: str, minute: int, reason: str) -> bytes:
+        return encode_dead_letter(
+            DeadLetter(
+                reason=reason,
+                detail="d",
+                source="test",
+                topic=topic,
+                payload="{}",
+                payload_truncated=False,
+                payload_size=2,
+                rejected_at=at + timedelta(minutes=minute),
+            )
+        )
+
+    old_format = (  # as services.runtime.kafka.dead_letter wrote them before the model
+        b'{"type": "inferledger.dead_letter.v1", "reason": "old", "detail": "d", "source": '
+        b'"test", "topic": "' + events.encode() + b'", "partition": null, "offset": null, '
+        b'"payload": "{}", "payload_truncated": false, "payload_size": 2, '
+        b'"rejected_at": "2026-01-01T00:02:30+00:00"}'
+    )
+    producer = make_producer(settings)
+    for topic, partition, value in [
+        (events, 0, letter(events, 5, "fifth")),  # the newest first in every partition
+        (events, 0, letter(events, 1, "first")),
+        (events, 3, letter(events, 4, "fourth")),
+        (events, 3, letter(events, 2, "second")),
+        (rates, 1, letter(rates, 3, "third")),
+        (rates, 2, old_format),
+        (events, 1, b"not a dead letter"),
+    ]:
+        producer.send(f"{topic}.dlq", value=value, partition=partition)
+    producer.flush(30)
+    producer.close(10)
+
+    listed = cli(cli_env, "dlq", "list", "--format", "jsonl")
+    assert "ERROR" not in listed.stderr and "Cancelled" not in listed.stderr, listed.stderr
+    reasons = [json.loads(line)["reason"] for line in listed.stdout.splitlines()]
+    assert reasons == [
+        "first",
+        "second",
+        "old",
+        "third",
+        "fourth",
+        "fifth",
+        "unreadable_dead_letter",
+    ]
+    table = cli(cli_env, "dlq", "list")
+    assert "ERROR" not in table.stderr, table.stderr
+    rows = table.stdout.strip().splitlines()[1:]
+    assert [r[65:87].strip() for r in rows] == reasons  # the reason column
 
 
 def test_processors_count_dead_letters_in_prometheus_metrics(cli_env, settings):

@@ -10,6 +10,7 @@ from sqlalchemy import exc as sa_exc
 
 from services.ledger.completeness import scan_events
 from services.runtime import health
+from services.runtime.kafka import dead_letter
 from tests.helpers import SAMPLE_EVENT
 
 EVENT = SAMPLE_EVENT
@@ -24,11 +25,15 @@ def test_scan_finds_valid_events_and_dead_lettered_ids():
         "resource_id": "node-1",
         "events": [dict(EVENT, event_id="b1"), dict(EVENT, event_id="b2", prompt_tokens=-1)],
     }
-    dead = {
-        "type": "inferledger.dead_letter.v1",
-        "reason": "future_event",
-        "payload": json.dumps(dict(EVENT, event_id="e9")),
-    }
+    dead = dead_letter(
+        "inference-events",
+        "future_event",
+        "too far ahead",
+        dict(EVENT, event_id="e9"),
+        65536,
+        source="attribution",
+    )
+    partial = {"type": "inferledger.dead_letter.v1", "reason": "x", "payload": "{}"}
     scan = scan_events(
         [
             rec(json.dumps(EVENT).encode()),
@@ -37,13 +42,13 @@ def test_scan_finds_valid_events_and_dead_lettered_ids():
             rec(b"{broken"),
             rec(b"\xff\xfe"),
         ],
-        [rec(json.dumps(dead).encode()), rec(b"not a dead letter")],
+        [rec(dead), rec(b"not a dead letter"), rec(json.dumps(partial).encode())],
     )
     assert scan.valid == {"e1", "b1"}
     assert scan.messages == 5 and scan.tombstones == 1
     assert scan.unreadable == 3  # b2, the broken JSON and the invalid UTF-8
     assert scan.dead_lettered == {"e9": "future_event"}
-    assert scan.dlq_reasons == {"future_event": 1, "unreadable_dead_letter": 1}
+    assert scan.dlq_reasons == {"future_event": 1, "unreadable_dead_letter": 2}
 
 
 def test_retry_waits_out_an_outage_and_reports_it(monkeypatch):
