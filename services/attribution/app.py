@@ -169,6 +169,7 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                 or out.state
                 or out.commit
                 or out.finished
+                or out.followed
             ):
                 await outbox.put(out)
 
@@ -183,6 +184,15 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                 await app.crash(exc)
                 return
             proc.saved(out.state)
+            for followed in out.followed:  # after this output's allocations are in Kafka
+                await retry_async(
+                    "kafka",
+                    functools.partial(
+                        asyncio.to_thread, publish_end_markers, settings, [alloc_name], followed
+                    ),
+                    kafka_errors_,
+                )
+                log.info("heartbeat closed through; marker passed on", run_id=followed)
             if out.finished and run_id is not None and not done.is_set():
                 await retry_async(
                     "kafka",

@@ -252,6 +252,9 @@ class Output:
     # (worker id, event time) this worker has closed buckets through, stored with the state
     progress: tuple[str, datetime] | None = None
     finished: bool = False
+    # streaming: runs whose end markers this worker has closed through (heartbeats, see
+    # EndOfInput): pass their markers on to cost-allocations once this output is published
+    followed: list[str] = field(default_factory=list)
 
 
 class AttributionProcessor:
@@ -309,6 +312,8 @@ class AttributionProcessor:
         self._events_marker = run_id  # the end marker that drains the events topic
         self._flushed = False
         self._closed_until = -(2**62)
+        # streaming: run id -> (heartbeat time µs, the input partitions its markers were seen on)
+        self._heartbeats: dict[str, tuple[int, set[tuple[str, int]]]] = {}
 
     # -- input -------------------------------------------------------------------------
     def _reject(
@@ -554,9 +559,57 @@ class AttributionProcessor:
         )
 
     def _on_marker(self, topic: str, partition: int, marker: EndOfInput) -> None:
+        if self.run_id is None:
+            self._on_heartbeat(topic, partition, marker)
+            return
         want = self._events_marker if topic == self.events_topic else self.run_id
-        if self.run_id is not None and marker.run_id == want:
+        if marker.run_id == want:
             self._markers.add((topic, partition))
+
+    def _on_heartbeat(self, topic: str, partition: int, marker: EndOfInput) -> None:
+        """Streaming: a marker stamped ``at`` says everything before it on this partition was
+        sent by ``at``. Once its run's markers are on every input partition of this worker,
+        the watermark moves as if an event had finished at ``at`` (see step)."""
+        if marker.at is None:  # an old marker: nothing to go by
+            self.counters["markers.ignored"] += 1
+            return
+        at_us = to_us(marker.at)
+        now_us = int(self.wall_clock() * 1_000_000)
+        if at_us > now_us + int(self.settings.max_future_seconds * 1_000_000):
+            # a wrong clock must never move the watermark into the future (as for events)
+            self.counters["markers.future"] += 1
+            log.warning("a heartbeat marker from the future was ignored",
+                        run_id=marker.run_id, at=marker.at.isoformat(), topic=topic)  # fmt: skip
+            return
+        self.counters["markers.heartbeat"] += 1
+        at_us = min(at_us, now_us)
+        if marker.run_id not in self._heartbeats and len(self._heartbeats) >= 1000:
+            del self._heartbeats[next(iter(self._heartbeats))]  # never completed: forget the oldest
+        self._heartbeats.setdefault(marker.run_id, (at_us, set()))[1].add((topic, partition))
+
+    def _beat(self, events: set[int], rates: set[int], billing: set[int]) -> list[tuple[str, int]]:
+        """Heartbeats whose markers are on every input partition: each events partition's
+        latest time moves to the heartbeat's. Returns (run id, bucket start the watermark must
+        have closed through) for each."""
+        if not self._heartbeats:
+            return []
+        need = {(self.events_topic, p) for p in events}
+        need |= {(self.rates_topic, p) for p in rates}
+        need |= {(self.billing_topic, p) for p in billing}
+        due = []
+        now = self.clock()
+        W = self.book.settings.bucket_us
+        for run_id, (at_us, seen) in list(self._heartbeats.items()):
+            if not need <= seen:
+                continue
+            del self._heartbeats[run_id]
+            for p in events:
+                if self._partition_max.get(p, -(2**62)) < at_us:
+                    self._partition_max[p] = at_us
+                self._partition_seen[p] = now
+            through = at_us - self.book.settings.lateness_us
+            due.append((run_id, (through // W) * W))
+        return due
 
     # -- progress ----------------------------------------------------------------------
     def drained(self, topic: str, partitions: set[int]) -> bool:
@@ -577,6 +630,8 @@ class AttributionProcessor:
         )
         closed: list[ClosedBucket] = self._changes
         self._changes = []
+        beats = [] if bounded else self._beat(events_partitions, rates_partitions,
+                                              billing_partitions or set())  # fmt: skip
         if rates_ready and not self._flushed:
             wm = self.watermark_us(events_partitions)
             if wm is not None:
@@ -599,6 +654,11 @@ class AttributionProcessor:
         for resource_id, kind, key, data in self._out.state:
             if kind == "bucket":
                 self._unsaved[resource_id, int(key)] = data
+        for run_id, through in beats:
+            if self._closed_until >= through:
+                self._out.followed.append(run_id)
+            else:  # cannot happen: the heartbeat moved the watermark past it
+                log.error("a heartbeat did not close its buckets", run_id=run_id)
         self._release_closed()
         self._out.commit = self._safe_offsets(events_partitions)
         out, self._out = self._out, Output()

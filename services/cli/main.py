@@ -191,7 +191,7 @@ def run_processors(settings: Settings, until_idle: bool, progress: bool = True) 
     env["INFERLEDGER_TOPIC_PREFIX"] = settings.topic_prefix
     procs = []
     for n, which in enumerate(("attribution", "ledger")):
-        cmd = [sys.executable, "-m", "services.cli.main", "run", which]
+        cmd = [sys.executable, "-m", "services.cli.main", "run", which, "--supervised"]
         if until_idle:
             cmd += ["--until-idle", "--run-id", run_id or ""]
         if settings.metrics_listen:  # one port per process: attribution, then ledger
@@ -238,6 +238,53 @@ def run_processors(settings: Settings, until_idle: bool, progress: bool = True) 
                 p.kill()
 
 
+def _up_running(settings: Settings, resolved: Settings) -> int | None:
+    """The pid of a running `inferledger up` whose broker this command resolved to."""
+    from services.runtime.stack import running_stack
+
+    running = running_stack(settings)
+    if running and running.get("kafka_bootstrap") == resolved.kafka_bootstrap:
+        return int(running["pid"])
+    return None
+
+
+def _follow_up(settings: Settings, up_pid: int, timeout: float) -> None:
+    """`run all --until-idle` beside `up`: let its processors close what was fed, and wait."""
+    from services.ledger.markers import follow
+
+    click.echo(
+        f"`inferledger up` (pid {up_pid}) runs the processors: asking it to close everything "
+        "fed so far, and waiting for its ledger writer",
+        err=True,
+    )
+    status: Any = None
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        status = Console(stderr=True).status("waiting for `up`")
+        status.start()
+
+    def on_wait(missing: set[int], waited: float) -> None:
+        if status is not None:
+            status.update(
+                f"waiting for `up`: {len(missing)} cost-allocations partitions to go, "
+                f"{_ledger_rows(settings)} ledger rows, {waited:.0f} s"
+            )
+
+    try:
+        run_id, missing = follow(settings, input_topics(settings), timeout, on_wait)
+    finally:
+        if status is not None:
+            status.stop()
+    if missing:
+        raise click.ClickException(
+            f"`up` has not accounted for run {run_id} after {timeout:.0f} s (cost-allocations "
+            f"partitions {sorted(missing)} still to come): see its log and `inferledger audit`"
+        )
+    click.echo(f"done: `up` closed everything fed before run {run_id}; the ledger has "
+               f"{_ledger_rows(settings)} entries", err=True)  # fmt: skip
+
+
 def _ledger_rows(settings: Settings) -> int:
     from sqlalchemy import create_engine, text
 
@@ -256,12 +303,38 @@ def _ledger_rows(settings: Settings) -> int:
 @click.argument("which", type=click.Choice(["attribution", "ledger", "all"]), default="all")
 @click.option("--until-idle", is_flag=True, help="process the bounded input to its end, then exit")
 @click.option("--run-id", default=None, help="end-of-input markers to wait for (set by `run all`)")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=600,
+    show_default=True,
+    help="beside a running `up`: seconds to wait for it",
+)
+@click.option("--supervised", is_flag=True, hidden=True, help="started by `run all` or `up`")
 @click.pass_context
-def run(ctx: click.Context, which: str, until_idle: bool, run_id: str | None) -> None:
+def run(
+    ctx: click.Context,
+    which: str,
+    until_idle: bool,
+    run_id: str | None,
+    timeout: float,
+    supervised: bool,
+) -> None:
     """Run processors: attribution, ledger (writer) or all."""
     settings = _settings(ctx)
     need_db = True  # the attribution processor keeps its durable state in Postgres too
     with local_stack(settings, need_database=need_db) as s:
+        up_pid = None if supervised else _up_running(settings, s)
+        if up_pid is not None:
+            if which != "all" or not until_idle:
+                raise click.ClickException(
+                    f"`inferledger up` (pid {up_pid}) already runs the processors on this "
+                    "broker; a second set would join its consumer groups and wait for ever. "
+                    "Use `run all --until-idle` to wait until it has accounted for what you "
+                    "fed, or stop `up` first."
+                )
+            _follow_up(s, up_pid, timeout)
+            return
         if which == "all":
             if need_db:
                 from services.ledger.db import migrate as do_migrate

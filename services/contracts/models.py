@@ -386,11 +386,19 @@ class EndOfInput(_Contract):
 
     ``inferledger run --until-idle`` writes one to every partition of its input topics; a
     processor that has seen the marker of its own run on each of its partitions has drained
-    its bounded input. Markers of other runs are ignored.
+    its bounded input. Markers of other runs are ignored by bounded runs.
+
+    A streaming processor (``inferledger up``, ``run`` without ``--until-idle``) reads a marker
+    with ``at`` as a heartbeat: once a run's markers are on all its input partitions, its
+    watermark moves to at least ``at`` (less the allowed lateness, as for an event finishing
+    at ``at``), the buckets before it close, and the marker is passed on to the
+    cost-allocations topic, where the ledger writer records it (``end_markers``). That is how
+    ``run --until-idle`` beside a running ``up`` waits for everything fed before it.
     """
 
     type: Literal["inferledger.control.end_of_input.v1"] = "inferledger.control.end_of_input.v1"
     run_id: Id
+    at: Timestamp | None = None
 
 
 class DeadLetter(BaseModel):

@@ -22,6 +22,7 @@ from services.ledger.schema import (
     billing_lines,
     consumer_offsets,
     counted_event_sets,
+    end_markers,
     gpu_rates,
     ledger_entries,
     resources,
@@ -159,6 +160,10 @@ def write_batch(engine: Engine, group: str, batch: Any) -> int:
             conn.execute(insert(billing_lines).on_conflict_do_nothing(), brows)
         if batch.rates:
             _write_rates(conn, batch.rates)
+        markers = getattr(batch, "markers", None)
+        if markers:
+            mrows = [{"run_id": r, "topic": t, "partition": p} for t, p, r in markers]
+            conn.execute(insert(end_markers).on_conflict_do_nothing(), mrows)
         if batch.offsets:
             orows = [
                 {"consumer_group": group, "topic": t, "partition": p, "next_offset": o}

@@ -105,6 +105,17 @@ consumer_offsets = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+# end-of-input markers the ledger writer has read on its input, committed with what came
+# before them: `run --until-idle` beside a running `up` waits for its run's markers here
+end_markers = Table(
+    "end_markers",
+    metadata,
+    Column("run_id", String(128), primary_key=True),
+    Column("topic", Text, primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 billing_lines = Table(
     "billing_lines",
     metadata,

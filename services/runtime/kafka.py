@@ -199,11 +199,14 @@ def read_records(
         consumer.close()
 
 
-def publish_end_markers(settings: Settings, topics: list[str], run_id: str) -> None:
-    """Write an end-of-input marker of ``run_id`` to every partition of ``topics``."""
+def publish_end_markers(
+    settings: Settings, topics: list[str], run_id: str, at: datetime | None = None
+) -> None:
+    """Write an end-of-input marker of ``run_id`` to every partition of ``topics``, stamped
+    ``at`` (default: now), which a streaming processor reads as a heartbeat."""
     producer = make_producer(settings)
     try:
-        marker = dumps(EndOfInput(run_id=run_id))
+        marker = dumps(EndOfInput(run_id=run_id, at=at or datetime.now(UTC)))
         for topic in topics:
             partitions = producer.partitions_for(topic) or set()
             for p in sorted(partitions):

@@ -1,0 +1,92 @@
+"""Streaming: stamped end markers are heartbeats that close what was fed before them.
+
+`run all --until-idle` beside a running `up` writes them; the attribution processor closes the
+buckets before their time once the run's markers are on all its input partitions, and says so
+(``Output.followed``) so that the markers are passed on to the ledger writer.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from services.attribution.processor import AttributionProcessor
+from services.contracts import EndOfInput, decode_allocation, dumps
+from services.runtime.config import Settings
+
+EVENT = {
+    "event_id": "e1",
+    "tenant_id": "acme",
+    "resource_id": "node-1",
+    "model": "m",
+    "engine": "vllm",
+    "started_at": "2024-01-01T00:00:00Z",
+    "finished_at": "2024-01-01T00:00:30Z",
+    "prompt_tokens": 10,
+    "completion_tokens": 5,
+    "status": "ok",
+}
+RATE = {  # finite: a heartbeat at now closes its buckets, and no idle ones after it
+    "resource_id": "node-1",
+    "price_per_hour": "36.00",
+    "currency": "USD",
+    "effective_from": "2024-01-01T00:00:00Z",
+    "effective_to": "2024-01-01T00:02:00Z",
+}
+NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+
+
+def raw(obj: object) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def marker(run_id: str, at: datetime | None = NOW) -> bytes:
+    return dumps(EndOfInput(run_id=run_id, at=at))
+
+
+def fed() -> AttributionProcessor:
+    proc = AttributionProcessor(Settings(allowed_lateness_seconds=120))
+    proc.wall_clock = NOW.timestamp
+    proc.on_rate(raw(RATE), 0, 0)
+    proc.on_events(raw(EVENT), "m1", 0, 0)
+    out = proc.step({0, 1}, {0})
+    assert out.allocations == [] and out.followed == []  # streaming: the watermark waits
+    return proc
+
+
+def test_a_heartbeat_on_every_input_partition_closes_what_came_before_and_is_passed_on():
+    proc = fed()
+    proc.on_events(marker("r1"), "k0", 0, 1)
+    proc.on_rate(marker("r1"), 0, 1)
+    out = proc.step({0, 1}, {0})
+    assert out.allocations == [] and out.followed == []  # events partition 1 has not had it
+    proc.on_events(marker("r1"), "k1", 1, 0)
+    out = proc.step({0, 1}, {0})
+    amounts = [e.amount for _, v in out.allocations for e in decode_allocation(v).entries]
+    assert sum(amounts) == Decimal("1.2")  # 36/h for 2 min: both buckets of the rate, busy and idle, all of it
+    assert out.followed == ["r1"]
+    assert out.release == ["m1"]
+    assert proc.step({0, 1}, {0}).followed == []  # once
+
+
+def test_markers_without_a_time_or_from_the_future_move_nothing():
+    proc = fed()
+    for run_id, at in (("old", None), ("ahead", NOW + timedelta(hours=1))):
+        proc.on_events(marker(run_id, at), "k0", 0, 1)
+        proc.on_events(marker(run_id, at), "k1", 1, 0)
+        proc.on_rate(marker(run_id, at), 0, 1)
+    out = proc.step({0, 1}, {0})
+    assert out.allocations == [] and out.followed == []
+    assert proc.counters["markers.ignored"] == 3 and proc.counters["markers.future"] == 3
+
+
+def test_a_bounded_run_does_not_read_other_runs_markers_as_heartbeats():
+    proc = AttributionProcessor(Settings(allowed_lateness_seconds=120), run_id="mine")
+    proc.wall_clock = NOW.timestamp
+    proc.on_rate(raw(RATE), 0, 0)
+    proc.on_events(raw(EVENT), "m1", 0, 0)
+    proc.on_events(marker("other"), "k0", 0, 1)
+    proc.on_rate(marker("other"), 0, 1)
+    out = proc.step({0}, {0})
+    assert out.allocations == [] and out.followed == [] and not out.finished
