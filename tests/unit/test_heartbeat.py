@@ -64,9 +64,9 @@ def test_a_heartbeat_on_every_input_partition_closes_what_came_before_and_is_pas
     proc.on_events(marker("r1"), "k1", 1, 0)
     out = proc.step({0, 1}, {0})
     amounts = [e.amount for _, v in out.allocations for e in decode_allocation(v).entries]
-    assert sum(amounts) == Decimal("1.2")  # 36/h for 2 min: both buckets of the rate, busy and idle, all of it
+    assert sum(amounts) == Decimal("1.2")  # 36/h for 2 min: both buckets, busy and idle
     assert out.followed == ["r1"]
-    assert out.release == ["m1"]
+    assert "m1" in out.release
     assert proc.step({0, 1}, {0}).followed == []  # once
 
 
