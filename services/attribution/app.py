@@ -118,6 +118,15 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                 ),
                 kafka_errors_,
             )
+        for followed in out.followed:  # after this output's allocations, before the commit
+            await retry_async(
+                "kafka",
+                functools.partial(
+                    asyncio.to_thread, publish_end_markers, settings, [alloc_name], followed
+                ),
+                kafka_errors_,
+            )
+            log.info("heartbeat closed through; marker passed on", marker=followed)
         ids += [i for i, _, _ in out.resent]
         if ids:
             await retry_async("postgres", lambda: asyncio.to_thread(state.sent, db, ids), pg_errors)
@@ -184,15 +193,6 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                 await app.crash(exc)
                 return
             proc.saved(out.state)
-            for followed in out.followed:  # after this output's allocations are in Kafka
-                await retry_async(
-                    "kafka",
-                    functools.partial(
-                        asyncio.to_thread, publish_end_markers, settings, [alloc_name], followed
-                    ),
-                    kafka_errors_,
-                )
-                log.info("heartbeat closed through; marker passed on", run_id=followed)
             if out.finished and run_id is not None and not done.is_set():
                 await retry_async(
                     "kafka",

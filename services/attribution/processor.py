@@ -48,6 +48,7 @@ from services.contracts import (
 )
 from services.contracts.fast import EventRecord, event_records
 from services.contracts.fast import to_builtins as record_data
+from services.contracts.markers import heartbeat_ids
 from services.runtime import logs
 from services.runtime.config import Settings
 from services.runtime.kafka import dead_letter
@@ -656,7 +657,7 @@ class AttributionProcessor:
                 self._unsaved[resource_id, int(key)] = data
         for run_id, through in beats:
             if self._closed_until >= through:
-                self._out.followed.append(run_id)
+                self._out.followed += heartbeat_ids(run_id, events_partitions)
             else:  # cannot happen: the heartbeat moved the watermark past it
                 log.error("a heartbeat did not close its buckets", run_id=run_id)
         self._release_closed()

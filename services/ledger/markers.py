@@ -4,7 +4,8 @@
 the input topics and waits here: the streaming attribution processor closes the buckets before
 the markers' time and passes the markers on to cost-allocations, and the ledger writer stores
 each one in the transaction of the entries before it. Once the run's marker is stored for every
-cost-allocations partition, everything fed before the command is in the ledger.
+cost-allocations partition, covering every events partition (each worker passes its markers on
+for the events partitions it owns), everything fed before the command is in the ledger.
 """
 
 from __future__ import annotations
@@ -16,20 +17,28 @@ from collections.abc import Callable
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
+from services.contracts.markers import heartbeat_coverage
 from services.ledger.db import make_engine
 from services.ledger.schema import end_markers, ledger_entries
-from services.runtime.config import ALLOCATIONS, Settings
+from services.runtime.config import ALLOCATIONS, EVENTS, Settings
 
 
-def partitions_marked(engine: Engine, run_id: str, topic: str) -> set[int]:
-    """The partitions of ``topic`` on which the ledger writer has stored ``run_id``'s marker."""
+def uncovered(
+    engine: Engine, run_id: str, topic: str, partitions: set[int], events: set[int]
+) -> set[int]:
+    """The partitions of ``topic`` on which the stored markers of ``run_id`` do not yet cover
+    every events partition (see services.contracts.markers)."""
     with engine.connect() as conn:
         rows = conn.execute(
-            select(end_markers.c.partition).where(
-                end_markers.c.run_id == run_id, end_markers.c.topic == topic
+            select(end_markers.c.partition, end_markers.c.run_id).where(
+                end_markers.c.topic == topic,
+                end_markers.c.run_id.startswith(f"{run_id}.", autoescape=True),
             )
-        )
-        return {int(p) for p in rows.scalars()}
+        ).all()
+    covered: dict[int, set[int]] = {}
+    for partition, marker_id in rows:
+        covered.setdefault(int(partition), set()).update(heartbeat_coverage(marker_id, run_id))
+    return {p for p in partitions if not events <= covered.get(p, set())}
 
 
 def wait_for_markers(
@@ -37,15 +46,16 @@ def wait_for_markers(
     run_id: str,
     topic: str,
     partitions: set[int],
+    events: set[int],
     timeout: float,
     on_wait: Callable[[set[int], float], None] | None = None,
     poll_seconds: float = 0.5,
 ) -> set[int]:
-    """Wait until ``run_id``'s marker is stored for every partition in ``partitions``, at most
-    ``timeout`` seconds; returns the partitions still missing (empty: all arrived)."""
+    """Wait until ``run_id``'s markers cover every events partition on every partition of
+    ``topic``, at most ``timeout`` seconds; returns the partitions still missing (empty: done)."""
     started = time.monotonic()
     while True:
-        missing = partitions - partitions_marked(engine, run_id, topic)
+        missing = uncovered(engine, run_id, topic, partitions, events)
         waited = time.monotonic() - started
         if not missing or waited >= timeout:
             return missing
@@ -76,12 +86,14 @@ def follow(
     producer = make_producer(settings)
     try:
         partitions = set(producer.partitions_for(alloc) or set())
+        events = set(producer.partitions_for(settings.topic(EVENTS)) or set())
     finally:
         producer.close(10)
     run_id = uuid.uuid4().hex
     publish_end_markers(settings, input_topics, run_id)
     engine = make_engine(settings.database_url)
     try:
-        return run_id, wait_for_markers(engine, run_id, alloc, partitions, timeout, on_wait)
+        missing = wait_for_markers(engine, run_id, alloc, partitions, events, timeout, on_wait)
+        return run_id, missing
     finally:
         engine.dispose()

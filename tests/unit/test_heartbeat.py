@@ -11,8 +11,12 @@ import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from services.attribution.processor import AttributionProcessor
 from services.contracts import EndOfInput, decode_allocation, dumps
+from services.contracts.markers import heartbeat_coverage, heartbeat_ids
 from services.runtime.config import Settings
 
 EVENT = {
@@ -65,7 +69,7 @@ def test_a_heartbeat_on_every_input_partition_closes_what_came_before_and_is_pas
     out = proc.step({0, 1}, {0})
     amounts = [e.amount for _, v in out.allocations for e in decode_allocation(v).entries]
     assert sum(amounts) == Decimal("1.2")  # 36/h for 2 min: both buckets, busy and idle
-    assert out.followed == ["r1"]
+    assert out.followed == ["r1.0.3"]  # for events partitions 0 and 1 (bits 0b11)
     assert "m1" in out.release
     assert proc.step({0, 1}, {0}).followed == []  # once
 
@@ -90,3 +94,19 @@ def test_a_bounded_run_does_not_read_other_runs_markers_as_heartbeats():
     proc.on_rate(marker("other"), 0, 1)
     out = proc.step({0}, {0})
     assert out.allocations == [] and out.followed == [] and not out.finished
+
+
+@given(st.sets(st.integers(min_value=0, max_value=2000), max_size=300), st.text(min_size=1))
+def test_passed_on_ids_cover_exactly_the_workers_partitions(partitions, other):
+    run_id = "0123456789abcdef0123456789abcdef"
+    ids = heartbeat_ids(run_id, partitions)
+    assert all(len(i) <= 128 for i in ids)
+    assert set().union(*(heartbeat_coverage(i, run_id) for i in ids)) == partitions
+    assert all(heartbeat_coverage(i, run_id + "x") == set() for i in ids)  # another run's
+    assert heartbeat_coverage(other, run_id) == set() or other.startswith(run_id + ".")
+
+
+def test_two_workers_markers_together_cover_the_topic():
+    run_id = "r"
+    halves = heartbeat_ids(run_id, {0, 2}) + heartbeat_ids(run_id, {1, 3})
+    assert set().union(*(heartbeat_coverage(i, run_id) for i in halves)) == {0, 1, 2, 3}
