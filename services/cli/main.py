@@ -248,13 +248,16 @@ def _up_running(settings: Settings, resolved: Settings) -> int | None:
     return None
 
 
-def _follow_up(settings: Settings, up_pid: int, timeout: float) -> None:
-    """`run all --until-idle` beside `up`: let its processors close what was fed, and wait."""
+def _follow_up(settings: Settings, up_pid: int | None, timeout: float) -> None:
+    """`run all --until-idle` beside running processors (`up`'s, or elsewhere with --follow):
+    let them close what was fed, and wait."""
     from services.ledger.markers import follow
 
+    who = "the running processors"
+    if up_pid is not None:
+        who += f" of `inferledger up` (pid {up_pid})"
     click.echo(
-        f"`inferledger up` (pid {up_pid}) runs the processors: asking it to close everything "
-        "fed so far, and waiting for its ledger writer",
+        f"asking {who} to close everything fed so far, and waiting for their ledger writer",
         err=True,
     )
     status: Any = None
@@ -278,10 +281,11 @@ def _follow_up(settings: Settings, up_pid: int, timeout: float) -> None:
             status.stop()
     if missing:
         raise click.ClickException(
-            f"`up` has not accounted for run {run_id} after {timeout:.0f} s (cost-allocations "
-            f"partitions {sorted(missing)} still to come): see its log and `inferledger audit`"
+            f"{who} have not accounted for run {run_id} after {timeout:.0f} s "
+            f"(cost-allocations partitions {sorted(missing)} still to come): are they running? "
+            "See their log and `inferledger audit`; running this again sends a new heartbeat"
         )
-    click.echo(f"done: `up` closed everything fed before run {run_id}; the ledger has "
+    click.echo(f"done: {who} closed everything fed before run {run_id}; the ledger has "
                f"{_ledger_rows(settings)} entries", err=True)  # fmt: skip
 
 
@@ -310,6 +314,12 @@ def _ledger_rows(settings: Settings) -> int:
     show_default=True,
     help="beside a running `up`: seconds to wait for it",
 )
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="with `all --until-idle`: processors run elsewhere (e.g. docker compose); start none, "
+    "wait until they have accounted for everything fed so far",
+)
 @click.option("--supervised", is_flag=True, hidden=True, help="started by `run all` or `up`")
 @click.pass_context
 def run(
@@ -318,6 +328,7 @@ def run(
     until_idle: bool,
     run_id: str | None,
     timeout: float,
+    follow: bool,
     supervised: bool,
 ) -> None:
     """Run processors: attribution, ledger (writer) or all."""
@@ -325,6 +336,11 @@ def run(
     need_db = True  # the attribution processor keeps its durable state in Postgres too
     with local_stack(settings, need_database=need_db) as s:
         up_pid = None if supervised else _up_running(settings, s)
+        if follow:
+            if which != "all" or not until_idle:
+                raise click.UsageError("--follow goes with `run all --until-idle`")
+            _follow_up(s, None, timeout)
+            return
         if up_pid is not None:
             if which != "all" or not until_idle:
                 raise click.ClickException(
@@ -341,7 +357,11 @@ def run(
 
                 assert s.database_url
                 do_migrate(s.database_url)
-            run_processors(s, until_idle)
+            if until_idle:  # interrupted, the bounded run is incomplete: exit non-zero
+                run_processors(s, until_idle)
+            else:  # streaming until stopped (Ctrl-C, SIGTERM): a clean stop, as for `up`
+                with contextlib.suppress(KeyboardInterrupt):
+                    run_processors(s, until_idle)
             return
         if until_idle and run_id is None:
             if which == "ledger":

@@ -98,7 +98,7 @@ def test_hand_fed_path_beside_a_running_up(cli_env, settings, tmp_path):
         for line in hand_fed_block():
             if not line.startswith("export "):  # "without those variables": up's stack
                 done[line.split()[1]] = run(line, env)
-        assert "asking it to close everything fed so far" in done["run"].stderr
+        assert "to close everything fed so far" in done["run"].stderr
         for number in NUMBERS:
             assert number in done["report"].stdout, done["report"].stdout
         assert time.monotonic() - started < 120
