@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from services.demo.fleet import TRACE, read_trace
+from services.ingest.trace.azure import TRACE, read_trace
 
 MODELS = (
     ("qwen2.5-coder-32b", 2, 9000, 45),

@@ -378,9 +378,9 @@ def replay() -> None:
 @replay.command("fleet")
 def replay_fleet() -> None:
     """Print the demo fleet description (JSON): a starting point for your own --fleet file."""
-    from services.demo.fleet import DEFAULT_FLEET
+    from services.ingest.trace.fleet import default_fleet
 
-    click.echo(json.dumps(DEFAULT_FLEET, indent=2))
+    click.echo(json.dumps(default_fleet(), indent=2))
 
 
 def _start_shift(start: str, first: datetime | None) -> timedelta:
@@ -459,11 +459,12 @@ def replay_azure_trace(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from services.demo.fleet import DEFAULT_FLEET, Fleet, FleetError, TraceError
-    from services.ingest import replay as rp
+    from services.ingest.trace import replay as rp
+    from services.ingest.trace.azure import TraceError
+    from services.ingest.trace.fleet import Fleet, FleetError, default_fleet
 
     try:
-        fleet = Fleet.load(fleet_path) if fleet_path else Fleet.from_dict(DEFAULT_FLEET)
+        fleet = Fleet.load(fleet_path) if fleet_path else Fleet.from_dict(default_fleet())
         if seed is not None:
             fleet = replace(fleet, seed=seed)
         trace = Path(file)

@@ -11,18 +11,11 @@ import click
 from sqlalchemy.engine import make_url
 
 from services.contracts import dumps
-from services.demo.fleet import (
-    DEFAULT_FLEET,
-    TRACE,
-    Fleet,
-    focus_bill,
-    rates,
-    rental_window,
-    replay,
-    write_focus_csv,
-)
 from services.demo.html import write_html
 from services.ingest.files import batch_events, ingest_billing
+from services.ingest.trace.azure import TRACE
+from services.ingest.trace.bill import focus_bill, write_focus_csv
+from services.ingest.trace.fleet import Fleet, default_fleet, rates, rental_window, replay
 from services.ledger.audit import run_audit
 from services.ledger.completeness import scan_input
 from services.ledger.db import make_engine, migrate
@@ -49,7 +42,7 @@ def run_demo(
     html_path: str,
 ) -> None:
     started = time.monotonic()
-    fleet = Fleet.load(fleet_path) if fleet_path else Fleet.from_dict(DEFAULT_FLEET)
+    fleet = Fleet.load(fleet_path) if fleet_path else Fleet.from_dict(default_fleet())
     trace = Path(trace_path) if trace_path else TRACE
     own_db = settings.database_url is None
     with local_stack(settings) as s:
