@@ -313,6 +313,7 @@ def report(ctx: click.Context, tenant: str | None, since: Any, until: Any, fmt: 
 def audit(ctx: click.Context, skip_topics: bool) -> None:
     """Check the ledger's invariants, and that nothing accepted was lost; exits non-zero with
     a report when a check fails."""
+    from services.attribution.settings import accounting_settings
     from services.ledger.audit import run_audit
     from services.ledger.completeness import scan_input
     from services.ledger.db import make_engine
@@ -330,7 +331,7 @@ def audit(ctx: click.Context, skip_topics: bool) -> None:
         assert s.database_url
         topic = None if skip_topics else scan_input(s)
         engine = make_engine(s.database_url)
-        checks = run_audit(engine, s.accounting(), s.allocated_charge_categories, topic)
+        checks = run_audit(engine, accounting_settings(s), s.allocated_charge_categories, topic)
         engine.dispose()
     for c in checks:
         click.echo(f"[{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")

@@ -10,6 +10,7 @@ from typing import Any
 import click
 from sqlalchemy.engine import make_url
 
+from services.attribution.settings import accounting_settings
 from services.contracts import dumps
 from services.demo.html import write_html
 from services.ingest.files import batch_events, ingest_billing
@@ -110,7 +111,9 @@ def run_demo(
         click.echo(render(recon, "table", "provisional (rates) versus billed (FOCUS bill)"))
         unallocated = _unallocated(engine)
         click.echo(f"unallocated billing lines: {unallocated}")
-        checks = run_audit(engine, s.accounting(), s.allocated_charge_categories, scan_input(s))
+        checks = run_audit(
+            engine, accounting_settings(s), s.allocated_charge_categories, scan_input(s)
+        )
         click.echo(
             "audit: "
             + (
