@@ -30,7 +30,7 @@ def replay_fleet() -> None:
 
 
 def _start_shift(start: str, first: datetime | None) -> timedelta:
-
+    """How far ``--start`` (trace, now or an RFC 3339 time) moves the first arrival."""
     if start == "trace" or first is None:
         return timedelta(0)
     if start == "now":
