@@ -17,6 +17,7 @@ from typing import Any
 from bench.workload import Workload, encode_batches
 from services.accounting import Book
 from services.attribution.processor import AttributionProcessor, to_request
+from services.attribution.settings import accounting_settings
 from services.contracts import dumps
 from services.contracts.fast import event_records
 from services.contracts.models import GpuRate
@@ -101,7 +102,7 @@ def stages(events: int, per_message: int, repeat: int = 3) -> dict[str, float]:
     requests = [[to_request(e) for e in batch] for batch in decoded]
 
     def add_all() -> None:
-        add = Book(settings.accounting()).add_request
+        add = Book(accounting_settings(settings)).add_request
         for batch in requests:
             for req in batch:
                 add(req)

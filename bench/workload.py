@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from services.contracts import encode_event_batch
 from services.contracts.wire import BATCH_SEPARATOR
-from services.demo.fleet import TRACE, read_trace
+from services.ingest.trace.azure import TRACE, read_trace
 
 MODELS = (
     ("qwen2.5-coder-32b", 2, 9000, 45),

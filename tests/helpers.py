@@ -177,13 +177,13 @@ def ingest_fleet_replay(
     """The demo fleet's first ``limit`` requests in finish order and its rates, written to
     files and ingested with the CLI under ``env``; returns both for the expected ledger."""
     from services.contracts import dumps
-    from services.demo.fleet import DEFAULT_FLEET, Fleet, rates, rental_window, replay
+    from services.ingest.trace.fleet import Fleet, default_fleet, rates, rental_window, replay
 
     events = sorted(
-        replay(Fleet.from_dict(DEFAULT_FLEET), limit=limit), key=lambda e: e.finished_at
+        replay(Fleet.from_dict(default_fleet()), limit=limit), key=lambda e: e.finished_at
     )
     start, end = rental_window(events)
-    fleet_rates = rates(Fleet.from_dict(DEFAULT_FLEET), start, end)
+    fleet_rates = rates(Fleet.from_dict(default_fleet()), start, end)
     ev_file, rate_file = tmp_path / "events.jsonl", tmp_path / "rates.jsonl"
     ev_file.write_bytes(b"\n".join(dumps(e) for e in events))
     rate_file.write_bytes(b"\n".join(dumps(r) for r in fleet_rates))

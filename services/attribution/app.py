@@ -246,4 +246,5 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
         progress.tick()
 
     app.inferledger_processor = proc  # type: ignore[attr-defined]
+    app.inferledger_counters = proc.counters  # type: ignore[attr-defined]  # for /metrics
     return app, done

@@ -31,6 +31,7 @@ from services.accounting import (
     from_us,
     to_us,
 )
+from services.attribution.settings import accounting_settings
 from services.contracts import (
     BillingLine,
     CostAllocation,
@@ -283,7 +284,7 @@ class AttributionProcessor:
         self._owner: dict[str, int] = {}
         # closed buckets handed over for storing but not yet confirmed stored (see saved())
         self._unsaved: dict[tuple[str, int], dict[str, Any]] = {}
-        self.book = Book(settings.accounting(), None if loader is None else self._load)
+        self.book = Book(accounting_settings(settings), None if loader is None else self._load)
         self.run_id = run_id
         self.events_topic = settings.topic("inference-events")
         self.rates_topic = settings.topic("gpu-rates")

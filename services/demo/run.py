@@ -10,22 +10,17 @@ from typing import Any
 import click
 from sqlalchemy.engine import make_url
 
+from services.attribution.settings import accounting_settings
 from services.contracts import dumps
-from services.demo.fleet import (
-    DEFAULT_FLEET,
-    TRACE,
-    Fleet,
-    focus_bill,
-    rates,
-    rental_window,
-    replay,
-    write_focus_csv,
-)
 from services.demo.html import write_html
 from services.ingest.files import batch_events, ingest_billing
+from services.ingest.trace.azure import TRACE
+from services.ingest.trace.bill import focus_bill, write_focus_csv
+from services.ingest.trace.fleet import Fleet, default_fleet, rates, rental_window, replay
 from services.ledger.audit import run_audit
 from services.ledger.completeness import scan_input
 from services.ledger.db import make_engine, migrate
+from services.ledger.progress import ledger_total, progress_line, unallocated_summary
 from services.ledger.report import (
     cost_per_completion,
     fleet_summary,
@@ -36,6 +31,7 @@ from services.runtime import logs
 from services.runtime.config import EVENTS, RATES, Settings
 from services.runtime.kafka import ensure_topics, make_producer
 from services.runtime.stack import local_stack, recreate_database
+from services.runtime.supervise import run_processors
 
 log = logs.get(__name__)
 DEMO_DB = "inferledger_demo"
@@ -49,7 +45,7 @@ def run_demo(
     html_path: str,
 ) -> None:
     started = time.monotonic()
-    fleet = Fleet.load(fleet_path) if fleet_path else Fleet.from_dict(DEFAULT_FLEET)
+    fleet = Fleet.load(fleet_path) if fleet_path else Fleet.from_dict(default_fleet())
     trace = Path(trace_path) if trace_path else TRACE
     own_db = settings.database_url is None
     with local_stack(settings) as s:
@@ -88,11 +84,9 @@ def run_demo(
             err=True,
         )
 
-        from services.cli.main import run_processors
-
-        run_processors(s, until_idle=True)
+        run_processors(s, until_idle=True, progress=progress_line)
         engine = make_engine(s.database_url)
-        provisional_total = _total(engine)
+        provisional_total = ledger_total(engine)
         click.echo(
             f"provisional ledger complete: {provisional_total:.2f} {fleet.currency}", err=True
         )
@@ -108,16 +102,18 @@ def run_demo(
             f"{billing['by_charge_category']}",
             err=True,
         )
-        run_processors(s, until_idle=True)
+        run_processors(s, until_idle=True, progress=progress_line)
         table = cost_per_completion(engine)
         nodes = fleet_summary(engine)
         click.echo(render(table, "table", "cost per completion, per tenant and model"))
         click.echo(render(nodes, "table", "fleet: cost, busy fraction and idle cost per node"))
         recon = provisional_vs_billed(engine)
         click.echo(render(recon, "table", "provisional (rates) versus billed (FOCUS bill)"))
-        unallocated = _unallocated(engine)
+        unallocated = unallocated_summary(engine)
         click.echo(f"unallocated billing lines: {unallocated}")
-        checks = run_audit(engine, s.accounting(), s.allocated_charge_categories, scan_input(s))
+        checks = run_audit(
+            engine, accounting_settings(s), s.allocated_charge_categories, scan_input(s)
+        )
         click.echo(
             "audit: "
             + (
@@ -148,22 +144,3 @@ def run_demo(
         out = write_html(Path(html_path), table, nodes, summary, recon)
         click.echo(f"HTML report: {out}")
         engine.dispose()
-
-
-def _total(engine: Any) -> Decimal:
-    from sqlalchemy import text
-
-    with engine.connect() as conn:
-        return Decimal(
-            conn.execute(text("SELECT coalesce(sum(amount), 0) FROM ledger_entries")).scalar_one()
-        )
-
-
-def _unallocated(engine: Any) -> str:
-    from sqlalchemy import text
-
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text("SELECT reason, count(*), sum(cost) FROM v_unallocated_billing GROUP BY reason")
-        )
-        return ", ".join(f"{n} x {reason} ({cost})" for reason, n, cost in rows) or "none"

@@ -14,12 +14,12 @@ import time
 import uuid
 from collections.abc import Callable
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from services.contracts.markers import heartbeat_coverage
 from services.ledger.db import make_engine
-from services.ledger.schema import end_markers, ledger_entries
+from services.ledger.schema import end_markers
 from services.runtime.config import ALLOCATIONS, EVENTS, Settings
 
 
@@ -62,12 +62,6 @@ def wait_for_markers(
         if on_wait is not None:
             on_wait(missing, waited)
         time.sleep(poll_seconds)
-
-
-def ledger_rows(engine: Engine) -> int:
-    """How many entries the ledger holds (the wait's progress)."""
-    with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(ledger_entries)).scalar_one())
 
 
 def follow(

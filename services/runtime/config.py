@@ -1,4 +1,9 @@
-"""Settings from ``INFERLEDGER_*`` environment variables (pydantic-settings)."""
+"""Settings from ``INFERLEDGER_*`` environment variables (pydantic-settings).
+
+Plumbing only: the accounting knobs (bucket width, lateness, horizons, token weights) are plain
+values here; :func:`services.attribution.settings.accounting_settings` builds the accounting
+core's settings from them.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,6 @@ from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from services.accounting import AccountingSettings, TokenWeights
 
 EVENTS = "inference-events"
 RATES = "gpu-rates"
@@ -192,23 +195,6 @@ class Settings(BaseSettings):
     def group(self, name: str) -> str:
         prefix = self.topic_prefix if self.group_prefix is None else self.group_prefix
         return f"{prefix}{name}"
-
-    def accounting(self) -> AccountingSettings:
-        weights = {
-            model: TokenWeights(**{k: Decimal(str(v)) for k, v in w.items()})
-            for model, w in self.token_weights.items()
-        }
-        default = weights.pop("*", TokenWeights())
-        return AccountingSettings(
-            bucket_seconds=self.bucket_seconds,
-            allowed_lateness_seconds=self.allowed_lateness_seconds,
-            default_weights=default,
-            model_weights=weights,
-            default_currency=self.default_currency,
-            late_horizon_seconds=self.late_horizon_seconds,
-            billing_horizon_seconds=self.billing_horizon_seconds,
-            resident_seconds=self.resident_seconds,
-        )
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -6,7 +6,8 @@ from decimal import Decimal
 
 from sqlalchemy import create_engine, text
 
-from services.demo.fleet import DEFAULT_FLEET, Fleet, focus_bill, rental_window, replay
+from services.ingest.trace.bill import focus_bill
+from services.ingest.trace.fleet import Fleet, default_fleet, rental_window, replay
 from tests.helpers import cli
 
 
@@ -24,7 +25,7 @@ def test_demo_prints_the_table_and_writes_the_html_report(cli_env, settings, tmp
     page = html.read_text()
     assert "<svg" in page and "Idle cost per node" in page
 
-    events = replay(Fleet.from_dict(DEFAULT_FLEET), limit=1500)
+    events = replay(Fleet.from_dict(default_fleet()), limit=1500)
     engine = create_engine(settings.database_url)
     with engine.connect() as conn:
         completions = conn.execute(
@@ -49,6 +50,6 @@ def test_demo_prints_the_table_and_writes_the_html_report(cli_env, settings, tmp
     start, end = rental_window(events)
     hours = Decimal((end - start).total_seconds()) / 3600
     # billed: the spare node's hours at the committed price (72 % of list), less a 20.00 credit
-    bill = focus_bill(Fleet.from_dict(DEFAULT_FLEET), start, end)
+    bill = focus_bill(Fleet.from_dict(default_fleet()), start, end)
     billed = sum(Decimal(r["EffectiveCost"]) for r in bill if r["ResourceId"] == "i-0h100spare")
     assert hours > 0 and spare[1] is True and spare[0] == billed

@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from services.demo.fleet import DEFAULT_FLEET
+from services.ingest.trace.azure import TRACE as TRACE_FILE
+from services.ingest.trace.fleet import default_fleet
 from tests.helpers import cli, read_topic
 
-ROOT = Path(__file__).resolve().parents[2]
-TRACE = str(ROOT / "services" / "demo" / "data" / "azure-llm-inference-trace-2023-code.csv")
+TRACE = str(TRACE_FILE)
 
 
 @pytest.fixture
 def fleet_file(tmp_path: Path) -> str:
-    fleet = dict(DEFAULT_FLEET, seed="replay-test")
+    fleet = dict(default_fleet(), seed="replay-test")
     path = tmp_path / "fleet.json"
     path.write_text(json.dumps(fleet))
     return str(path)
@@ -56,7 +56,7 @@ def test_same_seed_same_bytes_other_seed_other_events(tmp_path, fleet_file):
         e["event_id"].startswith("azure-llm-inference-trace-2023-code.replay-test-") for e in events
     )
     # every model is served by a node that serves it, per the fleet file
-    serves = {n["resource_id"]: set(n["models"]) for n in DEFAULT_FLEET["nodes"]}
+    serves = {n["resource_id"]: set(n["models"]) for n in default_fleet()["nodes"]}
     assert all(e["model"] in serves[e["resource_id"]] for e in events)
 
 
@@ -68,7 +68,7 @@ def test_bad_fleet_and_bad_trace_are_clear_errors(tmp_path, fleet_file):
     bad_fleet.write_text(
         json.dumps(
             {
-                **DEFAULT_FLEET,
+                **default_fleet(),
                 "models": [
                     {
                         "name": "orphan",
@@ -108,7 +108,7 @@ def test_paced_replay_reaches_the_ledger(cli_env, settings, fleet_file):
     cp = cli(cli_env, *replay, "--speed", "120")
     summary = json.loads(cp.stdout)
     assert summary["events"] == 300
-    assert summary["rates"] == len(DEFAULT_FLEET["nodes"])
+    assert summary["rates"] == len(default_fleet()["nodes"])
     assert summary["emitter"]["sent"] == 300
     assert summary["wall_seconds"] >= 0.5  # paced, not sent at once
 
@@ -124,7 +124,7 @@ def test_paced_replay_reaches_the_ledger(cli_env, settings, fleet_file):
         counted = conn.execute(text("SELECT status, count(*) FROM counted_events GROUP BY 1"))
         by_status = dict(counted.all())
         nodes = conn.execute(text("SELECT count(DISTINCT resource_id) FROM ledger_entries"))
-        assert nodes.scalar_one() == len(DEFAULT_FLEET["nodes"])  # the spare node's idle too
+        assert nodes.scalar_one() == len(default_fleet()["nodes"])  # the spare node's idle too
     engine.dispose()
     assert by_status == summary["by_status"]
     assert sum(by_status.values()) == 300

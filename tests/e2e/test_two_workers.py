@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from services.contracts import dumps
-from services.demo.fleet import DEFAULT_FLEET, Fleet, rates, rental_window, replay
+from services.ingest.trace.fleet import Fleet, default_fleet, rates, rental_window, replay
 from tests.helpers import cli, expected_positions, positions, query_rows
 
 
@@ -56,7 +56,7 @@ def test_two_workers_share_the_partitions_and_the_ledger_is_one_workers(
         INFERLEDGER_MAX_BATCH_EVENTS="10",
         INFERLEDGER_IDLE_PARTITION_SECONDS="3",  # the watermark moves on once input stops
     )
-    fleet = Fleet.from_dict(DEFAULT_FLEET)
+    fleet = Fleet.from_dict(default_fleet())
     events = sorted(replay(fleet, limit=2500), key=lambda e: e.finished_at)
     fleet_rates = rates(fleet, *rental_window(events))
     half = len(events) // 2

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.contracts import InferenceEvent
-from services.demo.fleet import DEFAULT_FLEET, Fleet, in_finish_order, simulate
-from services.ingest.replay import paced, rental_start
+from services.ingest.trace.fleet import Fleet, default_fleet, in_finish_order, simulate
+from services.ingest.trace.replay import paced, rental_start
 
 T0 = datetime(2023, 11, 16, 18, 0, tzinfo=UTC)
 
@@ -63,7 +63,7 @@ def test_pacing_follows_finish_times_at_the_speed_factor():
 
 
 def test_simulation_is_deterministic_and_follows_the_fleet():
-    fleet = Fleet.from_dict(DEFAULT_FLEET)
+    fleet = Fleet.from_dict(default_fleet())
     a = list(simulate(fleet, limit=200))
     b = list(simulate(fleet, limit=200))
     assert a == b

@@ -1,4 +1,4 @@
-"""A simulated GPU fleet and the deterministic replay of the Azure LLM inference trace.
+"""A simulated GPU fleet, and the deterministic replay of a trace's requests on it.
 
 Service-time model (stated, simple, deterministic): a request is admitted at its trace arrival
 time (continuous batching, no queueing); its time to first token is
@@ -6,11 +6,13 @@ time (continuous batching, no queueing); its time to first token is
 second: ``finished_at = first_token_at + completion_tokens / decode_tps``. Tenant, model, node,
 prefix-cache hits and status come from a seeded SHA-256 of the row number, so every run of the
 same trace and seed gives the same events and the same ledger.
+
+A fleet is data: a JSON description (:func:`default_fleet` is the demo's, in
+``data/default_fleet.json``) loaded by :meth:`Fleet.load` or :meth:`Fleet.from_dict`.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import heapq
 import json
@@ -22,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from services.contracts import GpuRate, InferenceEvent
+from services.ingest.trace.azure import TRACE, read_trace
 
-TRACE = Path(__file__).parent / "data" / "azure-llm-inference-trace-2023-code.csv"
+DEFAULT_FLEET_FILE = Path(__file__).parent / "data" / "default_fleet.json"
 
 
 class FleetError(ValueError):
@@ -155,90 +158,11 @@ class Fleet:
         return cls.from_dict(data)
 
 
-DEFAULT_FLEET: dict[str, Any] = {
-    "seed": "inferledger-demo-1",
-    "currency": "USD",
-    "nodes": [
-        {
-            "resource_id": "i-0h100a",
-            "instance_type": "p5.48xlarge",
-            "gpu_model": "H100",
-            "gpu_count": 8,
-            "price_per_hour": "98.32",
-            "models": ["llama-3.1-70b", "qwen2.5-coder-32b"],
-        },
-        {
-            "resource_id": "i-0h100b",
-            "instance_type": "p5.48xlarge",
-            "gpu_model": "H100",
-            "gpu_count": 8,
-            "price_per_hour": "98.32",
-            "models": ["llama-3.1-70b", "qwen2.5-coder-32b"],
-        },
-        {
-            "resource_id": "i-0a100a",
-            "instance_type": "p4d.24xlarge",
-            "gpu_model": "A100",
-            "gpu_count": 8,
-            "price_per_hour": "32.77",
-            "models": ["qwen2.5-coder-32b"],
-        },
-        {
-            "resource_id": "i-0l4a",
-            "instance_type": "g6.12xlarge",
-            "gpu_model": "L4",
-            "gpu_count": 4,
-            "price_per_hour": "4.60",
-            "models": ["llama-3.1-8b"],
-        },
-        {
-            "resource_id": "i-0l4b",
-            "instance_type": "g6.12xlarge",
-            "gpu_model": "L4",
-            "gpu_count": 4,
-            "price_per_hour": "4.60",
-            "models": ["llama-3.1-8b"],
-        },
-        {
-            "resource_id": "i-0h100spare",
-            "instance_type": "p5.48xlarge",
-            "gpu_model": "H100",
-            "gpu_count": 8,
-            "price_per_hour": "98.32",
-            "models": [],
-        },
-    ],
-    "models": [
-        {
-            "name": "qwen2.5-coder-32b",
-            "share": 50,
-            "gpu_count": 2,
-            "prefill_tps": 9000,
-            "decode_tps": 45,
-        },
-        {
-            "name": "llama-3.1-70b",
-            "share": 20,
-            "gpu_count": 4,
-            "prefill_tps": 7000,
-            "decode_tps": 30,
-        },
-        {
-            "name": "llama-3.1-8b",
-            "share": 30,
-            "gpu_count": 1,
-            "prefill_tps": 12000,
-            "decode_tps": 90,
-        },
-    ],
-    "tenants": [
-        {"tenant_id": "acme", "share": 40, "cache_hit_rate": 0.6, "cached_fraction": 0.7},
-        {"tenant_id": "globex", "share": 25, "cache_hit_rate": 0.3, "cached_fraction": 0.5},
-        {"tenant_id": "initech", "share": 15, "cache_hit_rate": 0.1, "cached_fraction": 0.5},
-        {"tenant_id": "umbrella", "share": 12, "cache_hit_rate": 0.0, "cached_fraction": 0.0},
-        {"tenant_id": "hooli", "share": 8, "cache_hit_rate": 0.8, "cached_fraction": 0.9},
-    ],
-}
+def default_fleet() -> dict[str, Any]:
+    """The demo fleet's description (``data/default_fleet.json``), a fresh copy on every call:
+    six nodes (one spare), three models and five tenants; the shape of a ``--fleet`` file."""
+    data: dict[str, Any] = json.loads(DEFAULT_FLEET_FILE.read_text())
+    return data
 
 
 def _u(seed: str, row: int, what: str) -> float:
@@ -255,36 +179,6 @@ def _pick(items: list[Any], weights: list[int], u: float) -> Any:
         if u < acc:
             return item
     return items[-1]
-
-
-def parse_trace_time(text: str) -> datetime:
-    """Trace timestamps are UTC without an offset and with 7 fractional digits."""
-    base, _, frac = text.strip().partition(".")
-    ts = datetime.strptime(base, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
-    return ts + timedelta(microseconds=int((frac + "000000")[:6]))
-
-
-class TraceError(ValueError):
-    """A trace file that cannot be read, with the line it failed on."""
-
-
-def read_trace(path: Path = TRACE, limit: int | None = None) -> Iterator[tuple[datetime, int, int]]:
-    """Rows of an Azure LLM inference trace CSV: (arrival, prompt tokens, completion tokens)."""
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} - set(reader.fieldnames or ())
-        if missing:
-            raise TraceError(f"{path}: not an Azure LLM trace, missing columns {sorted(missing)}")
-        for n, row in enumerate(reader):
-            if limit is not None and n >= limit:
-                return
-            try:
-                prompt, completion = int(row["ContextTokens"]), int(row["GeneratedTokens"])
-                if prompt < 0 or completion < 0:
-                    raise ValueError("negative token count")
-                yield parse_trace_time(row["TIMESTAMP"]), prompt, completion
-            except (ValueError, TypeError) as exc:
-                raise TraceError(f"{path}, line {n + 2}: {exc}") from None
 
 
 def simulate(
@@ -387,139 +281,3 @@ def rental_window(events: list[InferenceEvent], minutes: int = 5) -> tuple[datet
     first = min(e.started_at for e in events)
     last = max(e.finished_at for e in events)
     return rental_start(first, minutes), _EPOCH + -((_EPOCH - last) // step) * step
-
-
-FOCUS_COLUMNS = (
-    "BilledCost",
-    "BillingAccountId",
-    "BillingCurrency",
-    "BillingPeriodEnd",
-    "BillingPeriodStart",
-    "ChargeCategory",
-    "ChargeDescription",
-    "ChargeFrequency",
-    "ChargePeriodEnd",
-    "ChargePeriodStart",
-    "ConsumedQuantity",
-    "ConsumedUnit",
-    "ContractedCost",
-    "EffectiveCost",
-    "ListCost",
-    "ListUnitPrice",
-    "PricingCategory",
-    "PricingQuantity",
-    "PricingUnit",
-    "ProviderName",
-    "RegionId",
-    "ResourceId",
-    "ResourceType",
-    "ServiceCategory",
-    "ServiceName",
-    "SkuId",
-    "Tags",
-)
-
-# what the provider bills against the list price: a savings plan on the H100s, a smaller
-# discount on the A100, list price on the L4s
-DEMO_DISCOUNTS = {"H100": Decimal("0.72"), "A100": Decimal("0.90"), "L4": Decimal("1.00")}
-
-
-def focus_bill(fleet: Fleet, start: datetime, end: datetime) -> list[dict[str, str]]:
-    """A FOCUS 1.0 bill for the fleet's rental: usage per node per (part of an) hour at the
-    billed price, an SLA credit on the spare node, and a tax line (not allocated)."""
-    rows = []
-    cuts = [start]
-    hour = start.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    while hour < end:
-        cuts.append(hour)
-        hour += timedelta(hours=1)
-    cuts.append(end)
-    period = (start.replace(day=1, hour=0, minute=0, second=0, microsecond=0),)
-    month_end = (period[0] + timedelta(days=32)).replace(day=1)
-
-    def row(**values: str) -> dict[str, str]:
-        base = {c: "NULL" for c in FOCUS_COLUMNS}
-        base.update(
-            BillingAccountId="123456789012",
-            BillingCurrency=fleet.currency,
-            BillingPeriodStart=f"{period[0]:%Y-%m-%d %H:%M:%S}",
-            BillingPeriodEnd=f"{month_end:%Y-%m-%d %H:%M:%S}",
-            ProviderName=fleet.provider,
-            RegionId=fleet.region,
-            ServiceCategory="Compute",
-            ServiceName="Amazon Elastic Compute Cloud",
-        )
-        base.update(values)
-        return base
-
-    total = Decimal(0)
-    for node in fleet.nodes:
-        discount = DEMO_DISCOUNTS.get(node.gpu_model, Decimal(1))
-        for lo, hi in zip(cuts, cuts[1:], strict=False):
-            hours = Decimal((hi - lo).total_seconds()) / 3600
-            listed = (node.price_per_hour * hours).quantize(Decimal("1e-10"))
-            effective = (listed * discount).quantize(Decimal("1e-10"))
-            total += effective
-            rows.append(
-                row(
-                    BilledCost=str(effective),
-                    ContractedCost=str(effective),
-                    EffectiveCost=str(effective),
-                    ListCost=str(listed),
-                    ListUnitPrice=str(node.price_per_hour),
-                    ChargeCategory="Usage",
-                    ChargeDescription=f"{node.instance_type} instance hours",
-                    ChargeFrequency="Usage-Based",
-                    ChargePeriodStart=f"{lo:%Y-%m-%d %H:%M:%S}",
-                    ChargePeriodEnd=f"{hi:%Y-%m-%d %H:%M:%S}",
-                    ConsumedQuantity=str(hours),
-                    ConsumedUnit="Hours",
-                    PricingQuantity=str(hours),
-                    PricingUnit="Hours",
-                    PricingCategory="Committed" if discount < 1 else "Standard",
-                    ResourceId=node.resource_id,
-                    ResourceType="Virtual Machine",
-                    SkuId=f"SKU-{node.instance_type}",
-                    Tags=json.dumps({"team": "inference", "gpu": node.gpu_model}),
-                )
-            )
-    spare = [n for n in fleet.nodes if not n.models]
-    if spare:
-        rows.append(
-            row(
-                BilledCost="-20.00",
-                EffectiveCost="-20.00",
-                ListCost="0",
-                ContractedCost="-20.00",
-                ChargeCategory="Credit",
-                ChargeDescription="SLA credit: capacity not delivered",
-                ChargeFrequency="One-Time",
-                ChargePeriodStart=f"{start:%Y-%m-%d %H:%M:%S}",
-                ChargePeriodEnd=f"{end:%Y-%m-%d %H:%M:%S}",
-                ResourceId=spare[0].resource_id,
-            )
-        )
-    tax = (total * Decimal("0.08")).quantize(Decimal("0.01"))
-    rows.append(
-        row(
-            BilledCost=str(tax),
-            EffectiveCost=str(tax),
-            ListCost=str(tax),
-            ContractedCost=str(tax),
-            ChargeCategory="Tax",
-            ChargeDescription="Sales tax",
-            ChargeFrequency="Recurring",
-            ChargePeriodStart=f"{start:%Y-%m-%d %H:%M:%S}",
-            ChargePeriodEnd=f"{end:%Y-%m-%d %H:%M:%S}",
-        )
-    )
-    return rows
-
-
-def write_focus_csv(rows: list[dict[str, str]], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(FOCUS_COLUMNS), quoting=csv.QUOTE_NONNUMERIC)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path

@@ -2,7 +2,7 @@
 
 The requests of an Azure LLM inference trace (CSV: ``TIMESTAMP``, ``ContextTokens``,
 ``GeneratedTokens``) are placed on the nodes of a fleet description with the service-time model
-of :mod:`services.demo.fleet` (admitted at arrival, time to first token ``0.02 s +
+of :mod:`services.ingest.trace.fleet` (admitted at arrival, time to first token ``0.02 s +
 uncached_prompt_tokens / prefill_tps``, then ``completion_tokens / decode_tps``), and sent in the
 order a fleet reports them: when each request finishes. Tenant, model, node, cache hits and
 status come from a seeded hash of the row number, so the same trace, fleet and seed always give
@@ -24,15 +24,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from services.contracts import InferenceEvent, dumps
-from services.demo.fleet import (
-    Fleet,
-    in_finish_order,
-    rates,
-    read_trace,
-    rental_start,
-    simulate,
-)
 from services.ingest.emitter import Emitter
+from services.ingest.trace.azure import read_trace
+from services.ingest.trace.fleet import Fleet, in_finish_order, rates, rental_start, simulate
 from services.runtime.config import RATES, Settings
 from services.runtime.kafka import make_producer
 

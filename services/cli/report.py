@@ -1,0 +1,86 @@
+"""``inferledger migrate``, ``report`` and ``audit``: the database and what is in the ledger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from services.cli.common import day, settings_of
+from services.runtime.stack import local_stack, running_stack
+
+
+@click.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Apply the database migrations (alembic upgrade head)."""
+    from services.ledger.db import migrate as do_migrate
+
+    with local_stack(settings_of(ctx), need_broker=False) as s:
+        assert s.database_url
+        do_migrate(s.database_url)
+        click.echo("database is at the latest revision")
+
+
+@click.command()
+@click.option("--tenant", default=None)
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), default=None, help="first day, UTC")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), default=None, help="day after last")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.pass_context
+def report(ctx: click.Context, tenant: str | None, since: Any, until: Any, fmt: str) -> None:
+    """Cost per completion per tenant and model (from v_cost_per_completion)."""
+    from services.ledger.db import make_engine
+    from services.ledger.report import cost_per_completion, render
+
+    with local_stack(settings_of(ctx), need_broker=False) as s:
+        assert s.database_url
+        engine = make_engine(s.database_url)
+        rows = cost_per_completion(engine, tenant, day(since), day(until))
+        engine.dispose()
+    click.echo(render(rows, fmt, "cost per completion"), nl=False)
+
+
+@click.command()
+@click.option(
+    "--skip-topics",
+    is_flag=True,
+    help="check the ledger's consistency only, without reading the input topics (then a "
+    "passing audit does not prove that nothing accepted was lost)",
+)
+@click.pass_context
+def audit(ctx: click.Context, skip_topics: bool) -> None:
+    """Check the ledger's invariants, and that nothing accepted was lost; exits non-zero with
+    a report when a check fails."""
+    from services.attribution.settings import accounting_settings
+    from services.ledger.audit import run_audit
+    from services.ledger.completeness import scan_input
+    from services.ledger.db import make_engine
+
+    settings = settings_of(ctx)
+    if not skip_topics and not settings.kafka_bootstrap and not running_stack(settings):
+        # the embedded broker keeps nothing once stopped: there is no input left to compare
+        click.echo(
+            "no broker is configured or running (`inferledger up`): the input topics cannot "
+            "be read, so only the ledger's consistency is checked"
+        )
+        skip_topics = True
+    with local_stack(settings, need_broker=not skip_topics) as s:
+        assert s.database_url
+        topic = None if skip_topics else scan_input(s)
+        engine = make_engine(s.database_url)
+        checks = run_audit(engine, accounting_settings(s), s.allocated_charge_categories, topic)
+        engine.dispose()
+    for c in checks:
+        click.echo(f"[{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
+        for p in c.problems[:20]:
+            click.echo(f"       - {p}")
+        if len(c.problems) > 20:
+            click.echo(f"       ... and {len(c.problems) - 20} more")
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise SystemExit(1)
+    if skip_topics:
+        click.echo("audit passed (consistency only: the input topics were not read)")
+        return
+    click.echo("audit passed")

@@ -1,0 +1,153 @@
+"""Process supervision: the processors as child processes, or one of them in this process.
+
+``inferledger run all`` and ``inferledger up`` start the attribution processor and the ledger
+writer as two child processes (the CLI's ``run attribution`` and ``run ledger``) and wait for
+them: until both finish a bounded run, one fails, or a signal stops them. What a processor is
+comes from its caller (a ``build`` function); the progress line shown on a terminal comes from a
+callable too, so this module knows neither the accounting nor the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from services.runtime import logs
+from services.runtime.config import BILLING, EVENTS, RATES, Settings
+from services.runtime.metrics import parse_listen
+
+log = logs.get(__name__)
+
+#: builds a processor's app, and the event set once a bounded run (``run_id``) is done
+Build = Callable[[Settings, str | None], tuple[Any, asyncio.Event]]
+#: the processors of ``run all``, in the order of their metrics ports
+COMPONENTS = ("attribution", "ledger")
+#: the command line that runs one component: ``<CLI> run <component> [--until-idle ...]``
+CLI = (sys.executable, "-m", "services.cli.main")
+
+
+class ProcessFailed(RuntimeError):
+    """A supervised processor exited with an error."""
+
+
+def input_topics(settings: Settings) -> list[str]:
+    """The topics a bounded run reads to their end: events, rates and bills."""
+    return [settings.topic(EVENTS), settings.topic(RATES), settings.topic(BILLING)]
+
+
+def start_bounded_run(settings: Settings) -> str:
+    """A new run id, its end-of-input markers written to every input partition."""
+    from services.runtime.kafka import ensure_topics, publish_end_markers
+
+    ensure_topics(settings)  # idempotent
+    run_id = uuid.uuid4().hex
+    publish_end_markers(settings, input_topics(settings), run_id)
+    return run_id
+
+
+def run_one(
+    settings: Settings, component: str, build: Build, until_idle: bool, run_id: str | None
+) -> None:
+    """Run one processor in this process: until stopped, or to the end of a bounded run.
+
+    With ``metrics_listen`` it serves ``/metrics`` (the app's ``inferledger_counters``) and
+    ``/healthz``; with ``profile_dir`` it writes ``<component>.prof`` (cProfile)."""
+    from services.runtime.faustapp import run_until, tune_gc
+
+    app, done = build(settings, run_id)
+    tune_gc(settings)
+    if settings.metrics_listen:
+        from services.runtime.health import HEALTH, postgres_probe
+        from services.runtime.metrics import serve
+
+        if settings.database_url:
+            HEALTH.add_probe("postgres", postgres_probe(settings.database_url))
+        serve(settings.metrics_listen, component, app.inferledger_counters)
+        log.info("metrics listening", listen=settings.metrics_listen, component=component)
+    if settings.profile_dir is None:
+        asyncio.run(run_until(app, done if until_idle else None))
+        return
+    import cProfile
+
+    settings.profile_dir.mkdir(parents=True, exist_ok=True)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        asyncio.run(run_until(app, done if until_idle else None))
+    finally:
+        profiler.disable()
+        profiler.dump_stats(str(settings.profile_dir / f"{component}.prof"))
+
+
+def run_processors(
+    settings: Settings,
+    until_idle: bool,
+    progress: Callable[[Settings], str] | None = None,
+    cli: Sequence[str] = CLI,
+) -> None:
+    """Run the attribution processor and the ledger writer as two child processes and wait.
+
+    Bounded when ``until_idle`` (a new run id, its end markers written first). On a terminal,
+    ``progress(settings)`` (e.g. "1234 ledger rows") is shown while they run. Raises
+    :class:`ProcessFailed` when one exits with an error; the other is then stopped."""
+    from services.runtime.kafka import ensure_topics
+
+    ensure_topics(settings)
+    run_id = start_bounded_run(settings) if until_idle else None
+    env = dict(os.environ)
+    env["INFERLEDGER_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap or ""
+    env["INFERLEDGER_DATABASE_URL"] = settings.database_url or ""
+    env["INFERLEDGER_TOPIC_PREFIX"] = settings.topic_prefix
+    procs = []
+    for n, component in enumerate(COMPONENTS):
+        cmd = [*cli, "run", component, "--supervised"]  # not a second set beside `up`
+        if run_id is not None:
+            cmd += ["--until-idle", "--run-id", run_id]
+        if settings.metrics_listen:  # one port per process: attribution, then ledger
+            host, port = parse_listen(settings.metrics_listen)
+            env["INFERLEDGER_METRICS_LISTEN"] = f"{host}:{port + n}"
+        procs.append((component, subprocess.Popen(cmd, env=dict(env))))
+    started = time.monotonic()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored
+        signal.signal(sig, _stop)
+    try:
+        status: Any = None
+        if progress is not None and sys.stderr.isatty():
+            from rich.console import Console
+
+            status = Console(stderr=True).status("processing")
+            status.start()
+        while any(p.poll() is None for _, p in procs):
+            if status is not None:
+                status.update(
+                    f"processing: {progress(settings) if progress else ''}, "
+                    f"{time.monotonic() - started:.0f} s"
+                )
+            if any(p.poll() not in (None, 0) for _, p in procs):
+                break
+            time.sleep(0.5)
+        if status is not None:
+            status.stop()
+        failed = [f"{c} exited with {p.returncode}" for c, p in procs if p.poll() not in (None, 0)]
+        if failed:
+            raise ProcessFailed("; ".join(failed))
+    finally:
+        for _, p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for _, p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
