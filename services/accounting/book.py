@@ -18,22 +18,11 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from services.accounting.arithmetic import (
-    BucketCost,
-    Position,
-    PositionKey,
-    adjustment_entries,
-    bucket_ceil,
-    bucket_cost,
-    bucket_floor,
-    entry_order,
-    initial_entries,
-    nano_weights,
-    positions,
-    work_nanos,
-)
+from services.accounting.buckets import bucket_ceil, bucket_floor, nano_weights, work_nanos
+from services.accounting.entries import adjustment_entries, entry_order, initial_entries
 from services.accounting.facts import BucketFacts
 from services.accounting.model import AccountingSettings, Bill, Entry, Rate, Request
+from services.accounting.pricing import BucketCost, bucket_cost
 from services.accounting.seen import (
     DELETED,
     SeenIndex,
@@ -43,6 +32,7 @@ from services.accounting.seen import (
     last_bucket,
     pack,
 )
+from services.accounting.shares import Position, PositionKey, positions
 
 
 class Added(Enum):

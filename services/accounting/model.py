@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import NamedTuple
 
 US_PER_SECOND = 1_000_000
+QUANTUM = Decimal("1e-12")
+"""Amounts are quantized to 1e-12 of their currency."""
+CONTEXT = Context(prec=60)
+"""Decimal context of the core: 60 digits, far beyond any amount or weighted token count."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 

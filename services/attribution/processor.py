@@ -32,6 +32,7 @@ from services.accounting import (
     to_us,
 )
 from services.attribution.settings import accounting_settings
+from services.attribution.watermark import Watermark
 from services.contracts import (
     BillingLine,
     CostAllocation,
@@ -291,13 +292,12 @@ class AttributionProcessor:
         self.billing_topic = settings.topic("gpu-billing")
         self.allocated = frozenset(c.lower() for c in settings.allocated_charge_categories)
         self._changes: list[ClosedBucket] = []  # adjustments decided while reading input
-        # latest finish seen per events partition: the watermark is the slowest partition's
-        # (a partition consumed ahead of the others must not make their events late)
-        self._partition_max: dict[int, int] = {}
-        self._partition_seen: dict[int, float] = {}  # monotonic time of its latest event
-        self._paused: set[int] = set()  # partitions the app paused because they ran ahead
-        self._assigned_at: dict[int, float] = {}  # monotonic time a partition was first seen
-        self.clock = time.monotonic
+        self.watermark = Watermark(
+            self.book.settings.lateness_us,
+            settings.idle_partition_seconds,
+            settings.partition_lead_seconds,
+            no_traffic=self._elsewhere,
+        )
         self.counters: Counter[str] = Counter()
         self._out = Output()
         # (release when closed through, seq, partition, offset, token)
@@ -394,7 +394,9 @@ class AttributionProcessor:
         W = self.book.settings.bucket_us
         add_request = self.book.add_request
         no_end = -(2**62)
-        latest = self._partition_max.get(partition, no_end)
+        latest = self.watermark.latest(partition)
+        if latest is None:
+            latest = no_end
         newest = no_end  # latest finish among the events accepted here
         accepted = 0
         seen = False  # besides those accepted
@@ -446,8 +448,7 @@ class AttributionProcessor:
         if accepted:
             self.counters[_ADDED_KEY[Added.ACCEPTED]] += accepted
         if accepted or seen:
-            self._partition_max[partition] = latest
-            self._partition_seen[partition] = self.clock()
+            self.watermark.saw(partition, latest)
         if newest == no_end:
             self._out.release.append(token)
         else:  # held until the bucket its latest counts go to has closed
@@ -547,10 +548,7 @@ class AttributionProcessor:
         for p in parts:
             self._next_offset.pop(p, None)
             self._emitted.pop(p, None)
-            self._partition_max.pop(p, None)
-            self._partition_seen.pop(p, None)
-            self._assigned_at.pop(p, None)
-        self._paused -= parts
+        self.watermark.forget(parts)
         self.counters["resources.handed_over"] += len(gone)
         self.counters["resources.owned"] = len(self._owner)
         log.info(
@@ -599,16 +597,13 @@ class AttributionProcessor:
         need |= {(self.rates_topic, p) for p in rates}
         need |= {(self.billing_topic, p) for p in billing}
         due = []
-        now = self.clock()
         W = self.book.settings.bucket_us
         for run_id, (at_us, seen) in list(self._heartbeats.items()):
             if not need <= seen:
                 continue
             del self._heartbeats[run_id]
             for p in events:
-                if self._partition_max.get(p, -(2**62)) < at_us:
-                    self._partition_max[p] = at_us
-                self._partition_seen[p] = now
+                self.watermark.saw(p, at_us)
             through = at_us - self.book.settings.lateness_us
             due.append((run_id, (through // W) * W))
         return due
@@ -683,57 +678,25 @@ class AttributionProcessor:
             found.update(self._loader(resource_id, rest))
         return found
 
-    def _active(self, partitions: set[int]) -> list[int]:
-        """The partitions that hold the watermark: with data, not drained, not idle."""
-        idle_after = self.clock() - self.settings.idle_partition_seconds
-        return [
-            p
-            for p in partitions
-            if p in self._partition_max
-            and (self.events_topic, p) not in self._markers  # drained: no more data coming
-            # idle: does not hold the others back (a paused partition is not idle)
-            and (self._partition_seen[p] >= idle_after or p in self._paused)
-        ]
+    @property
+    def clock(self) -> Callable[[], float]:
+        """Monotonic time: of the watermark's idle and lead judgements, and of _elsewhere."""
+        return self.watermark.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self.watermark.clock = clock
+
+    def _drained_events(self, partitions: set[int]) -> set[int]:
+        return {p for p in partitions if (self.events_topic, p) in self._markers}
 
     def ahead(self, partitions: set[int]) -> set[int]:
-        """Partitions to pause: more than ``partition_lead_seconds`` of event time ahead of the
-        slowest one. Their messages could not be released before the slowest catches up, so
-        reading on would only hold them in memory (the slowest one is never paused)."""
-        lead_us = self.settings.partition_lead_seconds * 1_000_000
-        active = self._active(partitions)
-        paused: set[int] = set()
-        if lead_us and len(active) > 1:
-            limit = min(self._partition_max[p] for p in active) + lead_us
-            paused = {p for p in active if self._partition_max[p] > limit}
-        now = self.clock()
-        for p in self._paused - paused:  # resumed: a fresh wait before it counts as idle
-            self._partition_seen[p] = now
-        self._paused = paused
-        return paused
+        """Events partitions to pause (see :meth:`Watermark.ahead`)."""
+        return self.watermark.ahead(partitions, self._drained_events(partitions))
 
     def watermark_us(self, partitions: set[int]) -> int | None:
-        """Event time up to which buckets may close: the slowest assigned partition's latest
-        finish minus allowed lateness. A partition that has delivered nothing yet holds it
-        (after a restart it may hold the oldest events) until it has been silent for
-        ``idle_partition_seconds`` since it was assigned, or its end marker came."""
-        now = self.clock()
-        for p in partitions:
-            self._assigned_at.setdefault(p, now)
-        idle_after = now - self.settings.idle_partition_seconds
-        if any(
-            p not in self._partition_max
-            and (self.events_topic, p) not in self._markers
-            and self._assigned_at[p] > idle_after
-            for p in partitions
-        ):
-            return None
-        active = self._active(partitions)
-        if not active:
-            active = [p for p in partitions if p in self._partition_max]
-            if not active:  # no traffic here at all: as far as the other workers closed
-                return self._elsewhere()
-            return max(self._partition_max[p] for p in active) - self.book.settings.lateness_us
-        return min(self._partition_max[p] for p in active) - self.book.settings.lateness_us
+        """Event time up to which buckets may close (see :meth:`Watermark.of`)."""
+        return self.watermark.of(partitions, self._drained_events(partitions))
 
     def _elsewhere(self) -> int | None:
         """How far other workers have closed buckets (asked at most every 5 s): the watermark

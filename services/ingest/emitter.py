@@ -188,7 +188,7 @@ class Emitter:
             log.error("emitter could not send a batch", error=repr(exc), events=n)
             return
         future.add_callback(lambda _: self._count("sent", n))
-        future.add_errback(self._failed, n)
+        future.add_errback(lambda exc: self._failed(exc, n))  # partial(f, n)(exc) swapped them
 
     def _failed(self, exc: BaseException, n: int) -> None:
         self._count("send_errors", n)

@@ -42,26 +42,21 @@ from aiohttp import web
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from services.contracts import BillingLine, GpuRate, InferenceEvent, dumps
-from services.contracts.wire import DecodeError, explain, load_json
+from services.contracts.wire import DecodeError
+from services.ingest import payloads
+from services.ingest.closing import close_producer
 from services.ingest.files import batch_events
+from services.ingest.payloads import Item
 from services.runtime import logs
 from services.runtime.config import BILLING, EVENTS, RATES, Settings
+from services.runtime.health import Health, kafka_probe
 from services.runtime.kafka import dead_letter, make_producer
 
 log = logs.get(__name__)
-CE_TYPE = "inferledger.inference_event.v1"
-_BATCH_TYPE = "inferledger.inference_event_batch.v1"
-NDJSON = {"application/x-ndjson", "application/jsonl", "application/x-jsonlines"}
-CE_ONE = "application/cloudevents+json"
-CE_BATCH = "application/cloudevents-batch+json"
-INVALID: dict[type[BaseModel], str] = {
-    InferenceEvent: "invalid_event",
-    GpuRate: "invalid_rate",
-    BillingLine: "invalid_billing_line",
-}
+CLOSE_SECONDS = 5.0  # at shutdown, how long the broker has to acknowledge what was sent
 
 
 def credential_id(token: str) -> str:
@@ -134,21 +129,6 @@ def grants(settings: Settings) -> Credentials:
 
 
 @dataclass
-class Item:
-    """One item of a request: its position, its id if it has one, and its fate."""
-
-    index: int
-    payload: Any
-    id: str | None = None
-    model: BaseModel | None = None
-    reason: str | None = None
-    detail: str | None = None
-
-    def reject(self, reason: str, detail: str) -> None:
-        self.reason, self.detail, self.model = reason, detail, None
-
-
-@dataclass
 class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
@@ -192,6 +172,11 @@ class Gateway:
         self.metrics = Metrics()
         self._producer = producer
         self._seen: OrderedDict[str, None] = OrderedDict()  # CloudEvents source and id
+        # the broker as /healthz sees it: asked on each /healthz, failed by failed publishes
+        self.health = Health()
+        self.health.add_probe(
+            "kafka", kafka_probe(settings.kafka_bootstrap, settings.kafka_security())
+        )
 
     @property
     def producer(self) -> KafkaProducer:
@@ -212,21 +197,25 @@ class Gateway:
         return app
 
     async def _close(self, _: web.Application) -> None:
-        if self._producer is not None:
-            await asyncio.to_thread(self._producer.close, 10)
+        if self._producer is None:
+            return
+        if not await asyncio.to_thread(close_producer, self._producer, CLOSE_SECONDS):
+            log.error(
+                "gateway stopped with records unacknowledged by the broker",
+                close_seconds=CLOSE_SECONDS,
+            )
 
     # -- endpoints ------------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
-        def connected() -> bool:
-            try:  # asks the broker for the events topic's partitions (connects if needed)
-                return bool(self.producer.partitions_for(self.settings.topic(EVENTS)))
-            except Exception:
-                return False
-
-        ok = await asyncio.to_thread(connected)
+        """200 ``{"ok": true, "kafka": "connected"}`` when the broker answers now; else 503
+        with ``"kafka": "down"`` and what failed."""
+        ok = await asyncio.to_thread(self.health.check, "kafka")
         status = 200 if ok else 503
         self.metrics.requests.labels("healthz", str(status)).inc()
-        return web.json_response({"ok": ok, "kafka": "connected" if ok else "down"}, status=status)
+        body: dict[str, Any] = {"ok": ok, "kafka": "connected" if ok else "down"}
+        if not ok:
+            body["failing"] = self.health.status()["failing"]
+        return web.json_response(body, status=status)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)
@@ -261,140 +250,40 @@ class Gateway:
             reason = "missing_token" if not token else "invalid_token"
             self.metrics.unauthenticated.labels(kind, reason).inc()
             return 401, {"error": reason, "detail": "send Authorization: Bearer <token>"}
+        limit = self.settings.gateway_max_body_bytes
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
-            detail = f"body over the {self.settings.gateway_max_body_bytes}-byte limit"
-            await self._dead_letters(
-                topic, grant, [("body_too_large", f"{detail}: {exc.text}", "")]
-            )
-            return 413, {"error": "body_too_large", "detail": detail}
-        content_type = request.content_type
+            err = payloads.too_large(limit, exc.text or "")
+            await self._dead_letters(topic, grant, [(err.reason, err.detail, "")])
+            return 413, {"error": err.reason, "detail": payloads.too_large(limit).detail}
         try:
-            items = self._items(body, content_type, kind)
+            items = payloads.parse(body, request.content_type, kind, limit)
         except DecodeError as exc:
             await self._dead_letters(topic, grant, [(exc.reason, exc.detail, body)])
-            status = 415 if exc.reason == "unsupported_media_type" else 400
-            return status, {"error": exc.reason, "detail": exc.detail}
+            return payloads.status_of(exc), {"error": exc.reason, "detail": exc.detail}
         if not items:
             return 400, {"error": "empty", "detail": "the body holds no item"}
-        for item in items:
-            if item.reason is None:
-                self._validate(item, model, grant)
-        accepted = [i for i in items if i.model is not None and i.reason is None]
-        fresh = [i for i in accepted if i.id is None or not self._seen_before(i)]
-        duplicates = len(accepted) - len(fresh)
+        payloads.validate(items, model, grant.forbids)
+        fresh = [i for i in items if i.accepted and (i.id is None or not self._seen_before(i))]
+        duplicates = sum(1 for i in items if i.accepted) - len(fresh)
         if fresh:
             try:
                 await self._publish(topic, kind, [i.model for i in fresh if i.model])
             except Exception as exc:  # Kafka did not take them: nothing was accepted
+                self.health.failed("kafka", exc)
                 log.error("gateway publish failed", error=repr(exc))
                 return 503, {"error": "kafka_unavailable", "detail": repr(exc)}
             for i in fresh:
                 if i.id is not None:
                     self._remember(i)
-        rejected = [i for i in items if i.reason is not None]
-        await self._dead_letters(
-            topic, grant, [(i.reason or "", i.detail or "", i.payload) for i in rejected]
-        )
-        for i in rejected:
-            self.metrics.items.labels(kind, i.reason).inc()
+        rejected = payloads.rejections(items)
+        await self._dead_letters(topic, grant, rejected)
+        for reason, _, _ in rejected:
+            self.metrics.items.labels(kind, reason).inc()
         self.metrics.items.labels(kind, "accepted").inc(len(fresh))
         self.metrics.items.labels(kind, "duplicate").inc(duplicates)
-        answer = {
-            "accepted": len(accepted),
-            "duplicates": duplicates,
-            "rejected": [
-                {"index": i.index, "id": i.id, "reason": i.reason, "detail": i.detail}
-                for i in rejected
-            ],
-        }
-        if not rejected:
-            return 200, answer
-        if accepted:
-            return 207, answer
-        return (403 if all(i.reason == "forbidden" for i in rejected) else 400), answer
-
-    def _items(self, body: bytes, content_type: str, kind: str) -> list[Item]:
-        if content_type in NDJSON:
-            try:
-                text = body.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DecodeError("invalid_utf8", str(exc)) from None
-            items = []
-            for n, line in enumerate(text.splitlines()):
-                if not line.strip():
-                    continue
-                try:
-                    items.append(Item(n, load_json(line)))
-                except DecodeError as exc:
-                    item = Item(n, line)
-                    item.reject(exc.reason, f"line {n + 1}: {exc.detail}")
-                    items.append(item)
-            return items
-        if content_type in ("application/json", "", "text/plain"):
-            doc = load_json(body)
-            if isinstance(doc, dict) and kind == "events" and doc.get("type") == _BATCH_TYPE:
-                return self._batch(doc)
-            docs = doc if isinstance(doc, list) else [doc]
-            return [Item(n, d) for n, d in enumerate(docs)]
-        if kind == "events" and content_type in (CE_ONE, CE_BATCH):
-            doc = load_json(body)
-            if content_type == CE_BATCH and not isinstance(doc, list):
-                raise DecodeError("invalid_cloudevents", "a batch must be a JSON array")
-            docs = doc if isinstance(doc, list) else [doc]
-            return [self._cloudevent(n, d) for n, d in enumerate(docs)]
-        usable = "application/json, application/x-ndjson"
-        if kind == "events":
-            usable += f", {CE_ONE} or {CE_BATCH}"
-        raise DecodeError("unsupported_media_type", f"content type {content_type!r} (use {usable})")
-
-    @staticmethod
-    def _batch(doc: dict[str, Any]) -> list[Item]:
-        events = doc.get("events")
-        if not isinstance(events, list):
-            raise DecodeError("invalid_batch", "events must be a JSON array")
-        items = []
-        for n, e in enumerate(events):
-            item = Item(n, e)
-            batch_resource = doc.get("resource_id")
-            if isinstance(e, dict) and e.get("resource_id") != batch_resource:
-                item.reject("invalid_event", f"resource_id differs from batch {batch_resource!r}")
-            items.append(item)
-        return items
-
-    @staticmethod
-    def _cloudevent(n: int, doc: Any) -> Item:
-        item = Item(n, doc)
-        if not isinstance(doc, dict):
-            item.reject("invalid_cloudevent", "a CloudEvent must be a JSON object")
-            return item
-        missing = [k for k in ("specversion", "id", "source", "type") if not doc.get(k)]
-        if missing:
-            item.reject("invalid_cloudevent", f"missing CloudEvents attributes: {missing}")
-            return item
-        item.id = f"{doc['source']}\x1f{doc['id']}"
-        if doc["specversion"] != "1.0":
-            item.reject("invalid_cloudevent", f"specversion {doc['specversion']!r} (use 1.0)")
-        elif doc["type"] != CE_TYPE:
-            item.reject("unknown_type", f"CloudEvents type {doc['type']!r} (use {CE_TYPE})")
-        elif not isinstance(doc.get("data"), dict):
-            item.reject("invalid_cloudevent", "data must be the inference event as JSON")
-        else:
-            item.payload = doc["data"]
-        return item
-
-    def _validate(self, item: Item, model: type[BaseModel], grant: Grant) -> None:
-        try:
-            obj = model.model_validate(item.payload)
-        except ValidationError as exc:
-            item.reject(INVALID[model], explain(exc))
-            return
-        denied = grant.forbids(getattr(obj, "resource_id", None), getattr(obj, "tenant_id", None))
-        if denied:
-            item.reject("forbidden", denied)
-            return
-        item.model = obj
+        return payloads.answer(items, duplicates)
 
     def _seen_before(self, item: Item) -> bool:
         return item.id is not None and item.id in self._seen

@@ -35,15 +35,20 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from services.ingest.closing import close_producer
 from services.ingest.emitter import Emitter
 from services.runtime import logs
 from services.runtime.config import Settings
+from services.runtime.health import Health, kafka_probe
+from services.runtime.kafka import make_producer
 from services.runtime.metrics import CountersCollector
 
 log = logs.get(__name__)
+FLUSH_SECONDS = 5.0
 METERED = ("/v1/chat/completions", "/v1/completions")
 _HOP = {"host", "content-length", "transfer-encoding", "connection", "authorization"}
 
@@ -162,11 +167,26 @@ class Metered:
 
 
 class Proxy:
-    def __init__(self, settings: Settings, emitter: Emitter | None = None) -> None:
+    """``flush_seconds``: at shutdown, how long the broker has to acknowledge the metered
+    events still pending; what it has not acknowledged by then is counted in one error line
+    (``proxy events undelivered``) and dropped, so that stopping never hangs on an outage."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        emitter: Emitter | None = None,
+        flush_seconds: float = FLUSH_SECONDS,
+    ) -> None:
         self.settings = settings
         self.nodes = upstreams(settings)
         self.keys = ApiKeys({k.get_secret_value(): t for k, t in settings.proxy_keys.items()})
+        self.flush_seconds = flush_seconds
         self._emitter = emitter
+        self._producer: KafkaProducer | None = None  # the emitter's, when the proxy made it
+        self.health = Health()
+        self.health.add_probe(
+            "kafka", kafka_probe(settings.kafka_bootstrap, settings.kafka_security())
+        )
         self._session: aiohttp.ClientSession | None = None
         self._turn = itertools.count()
         self.counters: dict[str, int] = {}
@@ -174,7 +194,17 @@ class Proxy:
     @property
     def emitter(self) -> Emitter:
         if self._emitter is None:
-            self._emitter = Emitter(self.settings, source="proxy", linger_seconds=0.5)
+            # the proxy's own producer (the emitter's settings), so that stopping can give up
+            self._producer = make_producer(
+                self.settings,
+                compression_type="gzip",
+                retries=10,
+                linger_ms=5,
+                client_id="inferledger-proxy",
+            )
+            self._emitter = Emitter(
+                self.settings, source="proxy", linger_seconds=0.5, producer=self._producer
+            )
         return self._emitter
 
     def app(self) -> web.Application:
@@ -198,7 +228,25 @@ class Proxy:
         if self._session is not None:
             await self._session.close()
         if self._emitter is not None:
-            await asyncio.to_thread(self._emitter.close)
+            await asyncio.to_thread(self._close_emitter, self._emitter)
+
+    def _close_emitter(self, emitter: Emitter) -> None:
+        """Flush within ``flush_seconds``; what the broker has not acknowledged by then is
+        lost to the ledger, and said so in one error line with the count."""
+        delivered = emitter.flush(self.flush_seconds)
+        if self._producer is not None:
+            delivered = close_producer(self._producer, 0 if not delivered else 1) and delivered
+        if not delivered:
+            stats = emitter.stats
+            lost = stats["recorded"] - stats["sent"]
+            log.error(
+                "proxy events undelivered",
+                undelivered=lost,
+                flush_seconds=self.flush_seconds,
+                detail=f"the broker did not acknowledge {lost} metered event(s) before "
+                "shutdown: they are not in Kafka and will not reach the ledger",
+            )
+        emitter.close(timeout=1 if self._producer is not None else self.flush_seconds)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -206,7 +254,16 @@ class Proxy:
         return self._session
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "upstreams": [n.resource_id for n in self.nodes]})
+        """200 while the broker answers (metered events can be delivered), else 503."""
+        ok = await asyncio.to_thread(self.health.check, "kafka")
+        body: dict[str, Any] = {
+            "ok": ok,
+            "kafka": "connected" if ok else "down",
+            "upstreams": [n.resource_id for n in self.nodes],
+        }
+        if not ok:
+            body["failing"] = self.health.status()["failing"]
+        return web.json_response(body, status=200 if ok else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus: the proxy's counters and its emitter's (queued, sent, dropped, DLQ)."""

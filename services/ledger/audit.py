@@ -13,7 +13,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, Engine, text
 
 from services.accounting import AccountingSettings, Bill, Rate, to_us
-from services.accounting.arithmetic import bucket_cost
+from services.accounting.pricing import bucket_cost
 from services.ledger.completeness import (
     Check,
     TopicEvents,

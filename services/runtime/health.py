@@ -44,6 +44,17 @@ class Health:
             self._failing[dependency] = (text[:300], since, attempts + 1)
             return attempts + 1
 
+    def check(self, dependency: str) -> bool:
+        """Ask ``dependency`` now through its probe and record the answer: True when it
+        answered (a failure recorded before is cleared), False when not (recorded)."""
+        try:
+            self._probes[dependency]()
+        except Exception as exc:  # whatever it raises, it is not reachable
+            self.failed(dependency, exc)
+            return False
+        self.recovered(dependency)
+        return True
+
     def recovered(self, dependency: str) -> None:
         with self._lock:
             gone = self._failing.pop(dependency, None)
@@ -89,6 +100,35 @@ def postgres_probe(url: str, timeout_seconds: int = 2) -> Callable[[], None]:
 
         with psycopg.connect(dsn, connect_timeout=timeout_seconds) as conn:
             conn.execute("SELECT 1")
+
+    return check
+
+
+def kafka_probe(
+    bootstrap: str | None, security: dict[str, Any] | None = None, timeout_seconds: float = 2.0
+) -> Callable[[], None]:
+    """A check that connects to the broker and fetches the cluster's metadata (the list of
+    topics), within about ``timeout_seconds``. A producer's cached metadata says nothing about
+    whether the broker is still there; this asks it."""
+
+    def check() -> None:
+        from kafka import KafkaConsumer
+
+        if not bootstrap:
+            raise ConnectionError("no broker configured")
+        timeout_ms = int(timeout_seconds * 1000)
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            client_id="inferledger-health",
+            enable_auto_commit=False,
+            bootstrap_timeout_ms=timeout_ms,
+            request_timeout_ms=timeout_ms,
+            **(security or {}),
+        )
+        try:
+            consumer.topics()
+        finally:
+            consumer.close(autocommit=False, timeout_ms=timeout_ms)
 
     return check
 

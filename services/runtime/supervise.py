@@ -64,11 +64,12 @@ def run_one(
     app, done = build(settings, run_id)
     tune_gc(settings)
     if settings.metrics_listen:
-        from services.runtime.health import HEALTH, postgres_probe
+        from services.runtime.health import HEALTH, kafka_probe, postgres_probe
         from services.runtime.metrics import serve
 
         if settings.database_url:
             HEALTH.add_probe("postgres", postgres_probe(settings.database_url))
+        HEALTH.add_probe("kafka", kafka_probe(settings.kafka_bootstrap, settings.kafka_security()))
         serve(settings.metrics_listen, component, app.inferledger_counters)
         log.info("metrics listening", listen=settings.metrics_listen, component=component)
     if settings.profile_dir is None:

@@ -141,6 +141,7 @@ def test_gateway_accepts_every_form_and_rejects_the_bad_input_corpus(
         (json.dumps(event("wrong-x")), "application/json", "wrong", 401, "invalid_token"),
         (b"x" * (10 * 1024 * 1024), "application/json", None, 401, "missing_token"),
         (json.dumps(event("x")), "text/csv", "tok-all", 415, "unsupported_media_type"),
+        (json.dumps(event("x")), "text/plain", "tok-all", 415, "unsupported_media_type"),
         (b"x" * (10 * 1024 * 1024), "application/json", "tok-all", 413, "body_too_large"),
         (json.dumps([event("y", prompt_tokens=-1)]), "application/json", "tok-all", 400, None),
         (json.dumps(unknown), "application/cloudevents+json", "tok-all", 400, None),

@@ -138,12 +138,12 @@ def test_the_watermark_is_the_slowest_partitions_and_an_idle_one_stops_holding_i
     )
     proc.on_events(raw(ahead), "a", 0, 0)  # partition 0 consumed far ahead
     proc.on_events(raw(EVENT), "b", 1, 0)  # partition 1 is still at 00:00:30
-    assert proc.watermark_us({0, 1}) == proc.book.settings.bucket_us * 0 + (proc._partition_max[1])
+    assert proc.watermark_us({0, 1}) == proc.watermark.latest(1)
     out = proc.step({0, 1}, {0})
     assert allocations(out) == []  # nothing closes past the slow partition
     now[0] += 31  # partition 1 goes quiet: it no longer holds the others back
-    proc._partition_seen[0] = now[0]
-    assert proc.watermark_us({0, 1}) == proc._partition_max[0]
+    proc.watermark.saw(0, 0)  # partition 0 is not
+    assert proc.watermark_us({0, 1}) == proc.watermark.latest(0)
     assert allocations(proc.step({0, 1}, {0}))
 
 
@@ -164,7 +164,7 @@ def test_a_partition_running_ahead_of_the_slowest_is_paused_until_it_catches_up(
     proc.on_events(at("c", 5), "c", 1, 1)
     assert proc.ahead({0, 1}) == {1}  # 5 minutes ahead: pause it, never the slowest
     now[0] += 31  # paused, partition 1 gets no events, but it is not idle: still paused
-    proc._partition_seen[0] = now[0]
+    proc.watermark.saw(0, 0)  # partition 0 still delivers (nothing newer)
     assert proc.ahead({0, 1}) == {1}
     proc.on_events(at("d", 4), "d", 0, 1)  # the slow one catches up
     assert proc.ahead({0, 1}) == set()
