@@ -16,7 +16,8 @@ from typing import Any
 
 from bench.workload import Workload, encode_batches
 from services.accounting import Book
-from services.attribution.processor import AttributionProcessor, to_request
+from services.attribution.encode import to_request
+from services.attribution.processor import AttributionProcessor
 from services.attribution.settings import accounting_settings
 from services.contracts import dumps
 from services.contracts.fast import event_records

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import create_engine, text
 
 from services.accounting import AccountingSettings, Book, ClosedBucket
-from services.attribution.processor import to_rate, to_request
+from services.attribution.encode import to_rate, to_request
 from services.contracts import GpuRate, InferenceEvent
 from services.contracts.ledger import LEDGER_COUNTS
 

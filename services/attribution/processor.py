@@ -17,36 +17,31 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-import msgspec
-
 from services.accounting import (
     Added,
-    Bill,
     Book,
     ClosedBucket,
-    Entry,
     Loader,
-    Rate,
-    Request,
     from_us,
     to_us,
+)
+from services.attribution.encode import (
+    allocation_messages,
+    to_bill,
+    to_rate,
+    to_request,
 )
 from services.attribution.settings import accounting_settings
 from services.attribution.watermark import Watermark
 from services.contracts import (
-    BillingLine,
-    CostAllocation,
     DecodeError,
     EndOfInput,
-    GpuRate,
     InferenceEvent,
-    LedgerEntry,
     Limits,
     check_clock,
     decode_billing,
     decode_events,
     decode_rate,
-    dumps,
 )
 from services.contracts.fast import EventRecord, event_records
 from services.contracts.fast import to_builtins as record_data
@@ -58,168 +53,12 @@ from services.runtime.kafka import dead_letter
 log = logs.get(__name__)
 
 
-def to_request(event: InferenceEvent | EventRecord) -> Request:
-    # positional: a NamedTuple built from keywords costs three times as much (per event)
-    return Request(
-        event.event_id,
-        event.tenant_id,
-        event.model,
-        event.resource_id,
-        to_us(event.started_at),
-        to_us(event.finished_at),
-        event.prompt_tokens,
-        event.cached_prompt_tokens,
-        event.completion_tokens,
-        event.status,
-        event.gpu_count,
-    )
-
-
-def to_rate(rate: GpuRate) -> Rate:
-    return Rate(
-        resource_id=rate.resource_id,
-        start_us=to_us(rate.effective_from),
-        end_us=None if rate.effective_to is None else to_us(rate.effective_to),
-        price_per_hour=rate.price_per_hour,
-        currency=rate.currency,
-    )
-
-
-def to_ledger_entry(e: Entry) -> LedgerEntry:
-    """The contract's entry (not validated again: the core built it from validated input)."""
-    return LedgerEntry.model_construct(
-        entry_id=e.entry_id,
-        entry_kind=cast(Any, e.entry_kind),
-        cost_basis=cast(Any, e.cost_basis),
-        tenant_id=e.tenant_id,
-        model=e.model,
-        resource_id=e.resource_id,
-        bucket_start=from_us(e.bucket_start_us),
-        bucket_seconds=e.bucket_seconds,
-        completions=e.completions,
-        failed_requests=e.failed_requests,
-        prompt_tokens=e.prompt_tokens,
-        cached_prompt_tokens=e.cached_prompt_tokens,
-        completion_tokens=e.completion_tokens,
-        work_units=e.work_units,
-        busy_seconds=e.busy_seconds,
-        amount=e.amount,
-        currency=e.currency,
-        billing_line_ids=list(e.billing_line_ids),
-    )
-
-
 class _Unchecked:
     """The key of a message is not checked (a caller without keys, such as a unit test)."""
 
 
 UNCHECKED = _Unchecked()
-COUNTED_PER_MESSAGE = 5000
 _ADDED_KEY = {a: f"events.{a.value}" for a in Added}  # counter names, formatted once
-ALLOCATION_TYPE: str = CostAllocation.model_fields["type"].default
-
-
-def _iso(us: int) -> str:
-    """A UTC instant as pydantic writes it (``...Z``, fraction only when there is one)."""
-    return from_us(us).isoformat().replace("+00:00", "Z")
-
-
-def _entry_dict(e: Entry, start: str) -> dict[str, Any]:
-    """An entry in the field order and form of ``LedgerEntry``'s JSON (None left out)."""
-    d: dict[str, Any] = {
-        "entry_id": e.entry_id,
-        "entry_kind": e.entry_kind,
-        "cost_basis": e.cost_basis,
-    }
-    if e.tenant_id is not None:
-        d["tenant_id"] = e.tenant_id
-    if e.model is not None:
-        d["model"] = e.model
-    d["resource_id"] = e.resource_id
-    d["bucket_start"] = start
-    d["bucket_seconds"] = e.bucket_seconds
-    d["completions"] = e.completions
-    d["failed_requests"] = e.failed_requests
-    d["prompt_tokens"] = e.prompt_tokens
-    d["cached_prompt_tokens"] = e.cached_prompt_tokens
-    d["completion_tokens"] = e.completion_tokens
-    d["work_units"] = format(e.work_units, "f")
-    d["busy_seconds"] = format(e.busy_seconds, "f")
-    d["amount"] = format(e.amount, "f")
-    d["currency"] = e.currency
-    d["billing_line_ids"] = list(e.billing_line_ids)
-    return d
-
-
-_compact = msgspec.json.Encoder().encode  # compact UTF-8, like pydantic's JSON (a test holds it)
-
-
-def allocation_messages(closed: ClosedBucket, bucket_seconds: int) -> list[bytes]:
-    """One message per bucket decision; the counted event ids spill into further messages
-    (with no entries) so that no message grows past Apache Kafka's default size limit.
-
-    The bytes are exactly ``dumps(CostAllocation(...))`` (a unit test holds them to it), built
-    from plain dicts because closing buckets is on the hot path and pydantic objects per entry
-    cost more than the accounting itself."""
-    counted = closed.counted
-    chunks = [
-        counted[i : i + COUNTED_PER_MESSAGE] for i in range(0, len(counted), COUNTED_PER_MESSAGE)
-    ] or [[]]
-    start = _iso(closed.bucket_start_us)
-    entry_starts: dict[int, str] = {closed.bucket_start_us: start}
-    messages = []
-    for n, chunk in enumerate(chunks):
-        entries = []
-        if n == 0:
-            for e in closed.entries:
-                es = entry_starts.get(e.bucket_start_us)
-                if es is None:
-                    es = entry_starts[e.bucket_start_us] = _iso(e.bucket_start_us)
-                entries.append(_entry_dict(e, es))
-        message = {
-            "type": ALLOCATION_TYPE,
-            "resource_id": closed.resource_id,
-            "bucket_start": start,
-            "bucket_seconds": bucket_seconds,
-            "entries": entries,
-            "counted_events": [list(c) for c in chunk],
-        }
-        messages.append(_compact(message))
-    return messages
-
-
-def allocation_messages_via_models(closed: ClosedBucket, bucket_seconds: int) -> list[bytes]:
-    """The reference encoding through the contract models (tests compare the two)."""
-    counted = closed.counted
-    chunks = [
-        counted[i : i + COUNTED_PER_MESSAGE] for i in range(0, len(counted), COUNTED_PER_MESSAGE)
-    ] or [[]]
-    return [
-        dumps(
-            CostAllocation(
-                resource_id=closed.resource_id,
-                bucket_start=from_us(closed.bucket_start_us),
-                bucket_seconds=bucket_seconds,
-                entries=[to_ledger_entry(e) for e in closed.entries] if n == 0 else [],
-                counted_events=chunk,
-            )
-        )
-        for n, chunk in enumerate(chunks)
-    ]
-
-
-def to_bill(line: BillingLine, allocated: frozenset[str]) -> Bill | None:
-    """The billing line as the core sees it, or None when it is not allocated to tenants."""
-    if line.resource_id is None or line.charge_category.lower() not in allocated:
-        return None
-    return Bill(
-        line_id=line.line_id,
-        resource_id=line.resource_id,
-        start_us=to_us(line.period_start),
-        end_us=to_us(line.period_end),
-        cost=line.cost,
-        currency=line.currency,
-    )
 
 
 ResourceLoader = Callable[[Book, list[str]], int]

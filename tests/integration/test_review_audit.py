@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from services.accounting import AccountingSettings, Book, Rate, from_us, to_us
-from services.attribution.processor import to_ledger_entry, to_request
+from services.attribution.encode import to_ledger_entry, to_request
 from services.attribution.state import save
 from services.contracts import GpuRate, InferenceEvent
 from services.ledger.audit import run_audit

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.attribution.processor import to_request
+from services.attribution.encode import to_request
 from services.contracts import DecodeError, Limits, decode_allocation, decode_events
 from services.contracts.fast import allocation_record, event_records
 from services.ledger.db import counted_set, entry_row, record_row

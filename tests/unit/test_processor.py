@@ -8,12 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.accounting import ClosedBucket, Entry
-from services.attribution import processor as p
-from services.attribution.processor import (
-    AttributionProcessor,
-    allocation_messages,
-    allocation_messages_via_models,
-)
+from services.attribution import encode as p
+from services.attribution.encode import allocation_messages, allocation_messages_via_models
+from services.attribution.processor import AttributionProcessor
 from services.contracts import decode_allocation
 from services.runtime.config import Settings
 
@@ -379,3 +376,13 @@ def test_a_rebalance_hands_resources_over_and_the_ledger_counts_nothing_twice():
 
     assert net(ledger.values()) == net(expected)
     assert len(expected) == 20  # 5 closed minutes of 2 nodes: usage and idle each
+
+
+def test_the_cores_entry_names_every_column_of_the_one_definition():
+    from dataclasses import fields
+
+    from services.contracts.ledger import LEDGER_ENTRY_COLUMNS
+
+    names = {f.name for f in fields(Entry)}
+    # the core keeps bucket_start as microseconds; every other column under its own name
+    assert names == {"bucket_start_us"} | (set(LEDGER_ENTRY_COLUMNS) - {"bucket_start"})

@@ -13,7 +13,7 @@ def test_event_replayed_after_restart_is_completed_not_dropped_as_duplicate():
     from datetime import datetime, timedelta
 
     from services.accounting import AccountingSettings, Book
-    from services.attribution.processor import to_request
+    from services.attribution.encode import to_request
     from services.contracts import InferenceEvent
 
     t0 = datetime.fromisoformat(FAULT_EPOCH)

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from services.accounting import AccountingSettings, Book, Rate, to_us
-from services.attribution.processor import to_request
+from services.attribution.encode import to_request
 from services.contracts import InferenceEvent
 from tests.helpers import FAULT_EPOCH
 
