@@ -30,15 +30,33 @@ def migrate(ctx: click.Context) -> None:
 @click.pass_context
 def report(ctx: click.Context, tenant: str | None, since: Any, until: Any, fmt: str) -> None:
     """Cost per completion per tenant and model (from v_cost_per_completion)."""
+    from sqlalchemy.exc import ProgrammingError
+
     from services.ledger.db import make_engine
     from services.ledger.report import cost_per_completion, render
 
     with local_stack(settings_of(ctx), need_broker=False) as s:
         assert s.database_url
         engine = make_engine(s.database_url)
-        rows = cost_per_completion(engine, tenant, day(since), day(until))
-        engine.dispose()
+        try:
+            rows = cost_per_completion(engine, tenant, day(since), day(until))
+        except ProgrammingError as exc:
+            if "UndefinedTable" not in repr(exc.orig):
+                raise
+            raise click.ClickException(
+                "this database has no ledger yet: run `inferledger migrate` (`up` and `run all` "
+                "migrate too)"
+            ) from None
+        finally:
+            engine.dispose()
     click.echo(render(rows, fmt, "cost per completion"), nl=False)
+    if not rows and fmt == "table":
+        click.echo(
+            "nothing is in the ledger for this selection yet. Streaming processors close a "
+            "bucket once event time passes its end plus the allowed lateness; `inferledger run "
+            "all --until-idle` closes everything fed so far (beside `up` too)",
+            err=True,
+        )
 
 
 @click.command()

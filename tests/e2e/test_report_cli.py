@@ -1,0 +1,29 @@
+"""`inferledger report` says why it has nothing to show, instead of a bare "(no rows)" or an
+SQL traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def report(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "report"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_an_unmigrated_database_is_a_one_line_error(empty_db_url):
+    out = report(dict(os.environ, INFERLEDGER_DATABASE_URL=empty_db_url))
+    assert out.returncode == 1
+    assert "no ledger yet: run `inferledger migrate`" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_an_empty_ledger_says_how_buckets_close(db_url):
+    out = report(dict(os.environ, INFERLEDGER_DATABASE_URL=db_url))
+    assert out.returncode == 0, out.stderr
+    assert "(no rows)" in out.stdout
+    assert "run all --until-idle` closes everything fed so far" in out.stderr
