@@ -68,6 +68,7 @@ def run(events: int, per_message: int, profile: str | None) -> dict[str, Any]:
     counted = sum(len(c[3]) for c in batch.counted)
     if prof:
         prof.disable()
+        assert profile  # a profiler runs only with a file to write it to
         prof.dump_stats(profile)
     us = 1e6 / events
     return {

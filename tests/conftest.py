@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _docker_answers() -> bool:
     try:
-        import docker  # type: ignore[import-untyped]
+        import docker
 
         docker.from_env(timeout=3).ping()
         return True

@@ -89,11 +89,7 @@ def positions(db_url: str) -> dict[tuple[str, int, str | None, str | None], Posi
         + ", ".join(f"sum({c})" for c in ("amount", *LEDGER_COUNTS))
         + " FROM ledger_entries GROUP BY 1, 2, 3, 4",
     )
-    return {
-        (r[0], r[1], r[2], r[3]): tuple(r[4:])  # type: ignore[misc]
-        for r in rows
-        if any(r[4:])
-    }
+    return {(r[0], r[1], r[2], r[3]): tuple(r[4:]) for r in rows if any(r[4:])}
 
 
 def expected_positions(
@@ -107,11 +103,16 @@ def expected_positions(
         book.add_request(to_request(e))
     out: dict[tuple[str, int, str | None, str | None], Position] = {}
     for c in book.flush():
-        for e in c.entries:
-            key = (e.resource_id, e.bucket_start_us // 1_000_000, e.tenant_id, e.model)
-            values = (e.amount, *(getattr(e, n) for n in LEDGER_COUNTS))
+        for entry in c.entries:
+            key = (
+                entry.resource_id,
+                entry.bucket_start_us // 1_000_000,
+                entry.tenant_id,
+                entry.model,
+            )
+            values = (entry.amount, *(getattr(entry, n) for n in LEDGER_COUNTS))
             old = out.get(key, (Decimal(0), *(0 for _ in LEDGER_COUNTS)))
-            out[key] = tuple(a + b for a, b in zip(old, values, strict=True))  # type: ignore[assignment]
+            out[key] = tuple(a + b for a, b in zip(old, values, strict=True))
     return {k: v for k, v in out.items() if any(v)}
 
 

@@ -69,7 +69,8 @@ def reference(events, hour_cost: Fraction) -> dict:
     out: dict = {}
     for b in range(60):
         b0, b1 = b * 60, b * 60 + 60
-        spans, work = [], {}
+        spans: list[tuple[float, float]] = []
+        work: dict[tuple[str, str], Fraction] = {}
         for e in events:
             s = (datetime.fromisoformat(e["started_at"]) - T0).total_seconds()
             f = (datetime.fromisoformat(e["finished_at"]) - T0).total_seconds()
@@ -83,7 +84,8 @@ def reference(events, hour_cost: Fraction) -> dict:
                 )
                 key = (e["tenant_id"], e["model"])
                 work[key] = work.get(key, 0) + u * Fraction(hi - lo) / Fraction(f - s)
-        busy, end = 0, None
+        busy: float = 0
+        end: float | None = None
         for lo, hi in sorted(spans):
             if end is None or lo > end:
                 busy += hi - lo
@@ -110,8 +112,7 @@ def ledger_by_key(db_url):
         rows = conn.execute(
             text("SELECT tenant_id, model, sum(amount) FROM ledger_entries GROUP BY 1, 2")
         ).all()
-        kinds = conn.execute(text("SELECT DISTINCT entry_kind FROM ledger_entries")).scalars()
-        kinds = set(kinds)
+        kinds = set(conn.execute(text("SELECT DISTINCT entry_kind FROM ledger_entries")).scalars())
     engine.dispose()
     return {(t, m): a for t, m, a in rows}, kinds
 

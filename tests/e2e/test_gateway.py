@@ -134,7 +134,7 @@ def test_gateway_accepts_every_form_and_rejects_the_bad_input_corpus(
     assert r.status_code == 207 and r.json()["rejected"][0]["reason"] == "invalid_json"
 
     # whole requests that are rejected
-    cases = [
+    cases: list[tuple[bytes | str, str, str | None, int, str | None]] = [
         (b"{not json", "application/json", "tok-all", 400, "invalid_json"),
         (b'{"event_id": "\xff\xfe"}', "application/json", "tok-all", 400, "invalid_utf8"),
         (json.dumps(event("anon-x")), "application/json", None, 401, "missing_token"),

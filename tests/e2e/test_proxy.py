@@ -17,6 +17,7 @@ from typing import Any
 import openai
 import pytest
 import requests
+from openai.types.chat import ChatCompletionMessageParam
 from sqlalchemy import create_engine, text
 
 from tests.helpers import cli, free_port, read_topic, wait_http
@@ -90,7 +91,9 @@ def test_proxy_meters_openai_requests_into_the_ledger(
     cli(cli_env, "ingest", "rates", str(rates))
     acme = openai.OpenAI(base_url=stack["proxy_url"], api_key="sk-acme", max_retries=0)
     beta = openai.OpenAI(base_url=stack["proxy_url"], api_key="sk-beta", max_retries=0)
-    messages = [{"role": "user", "content": "what does a GPU hour cost"}]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "what does a GPU hour cost"}
+    ]
 
     r = acme.chat.completions.create(model="llama-70b", messages=messages, max_tokens=7)
     assert r.usage is not None and r.usage.completion_tokens == 7
@@ -169,12 +172,12 @@ def test_proxy_meters_openai_requests_into_the_ledger(
     cli(cli_env, "run", "all", "--until-idle")
     engine = create_engine(settings.database_url)
     with engine.connect() as conn:
-        statuses = dict(
+        statuses: dict[str, int] = dict(
             conn.execute(
                 text("SELECT status, count(DISTINCT event_id) FROM counted_events GROUP BY 1")
             ).all()
         )
-        per_tenant = dict(
+        per_tenant: dict[str, int] = dict(
             conn.execute(
                 text(
                     "SELECT tenant_id, sum(completions) FROM ledger_entries "
@@ -220,7 +223,7 @@ def test_proxy_counts_every_request_when_the_upstream_repeats_or_omits_its_respo
         rates = tmp_path / "rates.jsonl"
         rates.write_text("\n".join(json.dumps(r) for r in RATES))
         cli(cli_env, "ingest", "rates", str(rates))
-        messages = [{"role": "user", "content": "same id again"}]
+        messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "same id again"}]
         sent: dict[str, int] = {}
         for key, tenant in (("sk-acme", "acme"), ("sk-beta", "beta")):
             client = openai.OpenAI(
@@ -257,7 +260,7 @@ def test_proxy_counts_every_request_when_the_upstream_repeats_or_omits_its_respo
     engine = create_engine(settings.database_url)
     with engine.connect() as conn:
         counted = conn.execute(text("SELECT count(DISTINCT event_id) FROM counted_events")).scalar()
-        per_tenant = dict(
+        per_tenant: dict[str, int] = dict(
             conn.execute(
                 text(
                     "SELECT tenant_id, sum(completions) FROM ledger_entries "

@@ -122,7 +122,7 @@ def test_paced_replay_reaches_the_ledger(cli_env, settings, fleet_file):
     engine = create_engine(settings.database_url)
     with engine.connect() as conn:
         counted = conn.execute(text("SELECT status, count(*) FROM counted_events GROUP BY 1"))
-        by_status = dict(counted.all())
+        by_status: dict[str, int] = dict(counted.all())
         nodes = conn.execute(text("SELECT count(DISTINCT resource_id) FROM ledger_entries"))
         assert nodes.scalar_one() == len(default_fleet()["nodes"])  # the spare node's idle too
     engine.dispose()

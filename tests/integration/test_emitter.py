@@ -29,6 +29,7 @@ def event(n: int, resource: str = "node-1") -> dict[str, Any]:
 
 
 def events_on(settings: Settings) -> list[dict[str, Any]]:
+    assert settings.kafka_bootstrap is not None  # the fixture's embedded broker
     return read_topic(settings.kafka_bootstrap, settings.topic("inference-events"), quiet_s=2)
 
 
@@ -51,6 +52,7 @@ def test_batches_per_resource_and_dead_letters_invalid_events(settings: Settings
         ("node-2", 1),
     ]
     assert all(e["resource_id"] == b["resource_id"] for b in batches for e in b["events"])
+    assert settings.kafka_bootstrap is not None
     dlq = read_topic(settings.kafka_bootstrap, settings.topic("inference-events") + ".dlq", 2)
     assert [(d["source"], d["reason"]) for d in dlq] == [("emitter", "invalid")]
     assert "prompt_tokens" in dlq[0]["detail"] and '"e7"' in dlq[0]["payload"]
@@ -90,7 +92,7 @@ def test_a_full_buffer_drops_and_counts_and_never_blocks(settings: Settings) -> 
         buffer_events=1,
         linger_seconds=60,
         max_batch_events=1,
-        producer=producer,  # type: ignore[arg-type]
+        producer=producer,
     )
     assert emitter.record(event(1))
     wait_until(lambda: emitter._queue.qsize() == 0)  # noqa: SLF001

@@ -41,7 +41,7 @@ def test_the_focus_sample_ingests_completely(cli_env, settings, tmp_path):
     with engine.connect() as conn:
         lines = conn.execute(text("SELECT count(*), count(DISTINCT line_id) FROM billing_lines"))
         count, distinct = lines.one()
-        reasons = dict(
+        reasons: dict[str, int] = dict(
             conn.execute(
                 text("SELECT reason, count(*) FROM v_unallocated_billing GROUP BY reason")
             ).all()

@@ -160,7 +160,7 @@ def run_book(reqs, rate):
 
 
 def totals(closed):
-    out = {}
+    out: dict[tuple[int, str, str | None, str | None], Decimal] = {}
     for c in closed:
         for e in c.entries:
             key = (c.bucket_start_us, e.entry_kind, e.tenant_id, e.model)

@@ -155,8 +155,8 @@ class BookMachine(RuleBasedStateMachine):
     def _take(self, closed: list[Any]) -> None:
         for c in closed:
             for e in c.entries:
-                key = None if e.tenant_id is None else (e.tenant_id, e.model)
-                self.ledger[c.resource_id, c.bucket_start_us][key] += e.amount
+                tenant_model = None if e.tenant_id is None else (e.tenant_id, e.model)
+                self.ledger[c.resource_id, c.bucket_start_us][tenant_model] += e.amount
             for event_id, status in c.counted:
                 self.counted.append((event_id, status, c.bucket_start_us))
         for resource_id, kind, key, data in self.book.take_dirty():

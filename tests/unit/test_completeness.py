@@ -52,7 +52,7 @@ def test_scan_finds_valid_events_and_dead_lettered_ids():
 
 
 def test_retry_waits_out_an_outage_and_reports_it(monkeypatch):
-    monkeypatch.setattr(health.time, "sleep", lambda s: None)
+    monkeypatch.setattr("services.runtime.health.time.sleep", lambda s: None)
     state = health.Health()
     calls = []
 

@@ -42,7 +42,8 @@ RATE = {
 
 def test_timestamps_are_normalised_to_utc():
     event = InferenceEvent.model_validate(EVENT)
-    assert event.started_at.utcoffset().total_seconds() == 0
+    offset = event.started_at.utcoffset()
+    assert offset is not None and offset.total_seconds() == 0
     assert event.started_at.hour == 22
     assert json.loads(dumps(event))["started_at"] == "2023-12-31T22:00:00Z"
 

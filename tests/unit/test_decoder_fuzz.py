@@ -17,9 +17,10 @@ import io
 import json
 import math
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -48,6 +49,8 @@ from services.contracts.models import (
     attributes_problem,
 )
 from services.ingest.focus import read_focus
+
+M = TypeVar("M", GpuRate, BillingLine, CostAllocation)
 
 EVENT: dict[str, Any] = {
     "type": "inferledger.inference_event.v1",
@@ -339,6 +342,21 @@ def run(decode: Any, raw: bytes | str) -> Any:
         assert time.perf_counter() - started < 5, "a decoder took more than 5 s"
 
 
+def decode_one(
+    decode: Callable[[bytes | str], M | EndOfInput],
+    check: Callable[[M], None],
+    kind: type[M],
+    raw: bytes | str,
+) -> None:
+    """One single-message decoder: its message passes ``check``, or it is an end-of-input marker."""
+    msg = run(decode, raw)
+    if isinstance(msg, EndOfInput):
+        assert clean(msg.run_id)
+    elif msg is not None:
+        assert isinstance(msg, kind)
+        check(msg)
+
+
 def decode_everything(raw: bytes | str) -> None:
     decoded = run(decode_events, raw)
     if decoded is not None:
@@ -347,18 +365,9 @@ def decode_everything(raw: bytes | str) -> None:
         for r in decoded.rejected:
             assert r.reason
             json.dumps(r.payload)  # a dead letter's payload can be written
-    for decode, check, kind in (
-        (decode_rate, check_rate, GpuRate),
-        (decode_billing, check_bill, BillingLine),
-        (decode_allocation, check_allocation, CostAllocation),
-    ):
-        msg = run(decode, raw)
-        if msg is not None:
-            assert isinstance(msg, kind | EndOfInput)
-            if isinstance(msg, kind):
-                check(msg)
-            else:
-                assert clean(msg.run_id)
+    decode_one(decode_rate, check_rate, GpuRate, raw)
+    decode_one(decode_billing, check_bill, BillingLine, raw)
+    decode_one(decode_allocation, check_allocation, CostAllocation, raw)
     if isinstance(raw, bytes):
         records = run(event_records, raw)
         if records is not None:

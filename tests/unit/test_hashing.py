@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -11,10 +12,12 @@ from services.contracts.ledger import LEDGER_ENTRY_COLUMNS
 from services.ledger.hashing import HASHED_COLUMNS, ROW_HASH_SQL, entry_values, row_hash
 
 AT = datetime(2024, 1, 1, 0, 1, tzinfo=UTC)
-USAGE = ("e" * 16, "usage", "provisional", "acme", "m", "node-1", AT, 60, 3, 1, 100, 20, 10,
-         Decimal("1.5"), Decimal("2.25"), Decimal("0.1234567890125"), "USD", ["b1"])  # fmt: skip
-IDLE = ("f" * 16, "idle", "billed", None, None, "node-2", AT.replace(minute=2), 60, 0, 0, 0, 0, 0,
-        Decimal(0), Decimal(0), Decimal("-0"), "EUR", [])  # fmt: skip
+Row = tuple[Any, ...]  # the values of LEDGER_ENTRY_COLUMNS, in that order
+USAGE: Row = ("e" * 16, "usage", "provisional", "acme", "m", "node-1", AT, 60, 3, 1, 100, 20, 10,
+              Decimal("1.5"), Decimal("2.25"), Decimal("0.1234567890125"), "USD",
+              ["b1"])  # fmt: skip
+IDLE: Row = ("f" * 16, "idle", "billed", None, None, "node-2", AT.replace(minute=2),
+             60, 0, 0, 0, 0, 0, Decimal(0), Decimal(0), Decimal("-0"), "EUR", [])  # fmt: skip
 
 
 @pytest.mark.parametrize(

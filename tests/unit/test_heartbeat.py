@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.attribution.processor import AttributionProcessor
-from services.contracts import EndOfInput, decode_allocation, dumps
+from services.contracts import CostAllocation, EndOfInput, decode_allocation, dumps
 from services.contracts.markers import heartbeat_coverage, heartbeat_ids
 from services.runtime.config import Settings
 
@@ -67,7 +67,11 @@ def test_a_heartbeat_on_every_input_partition_closes_what_came_before_and_is_pas
     assert out.allocations == [] and out.followed == []  # events partition 1 has not had it
     proc.on_events(marker("r1"), "k1", 1, 0)
     out = proc.step({0, 1}, {0})
-    amounts = [e.amount for _, v in out.allocations for e in decode_allocation(v).entries]
+    amounts: list[Decimal] = []
+    for _, v in out.allocations:
+        allocation = decode_allocation(v)
+        assert isinstance(allocation, CostAllocation)  # no end-of-input marker among them
+        amounts += [e.amount for e in allocation.entries]
     assert sum(amounts) == Decimal("1.2")  # 36/h for 2 min: both buckets, busy and idle
     assert out.followed == ["r1.0.3"]  # for events partitions 0 and 1 (bits 0b11)
     assert "m1" in out.release

@@ -26,8 +26,8 @@ from services.contracts import (
     is_tombstone,
     too_far_in_future,
 )
-from services.contracts.fast import allocation_record, event_records
-from services.contracts.wire import load_json
+from services.contracts.fast import EventRecord, allocation_record, event_records
+from services.contracts.wire import Rejected, load_json
 from services.runtime.config import Settings
 
 EVENT: dict[str, Any] = {
@@ -360,8 +360,13 @@ def test_check_clock_splits_events_with_the_future_event_reason():
     now = datetime(2024, 1, 1, 0, 1, tzinfo=UTC)
     records = event_records(batch)
     assert records is not None
-    for events in (records, decode_events(batch).events):
-        ok, rejected = check_clock(events, now.timestamp(), 300)
+    splits: list[
+        tuple[list[EventRecord], list[Rejected]] | tuple[list[InferenceEvent], list[Rejected]]
+    ] = [
+        check_clock(records, now.timestamp(), 300),  # the fast path's records
+        check_clock(decode_events(batch).events, now.timestamp(), 300),  # the models
+    ]
+    for ok, rejected in splits:
         assert [e.event_id for e in ok] == ["e1"]
         assert [r.reason for r in rejected] == [FUTURE_EVENT] == ["future_event"]
         assert rejected[0].payload["event_id"] == "e2"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -169,7 +170,7 @@ def feed(order, advance_every, lateness, evict=False):
     """Feed ``order``; with ``evict``, closed buckets leave memory as soon as they may and
     come back through a loader over what ``take_dirty`` exported (JSON, as Postgres holds it)."""
     cfg = AccountingSettings(allowed_lateness_seconds=lateness, resident_seconds=0)
-    store = {}
+    store: dict[tuple[str, int], str] = {}
 
     def loader(resource_id, starts):
         return {b: json.loads(store[resource_id, b]) for b in starts if (resource_id, b) in store}
@@ -227,7 +228,7 @@ def test_evicting_closed_buckets_changes_nothing(sc, lateness):
 
 def test_eviction_bounds_what_stays_in_memory():
     cfg = AccountingSettings(allowed_lateness_seconds=0, resident_seconds=120)
-    store = {}
+    store: dict[tuple[str, int], dict[str, Any]] = {}
     book = Book(cfg, lambda r, starts: {b: store[r, b] for b in starts if (r, b) in store})
     book.add_rate(Rate("node-1", T0, None, Decimal("36"), "USD"))
     resident = []

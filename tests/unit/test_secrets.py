@@ -92,7 +92,7 @@ def test_log_lines_never_show_a_secret(
     text = out.err + out.out + caplog.text
     assert "settings" in text and "failure" in text
     assert leaks(text) == [], text
-    gateway = gw.Gateway(env, producer=object())  # type: ignore[arg-type]
+    gateway = gw.Gateway(env, producer=object())
     proxy = px.Proxy(env, emitter=object())  # type: ignore[arg-type]
     for thing in (gateway.grants, gateway.settings, vars(gateway), vars(proxy), proxy.keys):
         assert leaks(repr(thing)) == [], repr(thing)
