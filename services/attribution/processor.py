@@ -45,7 +45,7 @@ from services.contracts import (
 )
 from services.contracts.fast import EventRecord, event_records
 from services.contracts.fast import to_builtins as record_data
-from services.contracts.markers import heartbeat_ids
+from services.contracts.markers import MAX_RUN_ID, heartbeat_ids
 from services.runtime import logs
 from services.runtime.config import Settings
 from services.runtime.kafka import dead_letter
@@ -411,6 +411,11 @@ class AttributionProcessor:
         the watermark moves as if an event had finished at ``at`` (see step)."""
         if marker.at is None:  # an old marker: nothing to go by
             self.counters["markers.ignored"] += 1
+            return
+        if len(marker.run_id) > MAX_RUN_ID:  # its passed-on ids would not be valid ids
+            self.counters["markers.ignored"] += 1
+            log.warning("a heartbeat marker with a run id too long to pass on was ignored",
+                        length=len(marker.run_id), limit=MAX_RUN_ID, topic=topic)  # fmt: skip
             return
         at_us = to_us(marker.at)
         now_us = int(self.wall_clock() * 1_000_000)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
@@ -9,6 +11,23 @@ import click
 
 from services.runtime.config import Settings
 from services.runtime.stack import running_stack
+
+
+@contextlib.contextmanager
+def ledger_required() -> Iterator[None]:
+    """A database without the ledger's tables is a one-line error, not an SQL traceback."""
+    import psycopg
+    from sqlalchemy.exc import ProgrammingError
+
+    try:
+        yield
+    except ProgrammingError as exc:
+        if not isinstance(exc.orig, psycopg.errors.UndefinedTable):
+            raise
+        raise click.ClickException(
+            "this database has no ledger yet: run `inferledger migrate` (`up` and `run all` "
+            "migrate too)"
+        ) from None
 
 
 def settings_of(ctx: click.Context) -> Settings:

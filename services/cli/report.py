@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from services.cli.common import day, settings_of
+from services.cli.common import day, ledger_required, settings_of
 from services.runtime.stack import local_stack, running_stack
 
 
@@ -30,23 +30,14 @@ def migrate(ctx: click.Context) -> None:
 @click.pass_context
 def report(ctx: click.Context, tenant: str | None, since: Any, until: Any, fmt: str) -> None:
     """Cost per completion per tenant and model (from v_cost_per_completion)."""
-    from sqlalchemy.exc import ProgrammingError
-
     from services.ledger.db import make_engine
     from services.ledger.report import cost_per_completion, render
 
-    with local_stack(settings_of(ctx), need_broker=False) as s:
+    with local_stack(settings_of(ctx), need_broker=False) as s, ledger_required():
         assert s.database_url
         engine = make_engine(s.database_url)
         try:
             rows = cost_per_completion(engine, tenant, day(since), day(until))
-        except ProgrammingError as exc:
-            if "UndefinedTable" not in repr(exc.orig):
-                raise
-            raise click.ClickException(
-                "this database has no ledger yet: run `inferledger migrate` (`up` and `run all` "
-                "migrate too)"
-            ) from None
         finally:
             engine.dispose()
     click.echo(render(rows, fmt, "cost per completion"), nl=False)
@@ -83,12 +74,14 @@ def audit(ctx: click.Context, skip_topics: bool) -> None:
             "be read, so only the ledger's consistency is checked"
         )
         skip_topics = True
-    with local_stack(settings, need_broker=not skip_topics) as s:
+    with local_stack(settings, need_broker=not skip_topics) as s, ledger_required():
         assert s.database_url
         topic = None if skip_topics else scan_input(s)
         engine = make_engine(s.database_url)
-        checks = run_audit(engine, accounting_settings(s), s.allocated_charge_categories, topic)
-        engine.dispose()
+        try:
+            checks = run_audit(engine, accounting_settings(s), s.allocated_charge_categories, topic)
+        finally:
+            engine.dispose()
     for c in checks:
         click.echo(f"[{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
         for p in c.problems[:20]:

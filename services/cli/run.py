@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Any
 
 import click
 
-from services.cli.common import require_broker, settings_of
+from services.cli.common import ledger_required, require_broker, settings_of
 from services.runtime.config import Settings
 from services.runtime.stack import local_stack
 from services.runtime.supervise import (
@@ -125,6 +126,16 @@ def _up_running(settings: Settings, resolved: Settings) -> int | None:
     return None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: it exists
+        return True
+    return True
+
+
 def _follow(settings: Settings, up_pid: int | None, timeout: float) -> None:
     """`run all --until-idle` beside running processors (`up`'s, or elsewhere with --follow):
     let them close what was fed (a heartbeat, docs/billing.md), and wait for their writer."""
@@ -146,6 +157,12 @@ def _follow(settings: Settings, up_pid: int | None, timeout: float) -> None:
         status.start()
 
     def on_wait(missing: set[int], waited: float) -> None:
+        if up_pid is not None and not _alive(up_pid):
+            raise click.ClickException(
+                f"`inferledger up` (pid {up_pid}) exited while this waited. Start it again "
+                "and run this again (its embedded broker keeps nothing: input it had not "
+                "accounted for must be fed again)"
+            )
         if status is not None:
             status.update(
                 f"waiting: {len(missing)} cost-allocations partitions to go, "
@@ -153,7 +170,8 @@ def _follow(settings: Settings, up_pid: int | None, timeout: float) -> None:
             )
 
     try:
-        run_id, missing = follow(settings, input_topics(settings), timeout, on_wait)
+        with ledger_required():
+            run_id, missing = follow(settings, input_topics(settings), timeout, on_wait)
     finally:
         if status is not None:
             status.stop()

@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 CHUNK = 256
+MAX_RUN_ID = 128 - len(".65535.") - CHUNK // 4
+"""The longest run id a heartbeat may carry: its passed-on ids (``.<first>.<bitmap>``, up to
+65,536 partitions) must stay valid ``Id`` values. Longer ones are ignored, not passed on."""
 
 
 def heartbeat_ids(run_id: str, partitions: Iterable[int]) -> list[str]:

@@ -92,12 +92,18 @@ def run_processors(
     until_idle: bool,
     progress: Callable[[Settings], str] | None = None,
     cli: Sequence[str] = CLI,
+    max_restarts: int = 10,
+    restart_window: float = 300.0,
 ) -> None:
     """Run the attribution processor and the ledger writer as two child processes and wait.
 
-    Bounded when ``until_idle`` (a new run id, its end markers written first). On a terminal,
-    ``progress(settings)`` (e.g. "1234 ledger rows") is shown while they run. Raises
-    :class:`ProcessFailed` when one exits with an error; the other is then stopped."""
+    Bounded when ``until_idle`` (a new run id, its end markers written first): a processor that
+    exits with an error fails the run (:class:`ProcessFailed`; the other is then stopped).
+    Streaming, a processor that exits for any reason (a crash, a kill) is started again after a
+    backoff of 1 s doubling to 30 s, as a container's restart policy would; more than
+    ``max_restarts`` in ``restart_window`` seconds raises :class:`ProcessFailed`. Nothing is
+    lost by a restart: it resumes from its committed offsets and its state in Postgres. On a
+    terminal, ``progress(settings)`` (e.g. "1234 ledger rows") is shown while they run."""
     from services.runtime.kafka import ensure_topics
 
     ensure_topics(settings)
@@ -106,7 +112,7 @@ def run_processors(
     env["INFERLEDGER_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap or ""
     env["INFERLEDGER_DATABASE_URL"] = settings.database_url or ""
     env["INFERLEDGER_TOPIC_PREFIX"] = settings.topic_prefix
-    procs = []
+    commands: dict[str, tuple[list[str], dict[str, str]]] = {}
     for n, component in enumerate(COMPONENTS):
         cmd = [*cli, "run", component, "--supervised"]  # not a second set beside `up`
         if run_id is not None:
@@ -114,8 +120,35 @@ def run_processors(
         if settings.metrics_listen:  # one port per process: attribution, then ledger
             host, port = parse_listen(settings.metrics_listen)
             env["INFERLEDGER_METRICS_LISTEN"] = f"{host}:{port + n}"
-        procs.append((component, subprocess.Popen(cmd, env=dict(env))))
+        commands[component] = (cmd, dict(env))
+    procs = [(c, subprocess.Popen(cmd, env=e)) for c, (cmd, e) in commands.items()]
     started = time.monotonic()
+    restarts: list[float] = []  # monotonic times of restarts, for the window
+    due: dict[int, float] = {}  # index in procs -> when to start it again
+
+    def restart_exited() -> None:
+        """Streaming: start again what exited (after its backoff), or give up."""
+        now = time.monotonic()
+        for i, (component, proc) in enumerate(procs):
+            if proc.poll() is None:
+                continue
+            if i not in due:
+                recent = [t for t in restarts if t > now - restart_window]
+                if len(recent) >= max_restarts:
+                    raise ProcessFailed(
+                        f"{component} exited with {proc.returncode}, and processors were "
+                        f"restarted {len(recent)} times in {restart_window:.0f} s: giving up"
+                    )
+                delay = min(30.0, 2.0 ** len(recent))
+                due[i] = now + delay
+                log.error("processor exited; starting it again", component=component,
+                          returncode=proc.returncode, in_seconds=delay)  # fmt: skip
+            elif now >= due[i]:
+                del due[i]
+                restarts.append(now)
+                cmd, e = commands[component]
+                procs[i] = (component, subprocess.Popen(cmd, env=e))
+                log.info("processor started again", component=component, restarts=len(restarts))
 
     def _stop(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -129,13 +162,15 @@ def run_processors(
 
             status = Console(stderr=True).status("processing")
             status.start()
-        while any(p.poll() is None for _, p in procs):
+        while run_id is None or any(p.poll() is None for _, p in procs):
             if status is not None:
                 status.update(
                     f"processing: {progress(settings) if progress else ''}, "
                     f"{time.monotonic() - started:.0f} s"
                 )
-            if any(p.poll() not in (None, 0) for _, p in procs):
+            if run_id is None:
+                restart_exited()
+            elif any(p.poll() not in (None, 0) for _, p in procs):
                 break
             time.sleep(0.5)
         if status is not None:

@@ -27,3 +27,24 @@ def test_an_empty_ledger_says_how_buckets_close(db_url):
     assert out.returncode == 0, out.stderr
     assert "(no rows)" in out.stdout
     assert "run all --until-idle` closes everything fed so far" in out.stderr
+
+
+def test_audit_and_a_follow_on_an_unmigrated_database_are_one_line_errors(
+    empty_db_url, kafka_bootstrap
+):
+    env = dict(
+        os.environ,
+        INFERLEDGER_DATABASE_URL=empty_db_url,
+        INFERLEDGER_KAFKA_BOOTSTRAP=kafka_bootstrap,
+    )
+    for args in (
+        ["audit", "--skip-topics"],
+        ["run", "all", "--until-idle", "--follow", "--timeout", "5"],
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "services.cli.main", *args],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 1, (args, out.stderr)
+        assert "no ledger yet: run `inferledger migrate`" in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from services.attribution.processor import AttributionProcessor
 from services.contracts import CostAllocation, EndOfInput, decode_allocation, dumps
-from services.contracts.markers import heartbeat_coverage, heartbeat_ids
+from services.contracts.markers import MAX_RUN_ID, heartbeat_coverage, heartbeat_ids
 from services.runtime.config import Settings
 
 EVENT = {
@@ -78,15 +78,15 @@ def test_a_heartbeat_on_every_input_partition_closes_what_came_before_and_is_pas
     assert proc.step({0, 1}, {0}).followed == []  # once
 
 
-def test_markers_without_a_time_or_from_the_future_move_nothing():
+def test_markers_without_a_time_from_the_future_or_with_overlong_ids_move_nothing():
     proc = fed()
-    for run_id, at in (("old", None), ("ahead", NOW + timedelta(hours=1))):
+    for run_id, at in (("old", None), ("ahead", NOW + timedelta(hours=1)), ("x" * 128, NOW)):
         proc.on_events(marker(run_id, at), "k0", 0, 1)
         proc.on_events(marker(run_id, at), "k1", 1, 0)
         proc.on_rate(marker(run_id, at), 0, 1)
     out = proc.step({0, 1}, {0})
     assert out.allocations == [] and out.followed == []
-    assert proc.counters["markers.ignored"] == 3 and proc.counters["markers.future"] == 3
+    assert proc.counters["markers.ignored"] == 6 and proc.counters["markers.future"] == 3
 
 
 def test_a_bounded_run_does_not_read_other_runs_markers_as_heartbeats():
@@ -100,10 +100,10 @@ def test_a_bounded_run_does_not_read_other_runs_markers_as_heartbeats():
     assert out.allocations == [] and out.followed == [] and not out.finished
 
 
-@given(st.sets(st.integers(min_value=0, max_value=2000), max_size=300), st.text(min_size=1))
+@given(st.sets(st.integers(min_value=0, max_value=65535), max_size=300), st.text(min_size=1))
 def test_passed_on_ids_cover_exactly_the_workers_partitions(partitions, other):
     run_id = "0123456789abcdef0123456789abcdef"
-    ids = heartbeat_ids(run_id, partitions)
+    ids = heartbeat_ids(run_id, partitions) + heartbeat_ids("r" * MAX_RUN_ID, partitions)
     assert all(len(i) <= 128 for i in ids)
     assert set().union(*(heartbeat_coverage(i, run_id) for i in ids)) == partitions
     assert all(heartbeat_coverage(i, run_id + "x") == set() for i in ids)  # another run's
