@@ -100,8 +100,9 @@ def run_processors(
     Bounded when ``until_idle`` (a new run id, its end markers written first): a processor that
     exits with an error fails the run (:class:`ProcessFailed`; the other is then stopped).
     Streaming, a processor that exits for any reason (a crash, a kill) is started again after a
-    backoff of 1 s doubling to 30 s, as a container's restart policy would; more than
-    ``max_restarts`` in ``restart_window`` seconds raises :class:`ProcessFailed`. Nothing is
+    backoff of 1 s doubling to 30 s, as a container's restart policy would; a processor
+    restarted ``max_restarts`` times in ``restart_window`` seconds that exits again raises
+    :class:`ProcessFailed`. Nothing is
     lost by a restart: it resumes from its committed offsets and its state in Postgres. On a
     terminal, ``progress(settings)`` (e.g. "1234 ledger rows") is shown while they run."""
     from services.runtime.kafka import ensure_topics
@@ -123,7 +124,7 @@ def run_processors(
         commands[component] = (cmd, dict(env))
     procs = [(c, subprocess.Popen(cmd, env=e)) for c, (cmd, e) in commands.items()]
     started = time.monotonic()
-    restarts: list[float] = []  # monotonic times of restarts, for the window
+    restarts: dict[str, list[float]] = {c: [] for c in commands}  # per component: when
     due: dict[int, float] = {}  # index in procs -> when to start it again
 
     def restart_exited() -> None:
@@ -133,11 +134,11 @@ def run_processors(
             if proc.poll() is None:
                 continue
             if i not in due:
-                recent = [t for t in restarts if t > now - restart_window]
+                recent = [t for t in restarts[component] if t > now - restart_window]
                 if len(recent) >= max_restarts:
                     raise ProcessFailed(
-                        f"{component} exited with {proc.returncode}, and processors were "
-                        f"restarted {len(recent)} times in {restart_window:.0f} s: giving up"
+                        f"{component} exited with {proc.returncode}, and was restarted "
+                        f"{len(recent)} times in {restart_window:.0f} s: giving up"
                     )
                 delay = min(30.0, 2.0 ** len(recent))
                 due[i] = now + delay
@@ -145,10 +146,11 @@ def run_processors(
                           returncode=proc.returncode, in_seconds=delay)  # fmt: skip
             elif now >= due[i]:
                 del due[i]
-                restarts.append(now)
+                restarts[component].append(now)
                 cmd, e = commands[component]
                 procs[i] = (component, subprocess.Popen(cmd, env=e))
-                log.info("processor started again", component=component, restarts=len(restarts))
+                log.info("processor started again", component=component,
+                         restarts=len(restarts[component]))  # fmt: skip
 
     def _stop(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")

@@ -1,0 +1,85 @@
+"""Streaming supervision (`run all`, `up`): a processor that is killed is started again, and
+nothing it had accepted is lost; one that keeps failing ends the supervisor with an error."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from services.runtime.supervise import ProcessFailed, run_processors
+from tests.helpers import cli, ledger
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def children(pid: int, word: str) -> list[int]:
+    """Child processes of ``pid`` whose command line holds ``word``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and word in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} after {timeout:.0f} s")
+
+
+def test_a_killed_processor_is_started_again_and_nothing_is_lost(cli_env, settings):
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "run", "all"],
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        (first,) = wait_for(lambda: children(supervisor.pid, "attribution"), 60, "attribution")
+        cli(cli_env, "ingest", "rates", str(DATA / "worked_example_rates.jsonl"))
+        cli(cli_env, "ingest", "events", str(DATA / "worked_example_events.jsonl"))
+        time.sleep(3)  # read and held (its buckets are open): then killed
+        os.kill(first, signal.SIGKILL)
+        (second,) = wait_for(
+            lambda: [p for p in children(supervisor.pid, "attribution") if p != first],
+            60,
+            "restarted attribution",
+        )
+        assert supervisor.poll() is None
+        cli(cli_env, "run", "all", "--until-idle", "--follow", "--timeout", "180")
+        rows = ledger(settings.database_url)
+        assert sum(a for _, _, _, a, _ in rows.values()) == Decimal("1.2")
+        assert sum(c for *_, c in rows.values()) == 3
+        assert children(supervisor.pid, "attribution") == [second]
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        out, _ = supervisor.communicate(timeout=60)
+    assert supervisor.returncode == 0, out
+    assert "processor exited; starting it again" in out
+
+
+def test_a_processor_that_keeps_failing_ends_the_supervisor(settings):
+    failing = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    started = time.monotonic()
+    with pytest.raises(ProcessFailed, match="restarted 2 times"):
+        run_processors(settings, until_idle=False, cli=failing, max_restarts=2)
+    assert time.monotonic() - started >= 1 + 2  # the backoff: 1 s, then 2 s
