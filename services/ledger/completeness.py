@@ -46,13 +46,24 @@ class TopicEvents:
     tombstones: int = 0
     unreadable: int = 0  # messages or batch items the decoder rejects (their DLQ is counted)
     dlq_reasons: Counter[str] = field(default_factory=Counter)
+    first_offsets: dict[int, int] = field(default_factory=dict)  # partition -> first retained
+    partitions: int | None = None  # how many the topic has (None: not known)
+
+    def retained_from_start(self) -> bool:
+        """Every partition holds records from offset 0: retention has deleted nothing."""
+        return (
+            self.partitions is not None
+            and len(self.first_offsets) == self.partitions
+            and all(o == 0 for o in self.first_offsets.values())
+        )
 
 
 def scan_events(records: Iterable[Record], dlq_records: Iterable[Record]) -> TopicEvents:
     """The event ids on the events topic and in its dead letters (no I/O: records in)."""
     out = TopicEvents()
-    for _, _, _, _, value in records:
+    for _, partition, offset, _, value in records:
         out.messages += 1
+        out.first_offsets.setdefault(partition, offset)
         if value is None:
             out.tombstones += 1
             continue
@@ -77,13 +88,19 @@ def scan_events(records: Iterable[Record], dlq_records: Iterable[Record]) -> Top
 
 def scan_input(settings: Settings) -> TopicEvents:
     """:func:`scan_events` of the configured events topic and its dead letters, read now."""
-    from services.runtime.kafka import read_records
+    from services.runtime.kafka import make_producer, read_records
 
     name = settings.topic(EVENTS)
-    return scan_events(
+    out = scan_events(
         read_records(settings, [name], client_id="inferledger-audit"),
         read_records(settings, [f"{name}.dlq"], client_id="inferledger-audit"),
     )
+    producer = make_producer(settings)
+    try:
+        out.partitions = len(producer.partitions_for(name) or ())
+    finally:
+        producer.close(10)
+    return out
 
 
 def _json(value: Any) -> Any:
@@ -121,7 +138,13 @@ def events_accounted(conn: Connection, topic: TopicEvents) -> Check:
         f"dead letters by reason {dict(sorted(topic.dlq_reasons.items()))}"
     )
     problems = [f"event {e} is neither counted nor dead-lettered" for e in missing[:50]]
-    if off_topic:
+    if off_topic and topic.retained_from_start():
+        problems.append(
+            f"{off_topic} counted events are not on the events topic, although every partition "
+            "still starts at offset 0 (retention deleted nothing): the topic was recreated or "
+            "belongs to another broker, and completeness cannot be proven"
+        )
+    elif off_topic:
         detail += f"; {off_topic} counted events no longer on the topic (retention)"
     if topic.messages == 0 and counted:
         problems.append(

@@ -8,7 +8,7 @@ import json
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from services.ledger.completeness import scan_events
+from services.ledger.completeness import events_accounted, scan_events
 from services.runtime import health
 from services.runtime.kafka import dead_letter
 from tests.helpers import SAMPLE_EVENT
@@ -70,3 +70,39 @@ def test_retry_waits_out_an_outage_and_reports_it(monkeypatch):
 def test_retry_lets_a_bug_through():
     with pytest.raises(ZeroDivisionError):
         health.retry_sync("postgres", lambda: 1 // 0, health.postgres_errors(), health.Health())
+
+
+class _Counted:
+    """A connection whose counted_events holds these event ids (events_accounted's query)."""
+
+    def __init__(self, ids: set[str]) -> None:
+        self.ids = ids
+
+    def execute(self, _query):
+        ids = self.ids
+
+        class Result:
+            def scalars(self):
+                return iter(ids)
+
+        return Result()
+
+
+def test_counted_events_missing_from_a_topic_that_retention_never_touched_fail_the_audit():
+    marker = b'{"type": "inferledger.control.end_of_input.v1", "run_id": "r"}'
+    # a recreated topic (another broker): only markers, every partition from offset 0
+    fresh = scan_events([("t", p, 0, None, marker) for p in range(4)], [])
+    fresh.partitions = 4
+    assert fresh.retained_from_start()
+    check = events_accounted(_Counted({"e1", "e2"}), fresh)  # type: ignore[arg-type]
+    assert not check.ok and "retention deleted nothing" in check.problems[0]
+    # the same, but retention has begun on a partition: the old events may have aged out
+    aged = scan_events([("t", p, 7 if p == 2 else 0, None, marker) for p in range(4)], [])
+    aged.partitions = 4
+    assert not aged.retained_from_start()
+    check = events_accounted(_Counted({"e1", "e2"}), aged)  # type: ignore[arg-type]
+    assert check.ok and "no longer on the topic (retention)" in check.detail
+    # a partition with no record at all: nothing proves retention deleted nothing there
+    partial = scan_events([("t", 0, 0, None, marker)], [])
+    partial.partitions = 4
+    assert not partial.retained_from_start()
