@@ -20,7 +20,12 @@ from services.ingest.trace.fleet import Fleet, default_fleet, rates, rental_wind
 from services.ledger.audit import run_audit
 from services.ledger.completeness import scan_input
 from services.ledger.db import make_engine, migrate
-from services.ledger.progress import ledger_total, progress_line, unallocated_summary
+from services.ledger.progress import (
+    ledger_rows,
+    ledger_total,
+    progress_line,
+    unallocated_summary,
+)
 from services.ledger.report import (
     cost_per_completion,
     fleet_summary,
@@ -59,6 +64,15 @@ def run_demo(
             f"broker {s.kafka_bootstrap}, database {make_url(s.database_url).database}", err=True
         )
         migrate(s.database_url)
+        if not own_db:  # a database the user named: the demo's totals assume it starts empty
+            rows = ledger_rows(s)
+            if rows:
+                raise click.ClickException(
+                    f"the demo needs an empty database, and {make_url(s.database_url).database} "
+                    f"holds {rows} ledger entries: name a new database in "
+                    "INFERLEDGER_DATABASE_URL, or unset it (the demo then recreates its own, "
+                    f"{DEMO_DB})"
+                )
         ensure_topics(s)
 
         events = replay(fleet, trace, limit)

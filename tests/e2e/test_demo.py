@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from decimal import Decimal
 
 from sqlalchemy import create_engine, text
@@ -53,3 +55,10 @@ def test_demo_prints_the_table_and_writes_the_html_report(cli_env, settings, tmp
     bill = focus_bill(Fleet.from_dict(default_fleet()), start, end)
     billed = sum(Decimal(r["EffectiveCost"]) for r in bill if r["ResourceId"] == "i-0h100spare")
     assert hours > 0 and spare[1] is True and spare[0] == billed
+
+    # a second demo on the same, named database would mix two runs' totals: refused at once
+    again = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "demo", "--limit", "10"],
+        env=cli_env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 1 and "the demo needs an empty database" in again.stderr
