@@ -73,7 +73,7 @@ def dlq_list(
             click.echo(
                 f"{str(r.record.get('rejected_at', ''))[:32]:<32} {r.source[:12]:<12} "
                 f"{r.topic.removeprefix(s.topic_prefix)[:18]:<18} {r.reason[:22]:<22} "
-                f"{size:>8}  {str(r.record.get('detail', ''))[:100]}"
+                f"{size:>8}  {' '.join(str(r.record.get('detail', '')).split())[:100]}"
             )
         click.echo(
             json.dumps({"dead_letters": sum(by_reason.values()), "by_reason": dict(by_reason)}),

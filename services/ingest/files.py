@@ -109,6 +109,20 @@ def ingest_events(settings: Settings, stream: IO[bytes], source: str = "ingest")
                         source=source,
                     ),
                 )
+            if decoded.end_of_input is not None:  # only `run` writes control markers
+                summary.rejected["control_message"] += 1
+                producer.send(
+                    f"{topic}.dlq",
+                    dead_letter(
+                        topic,
+                        "control_message",
+                        f"line {n}: an end-of-input marker is not input; `inferledger run` "
+                        "writes its own",
+                        line,
+                        settings.dlq_payload_limit,
+                        source=source,
+                    ),
+                )
             valid.extend(decoded.events)
         for resource, value, count in batch_events(
             valid, settings.max_batch_events, settings.max_message_bytes

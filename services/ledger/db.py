@@ -160,7 +160,7 @@ def write_batch(engine: Engine, group: str, batch: Any) -> int:
             conn.execute(insert(billing_lines).on_conflict_do_nothing(), brows)
         if batch.rates:
             _write_rates(conn, batch.rates)
-        markers = getattr(batch, "markers", None)
+        markers = getattr(batch, "marked", None)  # those on cost-allocations: see writer
         if markers:
             mrows = [{"run_id": r, "topic": t, "partition": p} for t, p, r in markers]
             conn.execute(insert(end_markers).on_conflict_do_nothing(), mrows)

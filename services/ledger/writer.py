@@ -43,6 +43,9 @@ class Batch:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     dead_letters: list[tuple[str, bytes]] = field(default_factory=list)
     markers: list[tuple[str, int, str]] = field(default_factory=list)
+    # the markers read on cost-allocations, stored with the batch (end_markers): those a
+    # wait beside running processors looks for (input topics' markers are not stored)
+    marked: list[tuple[str, int, str]] = field(default_factory=list)
 
 
 class LedgerDecoder:
@@ -96,6 +99,8 @@ class LedgerDecoder:
                 continue
             if isinstance(msg, EndOfInput):
                 batch.markers.append((topic, partition, msg.run_id))
+                if topic == self.alloc_topic:
+                    batch.marked.append((topic, partition, msg.run_id))
             elif isinstance(msg, GpuRate):
                 batch.rates.append(msg)
             elif isinstance(msg, BillingLine):

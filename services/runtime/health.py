@@ -23,6 +23,13 @@ BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 15.0
 
 
+def describe(error: BaseException) -> str:
+    """``Type: first line of the message``, the type named once (some messages start with it)."""
+    name = type(error).__name__
+    text = str(error).splitlines()[0] if str(error) else ""
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
 class Health:
     """Dependencies that are failing now, with their latest error (thread-safe)."""
 
@@ -40,8 +47,7 @@ class Health:
         """Record a failed attempt; returns how many in a row."""
         with self._lock:
             _, since, attempts = self._failing.get(dependency, ("", time.time(), 0))
-            text = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-            self._failing[dependency] = (text[:300], since, attempts + 1)
+            self._failing[dependency] = (describe(error)[:300], since, attempts + 1)
             return attempts + 1
 
     def check(self, dependency: str) -> bool:
@@ -85,7 +91,7 @@ class Health:
                 try:
                     check()
                 except Exception as exc:  # whatever it raises, it is not reachable
-                    failing[dependency] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+                    failing[dependency] = {"error": describe(exc)[:300]}
         return {"status": "unhealthy" if failing else "ok", "failing": failing}
 
 
@@ -145,7 +151,7 @@ def _failed(health: Health, dependency: str, exc: BaseException) -> float:
         dependency=dependency,
         attempt=attempt,
         retry_in=delay,
-        error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+        error=describe(exc),
     )
     return delay
 

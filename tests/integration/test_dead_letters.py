@@ -99,10 +99,18 @@ def test_bad_messages_go_to_dead_letter_topics_and_good_ones_land(settings, cli_
 
 def test_ingest_rejects_bad_lines_to_the_dead_letter_topic(settings, cli_env, tmp_path):
     path = tmp_path / "events.jsonl"
-    path.write_bytes(b"\n".join([json.dumps(GOOD).encode(), b"{oops", bad(status="meh")]))
+    marker = json.dumps(
+        {"type": "inferledger.control.end_of_input.v1", "run_id": "r", "at": "2099-01-01T00:00:00Z"}
+    ).encode()
+    lines = [json.dumps(GOOD).encode(), b"{oops", bad(status="meh"), marker]
+    path.write_bytes(b"\n".join(lines))
     summary = json.loads(cli(cli_env, "ingest", "events", str(path)).stdout)
-    assert summary["read"] == 3 and summary["published"] == 1
-    assert summary["rejected_by_reason"] == {"invalid_json": 1, "invalid_event": 1}
+    assert summary["read"] == 4 and summary["published"] == 1
+    assert summary["rejected_by_reason"] == {
+        "invalid_json": 1,
+        "invalid_event": 1,
+        "control_message": 1,  # a file cannot inject control markers (nor move the watermark)
+    }
     dlq = read_topic(settings.kafka_bootstrap, settings.topic("inference-events.dlq"))
-    assert sorted(d["reason"] for d in dlq) == ["invalid_event", "invalid_json"]
+    assert sorted(d["reason"] for d in dlq) == ["control_message", "invalid_event", "invalid_json"]
     assert all(d["source"] == "ingest" for d in dlq)

@@ -35,3 +35,16 @@ def test_the_kafka_probe_fails_fast_without_a_broker():
     assert time.monotonic() - started < 5
     with pytest.raises(ConnectionError):
         kafka_probe(None)()
+
+
+def test_an_error_is_described_with_its_type_named_once():
+    from services.runtime.health import describe
+
+    class KafkaTimeoutError(Exception):
+        pass
+
+    assert describe(KafkaTimeoutError("KafkaTimeoutError: Unable to bootstrap")) == (
+        "KafkaTimeoutError: Unable to bootstrap"
+    )
+    assert describe(OSError("refused\nmore")) == "OSError: refused"
+    assert describe(ValueError()) == "ValueError: "
