@@ -15,12 +15,18 @@ from services.runtime.stack import running_stack
 
 @contextlib.contextmanager
 def ledger_required() -> Iterator[None]:
-    """A database without the ledger's tables is a one-line error, not an SQL traceback."""
+    """A database that cannot be reached or has no ledger tables is a one-line error, not an
+    SQL traceback."""
     import psycopg
-    from sqlalchemy.exc import ProgrammingError
+    from sqlalchemy.exc import OperationalError, ProgrammingError
 
     try:
         yield
+    except OperationalError as exc:  # no server, no such database, refused credentials
+        first = str(exc.orig or exc).strip().splitlines()
+        raise click.ClickException(
+            f"cannot use the database: {first[-1].strip(chr(39)) if first else exc!r}"
+        ) from None
     except ProgrammingError as exc:
         if not isinstance(exc.orig, psycopg.errors.UndefinedTable):
             raise

@@ -14,12 +14,18 @@ from services.runtime.stack import local_stack, running_stack
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
     """Apply the database migrations (alembic upgrade head)."""
+    from services.ledger.db import current_revision
     from services.ledger.db import migrate as do_migrate
 
-    with local_stack(settings_of(ctx), need_broker=False) as s:
+    with local_stack(settings_of(ctx), need_broker=False) as s, ledger_required():
         assert s.database_url
+        before = current_revision(s.database_url)
         do_migrate(s.database_url)
-        click.echo("database is at the latest revision")
+        after = current_revision(s.database_url)
+    if before == after:
+        click.echo(f"the database was at the latest revision already ({after})")
+    else:
+        click.echo(f"migrated the database from {before or 'nothing'} to {after}")
 
 
 @click.command()

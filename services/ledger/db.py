@@ -46,6 +46,18 @@ def migrate(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
+def current_revision(url: str) -> str | None:
+    """The Alembic revision the database is at (None: not migrated at all)."""
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
 def entry_row(e: LedgerEntry) -> tuple[Any, ...]:
     """A contract entry as a COPY row (``ENTRY_COLUMNS``, with its row hash)."""
     return entry_values(*ledger_values(e))

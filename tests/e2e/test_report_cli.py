@@ -48,3 +48,21 @@ def test_audit_and_a_follow_on_an_unmigrated_database_are_one_line_errors(
         assert out.returncode == 1, (args, out.stderr)
         assert "no ledger yet: run `inferledger migrate`" in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr
+
+
+def test_migrate_says_what_it_did_and_a_missing_database_is_a_one_line_error(empty_db_url):
+    def migrate(url: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli.main", "migrate"],
+            env=dict(os.environ, INFERLEDGER_DATABASE_URL=url),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    first = migrate(empty_db_url)
+    assert first.returncode == 0 and "migrated the database from nothing to" in first.stdout
+    again = migrate(empty_db_url)
+    assert again.returncode == 0 and "at the latest revision already" in again.stdout
+    gone = migrate(empty_db_url.rsplit("/", 1)[0] + "/il_test_no_such_database")
+    assert gone.returncode == 1 and "cannot use the database" in gone.stderr
+    assert 'database "il_test_no_such_database" does not exist' in gone.stderr
+    assert "Traceback" not in gone.stderr
