@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -500,3 +501,40 @@ SAMPLE_EVENT: dict[str, Any] = {
     "completion_tokens": 5,
     "status": "ok",
 }
+
+
+def gateway_event(event_id: str, **over: Any) -> dict[str, Any]:
+    """A valid event as the gateway tests post it, with fields replaced by ``over``."""
+    e = {
+        "event_id": event_id,
+        "tenant_id": "acme",
+        "resource_id": "node-1",
+        "model": "llama-70b",
+        "engine": "vllm",
+        "started_at": "2024-01-01T00:00:00Z",
+        "finished_at": "2024-01-01T00:00:20Z",
+        "prompt_tokens": 100,
+        "cached_prompt_tokens": 0,
+        "completion_tokens": 10,
+        "status": "ok",
+    }
+    e.update(over)
+    return e
+
+
+def start_cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """``inferledger ARGS`` as a long-running process (stop it with :func:`stop_cli`)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def stop_cli(proc: subprocess.Popen[str], timeout: float = 60) -> str:
+    """SIGTERM, then its whole output once it has exited."""
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=timeout)
+    return out

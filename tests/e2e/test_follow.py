@@ -4,13 +4,12 @@ host) account for everything fed so far, and the command waits for exactly that.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
 
-from tests.helpers import cli, ledger
+from tests.helpers import cli, ledger, start_cli, stop_cli
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 LATER = {
@@ -36,13 +35,7 @@ def test_follow_waits_for_streaming_processors_and_only_for_them(cli_env, settin
         env=cli_env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert nothing.returncode != 0 and "are they running?" in nothing.stderr
-    streaming = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "run", "all"],
-        env=cli_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    streaming = start_cli(cli_env, "run", "all")
     try:
         cli(cli_env, "ingest", "rates", str(DATA / "worked_example_rates.jsonl"))
         cli(cli_env, "ingest", "events", str(DATA / "worked_example_events.jsonl"))
@@ -58,6 +51,5 @@ def test_follow_waits_for_streaming_processors_and_only_for_them(cli_env, settin
         assert sum(c for *_, c in rows.values()) == 4
         assert sum(a for _, _, _, a, _ in rows.values()) == Decimal("1.2")  # cost conserved
     finally:
-        streaming.send_signal(signal.SIGTERM)
-        out, _ = streaming.communicate(timeout=60)
+        out = stop_cli(streaming)
     assert streaming.returncode == 0, out  # a clean stop

@@ -15,31 +15,13 @@ import pytest
 import requests
 
 from services.runtime.kafka import dead_letter, make_producer
-from tests.helpers import cli, free_port, ledger, query_rows, read_topic, wait_http
+from tests.helpers import cli, free_port, gateway_event, ledger, query_rows, read_topic, wait_http
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TOKENS = {
     "tok-all": {"name": "all"},
     "tok-node2": {"name": "node-2 only", "resources": ["node-2"]},
 }
-
-
-def event(event_id: str, **over: Any) -> dict[str, Any]:
-    e = {
-        "event_id": event_id,
-        "tenant_id": "acme",
-        "resource_id": "node-1",
-        "model": "llama-70b",
-        "engine": "vllm",
-        "started_at": "2024-01-01T00:00:00Z",
-        "finished_at": "2024-01-01T00:00:20Z",
-        "prompt_tokens": 100,
-        "cached_prompt_tokens": 0,
-        "completion_tokens": 10,
-        "status": "ok",
-    }
-    e.update(over)
-    return e
 
 
 @pytest.fixture
@@ -86,40 +68,42 @@ def test_gateway_accepts_every_form_and_rejects_the_bad_input_corpus(
     assert post(url, "/v1/rates", rates, "application/x-ndjson").status_code == 200
 
     # every accepted form, each with one valid event
-    assert post(url, "/v1/events", json.dumps(event("json-1")), "application/json").json() == {
+    assert post(
+        url, "/v1/events", json.dumps(gateway_event("json-1")), "application/json"
+    ).json() == {
         "accepted": 1,
         "duplicates": 0,
         "rejected": [],
     }
-    ndjson = "\n".join(json.dumps(event(f"nd-{i}")) for i in range(3))
+    ndjson = "\n".join(json.dumps(gateway_event(f"nd-{i}")) for i in range(3))
     assert post(url, "/v1/events", ndjson, "application/x-ndjson").json()["accepted"] == 3
     ce = {
         "specversion": "1.0",
         "type": "inferledger.inference_event.v1",
         "source": "/cluster-a",
         "id": "ce-1",
-        "data": event("ce-1"),
+        "data": gateway_event("ce-1"),
     }
     r = post(url, "/v1/events", json.dumps(ce), "application/cloudevents+json")
     assert r.status_code == 200 and r.json()["accepted"] == 1
     r = post(url, "/v1/events", json.dumps(ce), "application/cloudevents+json")  # again
     assert r.status_code == 200 and r.json()["duplicates"] == 1
     unknown = dict(ce, id="ce-3", type="com.example.other")
-    batch = [dict(ce, id="ce-2", data=event("ce-2")), unknown]
+    batch = [dict(ce, id="ce-2", data=gateway_event("ce-2")), unknown]
     r = post(url, "/v1/events", json.dumps(batch), "application/cloudevents-batch+json")
     assert r.status_code == 207
     assert [x["reason"] for x in r.json()["rejected"]] == ["unknown_type"]
 
     # a request mixing valid events with every kind of bad event: 207, the valid ones land
     bad_items = [
-        event("bad-naive", started_at="2024-01-01T00:00:00"),
-        event("bad-negative", prompt_tokens=-5),
-        event("bad-order", started_at="2024-01-01T00:00:30Z"),
-        event("bad-type", completion_tokens="many"),
-        {k: v for k, v in event("bad-missing").items() if k != "tenant_id"},
-        event("bad-cached", cached_prompt_tokens=500),
+        gateway_event("bad-naive", started_at="2024-01-01T00:00:00"),
+        gateway_event("bad-negative", prompt_tokens=-5),
+        gateway_event("bad-order", started_at="2024-01-01T00:00:30Z"),
+        gateway_event("bad-type", completion_tokens="many"),
+        {k: v for k, v in gateway_event("bad-missing").items() if k != "tenant_id"},
+        gateway_event("bad-cached", cached_prompt_tokens=500),
     ]
-    mixed = [event("mixed-ok-1"), *bad_items, event("mixed-ok-2")]
+    mixed = [gateway_event("mixed-ok-1"), *bad_items, gateway_event("mixed-ok-2")]
     r = post(url, "/v1/events", json.dumps(mixed), "application/json")
     assert r.status_code == 207
     body = r.json()
@@ -129,7 +113,9 @@ def test_gateway_accepts_every_form_and_rejects_the_bad_input_corpus(
     details = " ".join(x["detail"] for x in body["rejected"])
     for needle in ("naive", "greater than or equal to 0", "finished_at", "tenant_id", "cached"):
         assert needle in details, needle
-    ndjson_bad = json.dumps(event("nd-ok")) + "\n{not json\n" + json.dumps(event("nd-ok-2"))
+    ndjson_bad = (
+        json.dumps(gateway_event("nd-ok")) + "\n{not json\n" + json.dumps(gateway_event("nd-ok-2"))
+    )
     r = post(url, "/v1/events", ndjson_bad, "application/x-ndjson")
     assert r.status_code == 207 and r.json()["rejected"][0]["reason"] == "invalid_json"
 
@@ -137,13 +123,19 @@ def test_gateway_accepts_every_form_and_rejects_the_bad_input_corpus(
     cases: list[tuple[bytes | str, str, str | None, int, str | None]] = [
         (b"{not json", "application/json", "tok-all", 400, "invalid_json"),
         (b'{"event_id": "\xff\xfe"}', "application/json", "tok-all", 400, "invalid_utf8"),
-        (json.dumps(event("anon-x")), "application/json", None, 401, "missing_token"),
-        (json.dumps(event("wrong-x")), "application/json", "wrong", 401, "invalid_token"),
+        (json.dumps(gateway_event("anon-x")), "application/json", None, 401, "missing_token"),
+        (json.dumps(gateway_event("wrong-x")), "application/json", "wrong", 401, "invalid_token"),
         (b"x" * (10 * 1024 * 1024), "application/json", None, 401, "missing_token"),
-        (json.dumps(event("x")), "text/csv", "tok-all", 415, "unsupported_media_type"),
-        (json.dumps(event("x")), "text/plain", "tok-all", 415, "unsupported_media_type"),
+        (json.dumps(gateway_event("x")), "text/csv", "tok-all", 415, "unsupported_media_type"),
+        (json.dumps(gateway_event("x")), "text/plain", "tok-all", 415, "unsupported_media_type"),
         (b"x" * (10 * 1024 * 1024), "application/json", "tok-all", 413, "body_too_large"),
-        (json.dumps([event("y", prompt_tokens=-1)]), "application/json", "tok-all", 400, None),
+        (
+            json.dumps([gateway_event("y", prompt_tokens=-1)]),
+            "application/json",
+            "tok-all",
+            400,
+            None,
+        ),
         (json.dumps(unknown), "application/cloudevents+json", "tok-all", 400, None),
     ]
     for body_, ctype, token, status, reason in cases:
@@ -152,10 +144,12 @@ def test_gateway_accepts_every_form_and_rejects_the_bad_input_corpus(
         if reason is not None:
             assert r.json()["error"] == reason
     # a token limited to node-2 may write node-2 only
-    scoped = [event("scoped-ok", resource_id="node-2"), event("scoped-denied")]
+    scoped = [gateway_event("scoped-ok", resource_id="node-2"), gateway_event("scoped-denied")]
     r = post(url, "/v1/events", json.dumps(scoped), "application/json", "tok-node2")
     assert r.status_code == 207 and r.json()["rejected"][0]["reason"] == "forbidden"
-    r = post(url, "/v1/events", json.dumps(event("denied")), "application/json", "tok-node2")
+    r = post(
+        url, "/v1/events", json.dumps(gateway_event("denied")), "application/json", "tok-node2"
+    )
     assert r.status_code == 403
 
     metrics = requests.get(f"{url}/metrics", timeout=10).text
@@ -212,12 +206,19 @@ def test_dlq_replay_applies_the_gateways_authorization_again(
     url, proc = gateway_proc
     rates = (DATA / "worked_example_rates.jsonl").read_bytes()
     assert post(url, "/v1/rates", rates, "application/x-ndjson").status_code == 200
-    assert post(url, "/v1/events", json.dumps(event("ok-1")), "application/json").status_code == 200
-    anon = post(url, "/v1/events", json.dumps(event("anon-1")), "application/json", None)
-    wrong = post(url, "/v1/events", json.dumps(event("wrong-1")), "application/json", "tok-nope")
+    assert (
+        post(url, "/v1/events", json.dumps(gateway_event("ok-1")), "application/json").status_code
+        == 200
+    )
+    anon = post(url, "/v1/events", json.dumps(gateway_event("anon-1")), "application/json", None)
+    wrong = post(
+        url, "/v1/events", json.dumps(gateway_event("wrong-1")), "application/json", "tok-nope"
+    )
     assert (anon.status_code, wrong.status_code) == (401, 401)
     for denied in ("denied-1", "denied-2"):  # tok-node2 may not write node-1
-        r = post(url, "/v1/events", json.dumps(event(denied)), "application/json", "tok-node2")
+        r = post(
+            url, "/v1/events", json.dumps(gateway_event(denied)), "application/json", "tok-node2"
+        )
         assert r.status_code == 403
     # what an older gateway wrote for a request without a token: body and all
     topic = settings.topic("inference-events")
@@ -226,7 +227,7 @@ def test_dlq_replay_applies_the_gateways_authorization_again(
         topic,
         "missing_token",
         "no valid bearer token",
-        json.dumps(event("legacy-anon")),
+        json.dumps(gateway_event("legacy-anon")),
         65536,
         source="gateway",
     )

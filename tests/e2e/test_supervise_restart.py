@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from decimal import Decimal
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from services.runtime.supervise import ProcessFailed, run_processors
-from tests.helpers import cli, ledger
+from tests.helpers import cli, ledger, start_cli, stop_cli
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -46,13 +45,7 @@ def wait_for(pred, timeout: float, what: str):
 
 
 def test_a_killed_processor_is_started_again_and_nothing_is_lost(cli_env, settings):
-    supervisor = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "run", "all"],
-        env=cli_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    supervisor = start_cli(cli_env, "run", "all")
     try:
         (first,) = wait_for(lambda: children(supervisor.pid, "attribution"), 60, "attribution")
         cli(cli_env, "ingest", "rates", str(DATA / "worked_example_rates.jsonl"))
@@ -71,8 +64,7 @@ def test_a_killed_processor_is_started_again_and_nothing_is_lost(cli_env, settin
         assert sum(c for *_, c in rows.values()) == 3
         assert children(supervisor.pid, "attribution") == [second]
     finally:
-        supervisor.send_signal(signal.SIGTERM)
-        out, _ = supervisor.communicate(timeout=60)
+        out = stop_cli(supervisor)
     assert supervisor.returncode == 0, out
     assert "processor exited; starting it again" in out
 

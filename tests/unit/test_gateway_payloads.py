@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -12,26 +11,9 @@ from services.contracts import GpuRate, InferenceEvent
 from services.contracts.wire import DecodeError
 from services.ingest import payloads
 from services.ingest.payloads import CE_BATCH, CE_ONE, CE_TYPE, parse
+from tests.helpers import gateway_event
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-
-
-def event(event_id: str, **over: Any) -> dict[str, Any]:
-    e = {
-        "event_id": event_id,
-        "tenant_id": "acme",
-        "resource_id": "node-1",
-        "model": "llama-70b",
-        "engine": "vllm",
-        "started_at": "2024-01-01T00:00:00Z",
-        "finished_at": "2024-01-01T00:00:20Z",
-        "prompt_tokens": 100,
-        "cached_prompt_tokens": 0,
-        "completion_tokens": 10,
-        "status": "ok",
-    }
-    e.update(over)
-    return e
 
 
 def anyone(resource_id: str | None, tenant_id: str | None) -> str | None:
@@ -53,13 +35,17 @@ def refused(body: bytes | str, ctype: str, kind: str = "events") -> DecodeError:
 
 
 def test_json_one_event_an_array_and_a_batch_envelope():
-    assert [i.accepted for i in judged(json.dumps(event("a")), "application/json")] == [True]
-    items = judged(json.dumps([event("a"), event("b", prompt_tokens=-1)]), "application/json")
+    assert [i.accepted for i in judged(json.dumps(gateway_event("a")), "application/json")] == [
+        True
+    ]
+    items = judged(
+        json.dumps([gateway_event("a"), gateway_event("b", prompt_tokens=-1)]), "application/json"
+    )
     assert [(i.index, i.reason) for i in items] == [(0, None), (1, "invalid_event")]
     batch = {
         "type": "inferledger.inference_event_batch.v1",
         "resource_id": "node-1",
-        "events": [event("a"), event("b", resource_id="node-2")],
+        "events": [gateway_event("a"), gateway_event("b", resource_id="node-2")],
     }
     items = judged(json.dumps(batch), "application/json")
     assert [i.reason for i in items] == [None, "invalid_event"]
@@ -73,7 +59,7 @@ def test_json_one_event_an_array_and_a_batch_envelope():
     "ctype", ["application/x-ndjson", "application/jsonl", "application/x-jsonlines"]
 )
 def test_ndjson_lines_are_items_and_a_bad_line_is_rejected_alone(ctype):
-    body = json.dumps(event("a")) + "\n\n{not json\n" + json.dumps(event("b"))
+    body = json.dumps(gateway_event("a")) + "\n\n{not json\n" + json.dumps(gateway_event("b"))
     items = judged(body, ctype)
     assert [(i.index, i.reason) for i in items] == [(0, None), (2, "invalid_json"), (3, None)]
     assert items[1].detail and items[1].detail.startswith("line 3:")
@@ -82,9 +68,15 @@ def test_ndjson_lines_are_items_and_a_bad_line_is_rejected_alone(ctype):
 
 
 def test_cloudevents_one_and_a_batch():
-    ce = {"specversion": "1.0", "type": CE_TYPE, "source": "/a", "id": "1", "data": event("a")}
+    ce = {
+        "specversion": "1.0",
+        "type": CE_TYPE,
+        "source": "/a",
+        "id": "1",
+        "data": gateway_event("a"),
+    }
     (one,) = judged(json.dumps(ce), CE_ONE)
-    assert one.accepted and one.id == "/a\x1f1" and one.payload == event("a")
+    assert one.accepted and one.id == "/a\x1f1" and one.payload == gateway_event("a")
     batch = [
         ce,
         dict(ce, id="2", type="com.example.other"),
@@ -111,7 +103,7 @@ def test_cloudevents_one_and_a_batch():
     "ctype", ["text/plain", "text/csv", "application/octet-stream", "application/xml", ""]
 )
 def test_anything_but_json_or_ndjson_is_415(ctype):
-    err = refused(json.dumps(event("a")), ctype)
+    err = refused(json.dumps(gateway_event("a")), ctype)
     assert err.reason == "unsupported_media_type" and payloads.status_of(err) == 415
     assert "application/json" in err.detail
 
@@ -129,7 +121,7 @@ def test_validation_applies_the_grant_and_answer_sums_up():
     def node2_only(resource_id: str | None, tenant_id: str | None) -> str | None:
         return None if resource_id == "node-2" else f"may not write {resource_id}"
 
-    body = json.dumps([event("ok", resource_id="node-2"), event("no")])
+    body = json.dumps([gateway_event("ok", resource_id="node-2"), gateway_event("no")])
     items = judged(body, "application/json", forbids=node2_only)
     status, answer = payloads.answer(items)
     assert status == 207 and answer["accepted"] == 1
@@ -138,7 +130,9 @@ def test_validation_applies_the_grant_and_answer_sums_up():
     ]
     assert payloads.answer(items[1:])[0] == 403
     assert (
-        payloads.answer(judged(json.dumps([event("x", prompt_tokens=-1)]), "application/json"))[0]
+        payloads.answer(
+            judged(json.dumps([gateway_event("x", prompt_tokens=-1)]), "application/json")
+        )[0]
         == 400
     )
     assert payloads.answer(items[:1], duplicates=1) == (

@@ -18,19 +18,9 @@ from services.attribution.processor import AttributionProcessor
 from services.contracts import CostAllocation, EndOfInput, decode_allocation, dumps
 from services.contracts.markers import MAX_RUN_ID, heartbeat_coverage, heartbeat_ids
 from services.runtime.config import Settings
+from tests.helpers import SAMPLE_EVENT
 
-EVENT = {
-    "event_id": "e1",
-    "tenant_id": "acme",
-    "resource_id": "node-1",
-    "model": "m",
-    "engine": "vllm",
-    "started_at": "2024-01-01T00:00:00Z",
-    "finished_at": "2024-01-01T00:00:30Z",
-    "prompt_tokens": 10,
-    "completion_tokens": 5,
-    "status": "ok",
-}
+EVENT = SAMPLE_EVENT
 RATE = {  # finite: a heartbeat at now closes its buckets, and no idle ones after it
     "resource_id": "node-1",
     "price_per_hour": "36.00",
