@@ -24,6 +24,12 @@ README = ROOT / "README.md"
 NUMBERS = ("0.277992277992", "0.083397683398", "0.138610038610")
 
 
+def first_screen() -> list[str]:
+    """The commands of the README's first bash block ("Two commands, on a fresh machine")."""
+    block = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)[0]
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+
+
 def hand_fed_block() -> list[str]:
     """The README's bash block that feeds the worked example by hand."""
     blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
@@ -45,6 +51,19 @@ def user_env(cli_env: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in cli_env.items() if not k.startswith("INFERLEDGER_")}
     env["COLUMNS"] = "200"  # a wide terminal: the table's numbers are not shortened
     return env
+
+
+def test_the_first_screens_demo_runs_as_written(empty_db_url, tmp_path):
+    """`./dev demo` as the README's first screen gives it (`./dev test` is CI itself), on a
+    database of the test's own (the demo would otherwise recreate inferledger_demo)."""
+    assert first_screen() == ["./dev demo", "./dev test"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERLEDGER_")}
+    env.update(
+        INFERLEDGER_DATABASE_URL=empty_db_url, INFERLEDGER_DATA_DIR=str(tmp_path / "embedded")
+    )
+    out = run(first_screen()[0], env).stdout  # writes reports/ in the checkout (ignored by git)
+    assert "cost per completion, per tenant and model" in out
+    assert "audit: passed" in out
 
 
 def test_the_block_is_the_one_the_readme_promises():
