@@ -14,7 +14,6 @@ from typing import Any
 
 from services.accounting.model import Request
 
-WORK_QUANTUM = Decimal("1e-9")
 NANO = 10**9
 GroupKey = tuple[str, str]
 

@@ -96,10 +96,6 @@ class SeenIndex:
     def capacity(self) -> int:
         return self._mask + 1
 
-    @property
-    def nbytes(self) -> int:
-        return 16 * (self._mask + 1)
-
     def find(self, key: int) -> int:
         """The slot of ``key``, or the empty slot where it would go (see :meth:`insert_at`)."""
         keys, mask = self._keys, self._mask
