@@ -140,7 +140,9 @@ WITH b AS (
     SELECT b.*,
            d.spend + coalesce(sh.idle_spend, 0) AS spend,
            d.trailing_spend + coalesce(sh.idle_trailing, 0) AS trailing_spend,
-           least(interval '24 hours', now() - d.first_bucket) AS covered,
+           -- least() skips NULLs: a scope without any entry has no coverage at all
+           CASE WHEN d.first_bucket IS NOT NULL
+                THEN least(interval '24 hours', now() - d.first_bucket) END AS covered,
            coalesce(f.alerts_fired, 0) AS alerts_fired
     FROM b
     JOIN direct d USING (budget_id)
