@@ -170,7 +170,7 @@ def add_entries(engine: Any, rows: list[tuple[str, str | None, str, datetime, st
             )  # fmt: skip
 
 
-def status(engine: Any) -> tuple[datetime, dict[str, Any]]:
+def status(engine: Any) -> tuple[Any, dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT now() AS now, * FROM v_budget_status")).mappings().all()
     return (rows[0]["now"] if rows else None), {r["name"]: r for r in rows}

@@ -74,9 +74,9 @@ def test_an_alert_fires_once_per_budget_period_kind_and_subject(db_url):
                     delivered) VALUES ('a1', 'kafka:budget-alerts', 1, NULL, true)""")
         )
     # another processor (or a replay) computing another id for the same alert: refused
-    with pytest.raises(DBAPIError, match="uq_budget_alerts_budget_id_period_start_kind_subject"):
-        with engine.begin() as conn:
-            conn.execute(text(ALERT), {"id": "a2"})
+    unique = "uq_budget_alerts_budget_id_period_start_kind_subject"
+    with pytest.raises(DBAPIError, match=unique), engine.begin() as conn:
+        conn.execute(text(ALERT), {"id": "a2"})
     # ... and the usual way to fire: nothing happens the second time
     with engine.begin() as conn:
         inserted = conn.execute(text(ALERT + " ON CONFLICT DO NOTHING"), {"id": "a3"}).rowcount
@@ -84,9 +84,8 @@ def test_an_alert_fires_once_per_budget_period_kind_and_subject(db_url):
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM budget_alerts")).scalar_one() == 1
     # an alert needs its budget; deleting a budget is soft, so alerts keep theirs
-    with pytest.raises(DBAPIError, match="fk_budget_alerts_budget_id_budgets"):
-        with engine.begin() as conn:
-            conn.execute(text("DELETE FROM budgets"))
+    with pytest.raises(DBAPIError, match="fk_budget_alerts_budget_id_budgets"), engine.begin() as c:
+        c.execute(text("DELETE FROM budgets"))
     engine.dispose()
 
 
