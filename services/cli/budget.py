@@ -158,8 +158,8 @@ def set_budget(
     name: str | None,
     secret: str | None,
 ) -> None:
-    """Create a budget; prints its id. It is evaluated at once against the spend of the
-    current period so far."""
+    """Create a budget; prints its id. The spend of the current period so far counts at once
+    (see `budget list`)."""
     from sqlalchemy import insert
 
     from services.ledger.db import make_engine
