@@ -1,8 +1,8 @@
 """``inferledger``: one command for every process and task.
 
 The root group loads the settings and configures logging; each command group lives in its own
-module of this package (``ingest``, ``run``, ``report``, ``replay``, ``dlq``, ``serve``,
-``demo``) and is registered here. ``python -m services.cli.main`` is the same CLI (the
+module of this package (``ingest``, ``run``, ``report``, ``replay``, ``dlq``, ``budget``,
+``serve``, ``demo``) and is registered here. ``python -m services.cli.main`` is the same CLI (the
 supervisor starts the processors that way).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from services.cli import demo, dlq, ingest, replay, report, run, serve
+from services.cli import budget, demo, dlq, ingest, replay, report, run, serve
 from services.runtime import logs
 from services.runtime.config import load_settings
 
@@ -34,6 +34,7 @@ for command in (
     report.audit,
     replay.replay,
     dlq.dlq,
+    budget.budget,
     serve.gateway,
     serve.proxy,
     demo.demo,

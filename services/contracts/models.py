@@ -364,12 +364,18 @@ class CostAllocation(_Contract):
 
 
 class BudgetAlert(_Contract):
-    """A budget threshold, forecast or anomaly alert."""
+    """A budget threshold, forecast or anomaly alert (DESIGN.md section 2, ``budget-alerts``).
+
+    The same JSON is what a webhook receives (signed: :mod:`services.contracts.webhook`);
+    ``text`` is one human sentence, so a Slack incoming webhook shows it as it is.
+    ``threshold`` is a fraction of the budget (``"0.8"``) for ``threshold`` alerts;
+    ``forecast_spend`` is set for ``forecast``; ``model``, ``baseline`` and ``observed`` (cost
+    per completion: the trailing baseline and what was seen) for ``anomaly``."""
 
     type: Literal["inferledger.budget_alert.v1"] = "inferledger.budget_alert.v1"
     alert_id: Id
     budget_id: Id
-    tenant_id: Id
+    tenant_id: Id | None = Field(description="null for a budget over all tenants")
     kind: Literal["threshold", "forecast", "anomaly"]
     threshold: Money | None = None
     period_start: Timestamp
@@ -378,7 +384,11 @@ class BudgetAlert(_Contract):
     budget: Money
     currency: Currency
     forecast_spend: Money | None = None
+    model: Id | None = Field(default=None, description="the model of an anomaly")
+    baseline: Money | None = None
+    observed: Money | None = None
     fired_at: Timestamp
+    text: Annotated[str, Field(min_length=1, max_length=2000, pattern=NO_NUL)]
 
 
 class EndOfInput(_Contract):

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -16,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -27,6 +30,7 @@ metadata = MetaData(
         "ck": "ck_%(table_name)s_%(constraint_name)s",
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
         "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     }
 )
 
@@ -192,4 +196,75 @@ attribution_outbox = Table(
     Column("payload", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index(None, "resource_id"),
+)
+
+
+# Budgets (DESIGN.md section 4): one tenant's or all tenants' (tenant_id NULL) spend per UTC
+# calendar period. Deleting one sets deleted_at: its alerts keep their budget.
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("budget_id", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("tenant_id", Text),
+    Column("period", Text, nullable=False),
+    Column("amount", AMOUNT, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column(
+        "thresholds", ARRAY(Numeric), nullable=False, server_default=text("'{0.5,0.8,1.0}'")
+    ),  # fractions of the amount
+    Column("include_idle_share", Boolean, nullable=False, server_default=text("false")),
+    Column("webhooks", ARRAY(Text), nullable=False, server_default=text("'{}'")),
+    Column("webhook_secret", Text),  # the budget's own; else INFERLEDGER_WEBHOOK_SECRET
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("deleted_at", DateTime(timezone=True)),
+    CheckConstraint("period IN ('day', 'week', 'month')", name="period"),
+    CheckConstraint("amount > 0", name="amount"),
+    CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency"),
+    CheckConstraint(
+        "array_position(thresholds, NULL) IS NULL AND 0 < ALL (thresholds)", name="thresholds"
+    ),
+    CheckConstraint("inferledger_http_urls(webhooks)", name="webhooks"),
+)
+
+# Alerts fired: the unique constraint on (budget, period, kind, subject) is what makes an alert
+# fire once. subject: the normalized threshold ("0.8"), '' for a forecast, the model for an
+# anomaly.
+budget_alerts = Table(
+    "budget_alerts",
+    metadata,
+    Column("alert_id", String(128), primary_key=True),
+    Column("budget_id", String(64), ForeignKey("budgets.budget_id"), nullable=False),
+    Column("tenant_id", Text),
+    Column("kind", Text, nullable=False),
+    Column("subject", Text, nullable=False, server_default=text("''")),
+    Column("period_start", DateTime(timezone=True), nullable=False),
+    Column("period_end", DateTime(timezone=True), nullable=False),
+    Column("threshold", AMOUNT),
+    Column("spend", AMOUNT, nullable=False),
+    Column("budget", AMOUNT, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("forecast_spend", AMOUNT),
+    Column("baseline", AMOUNT),
+    Column("observed", AMOUNT),
+    Column("text", Text, nullable=False),
+    Column("fired_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("kind IN ('threshold', 'forecast', 'anomaly')", name="kind"),
+    UniqueConstraint("budget_id", "period_start", "kind", "subject"),
+)
+
+# One row per delivery attempt of an alert to one target (a webhook URL or
+# 'kafka:budget-alerts').
+alert_deliveries = Table(
+    "alert_deliveries",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("alert_id", String(128), ForeignKey("budget_alerts.alert_id"), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("attempted_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("status_code", Integer),
+    Column("error", Text),
+    Column("delivered", Boolean, nullable=False, server_default=text("false")),
+    Index(None, "alert_id", "target"),
 )

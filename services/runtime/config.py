@@ -162,6 +162,20 @@ class Settings(BaseSettings):
         "`run all` the attribution processor takes this port and the ledger writer the next",
     )
 
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC-SHA256 key of budget alert webhooks (X-Inferledger-Signature); a "
+        "budget's own secret takes precedence",
+    )
+    webhook_backoff_seconds: float = Field(
+        default=1.0, gt=0, description="first retry delay of a webhook; doubles each attempt"
+    )
+    webhook_max_attempts: int = Field(
+        default=10, ge=1, description="attempts per alert and webhook before giving up"
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="longest one webhook attempt may take"
+    )
     data_dir: Path = Field(default=Path(".embedded"), description="embedded broker/db state")
     profile_dir: Path | None = Field(
         default=None, description="write a cProfile of each `run` process here (bench/)"

@@ -52,3 +52,70 @@ def test_the_database_refuses_to_change_ledger_rows(db_url, statement):
             "0.6"
         )
     engine.dispose()
+
+
+BUDGET = """INSERT INTO budgets (budget_id, name, tenant_id, period, amount, currency, webhooks)
+            VALUES (:id, 'acme monthly', 'acme', 'month', :amount, 'USD', :webhooks)"""
+ALERT = """INSERT INTO budget_alerts (alert_id, budget_id, tenant_id, kind, subject, period_start,
+           period_end, threshold, spend, budget, currency, text)
+           VALUES (:id, 'b1', 'acme', 'threshold', '0.8', '2026-11-01T00:00:00Z',
+                   '2026-12-01T00:00:00Z', 0.8, 80, 100, 'USD', 'acme spent 80 %')"""
+
+
+def test_an_alert_fires_once_per_budget_period_kind_and_subject(db_url):
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text(BUDGET), {"id": "b1", "amount": 100, "webhooks": []})
+        thresholds = conn.execute(text("SELECT thresholds FROM budgets")).scalar_one()
+        assert thresholds == [Decimal("0.5"), Decimal("0.8"), Decimal("1.0")]
+        conn.execute(text(ALERT), {"id": "a1"})
+        conn.execute(
+            text("""INSERT INTO alert_deliveries (alert_id, target, attempt, status_code,
+                    delivered) VALUES ('a1', 'kafka:budget-alerts', 1, NULL, true)""")
+        )
+    # another processor (or a replay) computing another id for the same alert: refused
+    unique = "uq_budget_alerts_budget_id_period_start_kind_subject"
+    with pytest.raises(DBAPIError, match=unique), engine.begin() as conn:
+        conn.execute(text(ALERT), {"id": "a2"})
+    # ... and the usual way to fire: nothing happens the second time
+    with engine.begin() as conn:
+        inserted = conn.execute(text(ALERT + " ON CONFLICT DO NOTHING"), {"id": "a3"}).rowcount
+    assert inserted == 0
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM budget_alerts")).scalar_one() == 1
+    # an alert needs its budget; deleting a budget is soft, so alerts keep theirs
+    with pytest.raises(DBAPIError, match="fk_budget_alerts_budget_id_budgets"), engine.begin() as c:
+        c.execute(text("DELETE FROM budgets"))
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("amount", "webhooks", "constraint"),
+    [
+        (0, [], "ck_budgets_amount"),
+        (-1, [], "ck_budgets_amount"),
+        (10, ["ftp://example.com/x"], "ck_budgets_webhooks"),
+        (10, ["file:///etc/passwd"], "ck_budgets_webhooks"),
+        (10, ["https://ok.example.com/a", "http://"], "ck_budgets_webhooks"),
+        (10, ["javascript:alert(1)"], "ck_budgets_webhooks"),
+    ],
+)
+def test_the_database_refuses_a_budget_the_cli_would_refuse(db_url, amount, webhooks, constraint):
+    engine = create_engine(db_url)
+    with pytest.raises(DBAPIError, match=constraint), engine.begin() as conn:
+        conn.execute(text(BUDGET), {"id": "b1", "amount": amount, "webhooks": webhooks})
+    with engine.begin() as conn:  # and accepts http(s) URLs with a host
+        conn.execute(
+            text(BUDGET),
+            {"id": "b2", "amount": 1, "webhooks": ["https://hooks.example.com/T0/B1?x=1",
+                                                   "HTTP://10.0.0.5:8080"]},
+        )  # fmt: skip
+    engine.dispose()
+
+
+def test_budget_status_is_empty_without_budgets(db_url):
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT * FROM v_budget_status")).all() == []
+        assert conn.execute(text("SELECT * FROM v_tenant_idle_share")).all() == []
+    engine.dispose()

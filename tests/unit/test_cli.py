@@ -72,6 +72,7 @@ def subcommands(name: str) -> set[str]:
 def test_every_command_is_still_there():
     assert set(cli.commands) == {
         "audit",
+        "budget",
         "demo",
         "dlq",
         "gateway",
@@ -86,3 +87,4 @@ def test_every_command_is_still_there():
     assert subcommands("ingest") == {"events", "rates", "billing"}
     assert subcommands("replay") == {"fleet", "azure-trace"}
     assert subcommands("dlq") == {"list", "replay"}
+    assert subcommands("budget") == {"set", "list", "delete", "test-webhook"}

@@ -1,0 +1,275 @@
+"""budgets and alerts: budgets, budget_alerts (fired once), alert_deliveries (one row per
+attempt), the views v_tenant_idle_share and v_budget_status
+
+Budgets are soft-deleted (``deleted_at``) so that their alerts keep their budget. An alert is
+unique per budget, period, kind and subject (the normalized threshold, '' for a forecast, the
+model for an anomaly): the database, not the processor, guarantees that an alert fires once,
+whatever restarts, replays or concurrent processors happen.
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-30 10:00:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision = '0006'
+down_revision = '0005'
+branch_labels = None
+depends_on = None
+
+# Webhook targets: http or https with a host, nothing else (no file:, gopher:, ...). Also
+# checked by the CLI; here so that `INSERT INTO budgets` by hand cannot bypass it.
+HTTP_URLS = r"""
+CREATE FUNCTION inferledger_http_urls(urls text[]) RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT coalesce(bool_and(u ~* '^https?://[^/?#@:[:space:]][^/?#[:space:]]*([/?#][^[:space:]]*)?$'), true)
+    FROM unnest(urls) AS u
+$$
+"""
+
+# Each tenant's share of a resource-day's idle cost, in proportion to its busy cost (the sum of
+# its entries' amounts on that resource-day, every kind). Negative net busy cost weighs 0; when
+# no tenant has a positive busy cost, the tenants present share equally. Resource-days with no
+# tenant entry are absent: their idle cost stays unshared.
+#
+# Rounding: cumulative rounding. With the tenants ordered by tenant_id and W_i the running sum
+# of the weights, share_i = round(idle * W_i / W, 12) - round(idle * W_{i-1} / W, 12). The sum
+# telescopes to round(idle * W / W, 12) = idle (idle has 12 places), so the shares of a
+# resource-day add up to its idle cost exactly, each is within 1e-12 of its exact proportion,
+# and none is negative when the idle cost is not.
+V_TENANT_IDLE_SHARE = """
+CREATE VIEW v_tenant_idle_share AS
+WITH busy AS (
+    SELECT (bucket_start AT TIME ZONE 'UTC')::date AS day, resource_id, currency, tenant_id,
+           sum(amount) AS busy_cost
+    FROM ledger_entries
+    WHERE tenant_id IS NOT NULL
+    GROUP BY 1, 2, 3, 4
+), idle AS (
+    SELECT (bucket_start AT TIME ZONE 'UTC')::date AS day, resource_id, currency,
+           sum(amount) AS idle_cost
+    FROM ledger_entries
+    WHERE tenant_id IS NULL
+    GROUP BY 1, 2, 3
+), weighted AS (
+    SELECT b.day, b.resource_id, b.currency, b.tenant_id, b.busy_cost, i.idle_cost,
+           CASE WHEN sum(greatest(b.busy_cost, 0))
+                         OVER (PARTITION BY b.day, b.resource_id, b.currency) > 0
+                THEN greatest(b.busy_cost, 0) ELSE 1 END AS weight
+    FROM busy b
+    JOIN idle i USING (day, resource_id, currency)
+), running AS (
+    SELECT *,
+           sum(weight) OVER (PARTITION BY day, resource_id, currency ORDER BY tenant_id)
+               AS upto,
+           sum(weight) OVER (PARTITION BY day, resource_id, currency) AS total
+    FROM weighted
+)
+SELECT day, resource_id, tenant_id, currency, busy_cost, idle_cost AS resource_idle_cost,
+       round(idle_cost * upto / total, 12) - round(idle_cost * (upto - weight) / total, 12)
+           AS idle_share
+FROM running
+"""
+
+# The current period of every budget (not deleted) at now(), UTC calendar-aligned, its spend,
+# and the forecast rule (docs/budgets.md):
+#   forecast_spend = spend + trailing_spend / covered * (period_end - now())
+# where trailing_spend is the scope's spend over buckets starting in [now() - 24 h, now()), covered =
+# min(24 h, now() - the scope's first bucket), NULL when covered < 1 h. With the idle share,
+# the trailing idle share of a resource-day is the tenant's share of that day's idle cost times
+# the part of the day's idle cost that lies in the window.
+V_BUDGET_STATUS = """
+CREATE VIEW v_budget_status AS
+WITH b AS (
+    SELECT budget_id, name, tenant_id, period, amount, currency, include_idle_share,
+           (date_trunc(period, now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') AS period_start,
+           ((date_trunc(period, now() AT TIME ZONE 'UTC')
+             + CASE period WHEN 'day' THEN interval '1 day'
+                           WHEN 'week' THEN interval '1 week'
+                           ELSE interval '1 month' END) AT TIME ZONE 'UTC') AS period_end
+    FROM budgets
+    WHERE deleted_at IS NULL
+), scoped AS (
+    SELECT b.budget_id, e.bucket_start, e.amount
+    FROM b
+    JOIN ledger_entries e
+      ON e.currency = b.currency
+     AND ((b.tenant_id IS NOT NULL AND e.tenant_id = b.tenant_id)
+          OR (b.tenant_id IS NULL AND (e.tenant_id IS NOT NULL OR b.include_idle_share)))
+), direct AS (
+    SELECT b.budget_id,
+           coalesce(sum(s.amount) FILTER (WHERE s.bucket_start >= b.period_start
+                                            AND s.bucket_start < b.period_end), 0) AS spend,
+           coalesce(sum(s.amount) FILTER (WHERE s.bucket_start >= now() - interval '24 hours'
+                                            AND s.bucket_start < now()), 0) AS trailing_spend,
+           min(s.bucket_start) AS first_bucket
+    FROM b
+    LEFT JOIN scoped s USING (budget_id)
+    GROUP BY b.budget_id
+), idle_window AS (
+    SELECT (bucket_start AT TIME ZONE 'UTC')::date AS day, resource_id, currency,
+           sum(amount) AS window_idle
+    FROM ledger_entries
+    WHERE tenant_id IS NULL
+      AND bucket_start >= now() - interval '24 hours' AND bucket_start < now()
+    GROUP BY 1, 2, 3
+), shared AS (
+    SELECT b.budget_id,
+           coalesce(sum(x.idle_share) FILTER (WHERE x.day >= (b.period_start AT TIME ZONE 'UTC')::date
+                                                AND x.day < (b.period_end AT TIME ZONE 'UTC')::date),
+                    0) AS idle_spend,
+           coalesce(sum(round(x.idle_share * w.window_idle / nullif(x.resource_idle_cost, 0), 12)),
+                    0) AS idle_trailing
+    FROM b
+    JOIN v_tenant_idle_share x ON x.tenant_id = b.tenant_id AND x.currency = b.currency
+    LEFT JOIN idle_window w
+      ON w.day = x.day AND w.resource_id = x.resource_id AND w.currency = x.currency
+    WHERE b.include_idle_share AND b.tenant_id IS NOT NULL
+    GROUP BY b.budget_id
+), fired AS (
+    SELECT a.budget_id, count(*) AS alerts_fired
+    FROM budget_alerts a
+    JOIN b ON b.budget_id = a.budget_id AND a.period_start = b.period_start
+    GROUP BY a.budget_id
+), totals AS (
+    SELECT b.*,
+           d.spend + coalesce(sh.idle_spend, 0) AS spend,
+           d.trailing_spend + coalesce(sh.idle_trailing, 0) AS trailing_spend,
+           -- least() skips NULLs: a scope without any entry has no coverage at all
+           CASE WHEN d.first_bucket IS NOT NULL
+                THEN least(interval '24 hours', now() - d.first_bucket) END AS covered,
+           coalesce(f.alerts_fired, 0) AS alerts_fired
+    FROM b
+    JOIN direct d USING (budget_id)
+    LEFT JOIN shared sh USING (budget_id)
+    LEFT JOIN fired f USING (budget_id)
+)
+SELECT budget_id, name, tenant_id, period, period_start, period_end, spend, amount AS budget,
+       currency,
+       round(spend / amount, 6) AS spent_fraction,
+       CASE WHEN covered >= interval '1 hour'
+            THEN round(spend + trailing_spend / extract(epoch FROM covered)
+                               * extract(epoch FROM (period_end - now())), 12)
+       END AS forecast_spend,
+       alerts_fired,
+       include_idle_share
+FROM totals
+"""
+
+
+def upgrade() -> None:
+    op.execute(HTTP_URLS)
+    op.create_table(
+        'budgets',
+        sa.Column('budget_id', sa.String(length=64), nullable=False),
+        sa.Column('name', sa.Text(), nullable=False),
+        sa.Column('tenant_id', sa.Text(), nullable=True),
+        sa.Column('period', sa.Text(), nullable=False),
+        sa.Column('amount', sa.Numeric(precision=38, scale=12), nullable=False),
+        sa.Column('currency', sa.String(length=3), nullable=False),
+        sa.Column(
+            'thresholds',
+            postgresql.ARRAY(sa.Numeric()),
+            server_default=sa.text("'{0.5,0.8,1.0}'"),
+            nullable=False,
+        ),
+        sa.Column(
+            'include_idle_share', sa.Boolean(), server_default=sa.text('false'), nullable=False
+        ),
+        sa.Column(
+            'webhooks', postgresql.ARRAY(sa.Text()), server_default=sa.text("'{}'"), nullable=False
+        ),
+        sa.Column('webhook_secret', sa.Text(), nullable=True),
+        sa.Column(
+            'created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False
+        ),
+        sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),
+        sa.CheckConstraint("period IN ('day', 'week', 'month')", name=op.f('ck_budgets_period')),
+        sa.CheckConstraint('amount > 0', name=op.f('ck_budgets_amount')),
+        sa.CheckConstraint("currency ~ '^[A-Z]{3}$'", name=op.f('ck_budgets_currency')),
+        sa.CheckConstraint(
+            'array_position(thresholds, NULL) IS NULL AND 0 < ALL (thresholds)',
+            name=op.f('ck_budgets_thresholds'),
+        ),
+        sa.CheckConstraint('inferledger_http_urls(webhooks)', name=op.f('ck_budgets_webhooks')),
+        sa.PrimaryKeyConstraint('budget_id', name=op.f('pk_budgets')),
+    )
+    op.create_table(
+        'budget_alerts',
+        sa.Column('alert_id', sa.String(length=128), nullable=False),
+        sa.Column('budget_id', sa.String(length=64), nullable=False),
+        sa.Column('tenant_id', sa.Text(), nullable=True),
+        sa.Column('kind', sa.Text(), nullable=False),
+        sa.Column('subject', sa.Text(), server_default=sa.text("''"), nullable=False),
+        sa.Column('period_start', sa.DateTime(timezone=True), nullable=False),
+        sa.Column('period_end', sa.DateTime(timezone=True), nullable=False),
+        sa.Column('threshold', sa.Numeric(precision=38, scale=12), nullable=True),
+        sa.Column('spend', sa.Numeric(precision=38, scale=12), nullable=False),
+        sa.Column('budget', sa.Numeric(precision=38, scale=12), nullable=False),
+        sa.Column('currency', sa.String(length=3), nullable=False),
+        sa.Column('forecast_spend', sa.Numeric(precision=38, scale=12), nullable=True),
+        sa.Column('baseline', sa.Numeric(precision=38, scale=12), nullable=True),
+        sa.Column('observed', sa.Numeric(precision=38, scale=12), nullable=True),
+        sa.Column('text', sa.Text(), nullable=False),
+        sa.Column(
+            'fired_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False
+        ),
+        sa.CheckConstraint(
+            "kind IN ('threshold', 'forecast', 'anomaly')", name=op.f('ck_budget_alerts_kind')
+        ),
+        sa.ForeignKeyConstraint(
+            ['budget_id'],
+            ['budgets.budget_id'],
+            name=op.f('fk_budget_alerts_budget_id_budgets'),
+        ),
+        sa.PrimaryKeyConstraint('alert_id', name=op.f('pk_budget_alerts')),
+        sa.UniqueConstraint(
+            'budget_id',
+            'period_start',
+            'kind',
+            'subject',
+            name=op.f('uq_budget_alerts_budget_id_period_start_kind_subject'),
+        ),
+    )
+    op.create_table(
+        'alert_deliveries',
+        sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
+        sa.Column('alert_id', sa.String(length=128), nullable=False),
+        sa.Column('target', sa.Text(), nullable=False),
+        sa.Column('attempt', sa.Integer(), nullable=False),
+        sa.Column(
+            'attempted_at',
+            sa.DateTime(timezone=True),
+            server_default=sa.text('now()'),
+            nullable=False,
+        ),
+        sa.Column('status_code', sa.Integer(), nullable=True),
+        sa.Column('error', sa.Text(), nullable=True),
+        sa.Column('delivered', sa.Boolean(), server_default=sa.text('false'), nullable=False),
+        sa.ForeignKeyConstraint(
+            ['alert_id'],
+            ['budget_alerts.alert_id'],
+            name=op.f('fk_alert_deliveries_alert_id_budget_alerts'),
+        ),
+        sa.PrimaryKeyConstraint('id', name=op.f('pk_alert_deliveries')),
+    )
+    op.create_index(
+        op.f('ix_alert_deliveries_alert_id_target'), 'alert_deliveries', ['alert_id', 'target']
+    )
+    op.execute(V_TENANT_IDLE_SHARE)
+    op.execute(V_BUDGET_STATUS)
+
+
+def downgrade() -> None:
+    op.execute('DROP VIEW IF EXISTS v_budget_status')
+    op.execute('DROP VIEW IF EXISTS v_tenant_idle_share')
+    op.drop_index(op.f('ix_alert_deliveries_alert_id_target'), table_name='alert_deliveries')
+    op.drop_table('alert_deliveries')
+    op.drop_table('budget_alerts')
+    op.drop_table('budgets')
+    op.execute('DROP FUNCTION IF EXISTS inferledger_http_urls(text[])')
