@@ -538,3 +538,50 @@ def stop_cli(proc: subprocess.Popen[str], timeout: float = 60) -> str:
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=timeout)
     return out
+
+
+class WebhookReceiver:
+    """A real HTTP receiver of alert webhooks in a thread: verifies each signature with
+    ``secret``, answers ``fail_first`` requests with 500, then 200; keeps what it accepted."""
+
+    def __init__(self, secret: bytes, fail_first: int = 0) -> None:
+        import http.server
+        import threading
+
+        from services.contracts import webhook
+
+        self.secret, self.fail_first = secret, fail_first
+        self.requests = 0
+        self.accepted: list[dict[str, Any]] = []  # the alerts answered 2xx, as JSON
+        self.bad_signatures = 0
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                ok = webhook.verify(
+                    receiver.secret, self.headers[webhook.TIMESTAMP_HEADER] or "", body,
+                    self.headers[webhook.SIGNATURE_HEADER] or "",
+                )  # fmt: skip
+                receiver.requests += 1
+                if not ok:
+                    receiver.bad_signatures += 1
+                    status = 401
+                elif receiver.requests <= receiver.fail_first:
+                    status = 500
+                else:
+                    status = 200
+                    receiver.accepted.append(json.loads(body))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -76,13 +76,50 @@ SELECT day, resource_id, tenant_id, currency, busy_cost, idle_cost AS resource_i
 FROM running
 """
 
+# A budget's spend over [p_from, p_to): the sum of the amounts of its scope's entries over
+# buckets starting in it (its tenant's, or every tenant's for an all-tenants budget; every
+# entry kind, so credits and reconciliations lower it), plus, with include_idle_share, its idle
+# share: for a tenant budget, its share of each resource-day's idle cost (v_tenant_idle_share)
+# times the part of that day's idle cost that lies in the window (the whole share for a whole
+# day, as in any period); for an all-tenants budget, every idle entry. The one definition of a
+# period's spend: v_budget_status and the alerts processor both call it.
+BUDGET_SPEND = """
+CREATE FUNCTION inferledger_budget_spend(p_budget text, p_from timestamptz, p_to timestamptz)
+RETURNS numeric LANGUAGE sql STABLE AS $$
+WITH b AS (
+    SELECT tenant_id, currency, include_idle_share FROM budgets WHERE budget_id = p_budget
+), direct AS (
+    SELECT coalesce(sum(e.amount), 0) AS s
+    FROM b
+    JOIN ledger_entries e
+      ON e.currency = b.currency AND e.bucket_start >= p_from AND e.bucket_start < p_to
+     AND ((b.tenant_id IS NOT NULL AND e.tenant_id = b.tenant_id)
+          OR (b.tenant_id IS NULL AND (e.tenant_id IS NOT NULL OR b.include_idle_share)))
+), idle_window AS (
+    SELECT (bucket_start AT TIME ZONE 'UTC')::date AS day, resource_id, currency,
+           sum(amount) AS window_idle
+    FROM ledger_entries
+    WHERE tenant_id IS NULL AND bucket_start >= p_from AND bucket_start < p_to
+    GROUP BY 1, 2, 3
+), shared AS (
+    SELECT coalesce(sum(CASE WHEN w.window_idle = x.resource_idle_cost THEN x.idle_share
+                             ELSE round(x.idle_share * w.window_idle
+                                        / nullif(x.resource_idle_cost, 0), 12) END), 0) AS s
+    FROM b
+    JOIN v_tenant_idle_share x ON x.tenant_id = b.tenant_id AND x.currency = b.currency
+    JOIN idle_window w
+      ON w.day = x.day AND w.resource_id = x.resource_id AND w.currency = x.currency
+    WHERE b.include_idle_share AND b.tenant_id IS NOT NULL
+)
+SELECT direct.s + shared.s FROM direct, shared
+$$
+"""
+
 # The current period of every budget (not deleted) at now(), UTC calendar-aligned, its spend,
 # and the forecast rule (docs/budgets.md):
 #   forecast_spend = spend + trailing_spend / covered * (period_end - now())
-# where trailing_spend is the scope's spend over buckets starting in [now() - 24 h, now()), covered =
-# min(24 h, now() - the scope's first bucket), NULL when covered < 1 h. With the idle share,
-# the trailing idle share of a resource-day is the tenant's share of that day's idle cost times
-# the part of the day's idle cost that lies in the window.
+# where trailing_spend is the spend over [now() - 24 h, now()), covered = min(24 h, now() - the
+# scope's first bucket), NULL when covered < 1 h.
 V_BUDGET_STATUS = """
 CREATE VIEW v_budget_status AS
 WITH b AS (
@@ -94,43 +131,6 @@ WITH b AS (
                            ELSE interval '1 month' END) AT TIME ZONE 'UTC') AS period_end
     FROM budgets
     WHERE deleted_at IS NULL
-), scoped AS (
-    SELECT b.budget_id, e.bucket_start, e.amount
-    FROM b
-    JOIN ledger_entries e
-      ON e.currency = b.currency
-     AND ((b.tenant_id IS NOT NULL AND e.tenant_id = b.tenant_id)
-          OR (b.tenant_id IS NULL AND (e.tenant_id IS NOT NULL OR b.include_idle_share)))
-), direct AS (
-    SELECT b.budget_id,
-           coalesce(sum(s.amount) FILTER (WHERE s.bucket_start >= b.period_start
-                                            AND s.bucket_start < b.period_end), 0) AS spend,
-           coalesce(sum(s.amount) FILTER (WHERE s.bucket_start >= now() - interval '24 hours'
-                                            AND s.bucket_start < now()), 0) AS trailing_spend,
-           min(s.bucket_start) AS first_bucket
-    FROM b
-    LEFT JOIN scoped s USING (budget_id)
-    GROUP BY b.budget_id
-), idle_window AS (
-    SELECT (bucket_start AT TIME ZONE 'UTC')::date AS day, resource_id, currency,
-           sum(amount) AS window_idle
-    FROM ledger_entries
-    WHERE tenant_id IS NULL
-      AND bucket_start >= now() - interval '24 hours' AND bucket_start < now()
-    GROUP BY 1, 2, 3
-), shared AS (
-    SELECT b.budget_id,
-           coalesce(sum(x.idle_share) FILTER (WHERE x.day >= (b.period_start AT TIME ZONE 'UTC')::date
-                                                AND x.day < (b.period_end AT TIME ZONE 'UTC')::date),
-                    0) AS idle_spend,
-           coalesce(sum(round(x.idle_share * w.window_idle / nullif(x.resource_idle_cost, 0), 12)),
-                    0) AS idle_trailing
-    FROM b
-    JOIN v_tenant_idle_share x ON x.tenant_id = b.tenant_id AND x.currency = b.currency
-    LEFT JOIN idle_window w
-      ON w.day = x.day AND w.resource_id = x.resource_id AND w.currency = x.currency
-    WHERE b.include_idle_share AND b.tenant_id IS NOT NULL
-    GROUP BY b.budget_id
 ), fired AS (
     SELECT a.budget_id, count(*) AS alerts_fired
     FROM budget_alerts a
@@ -138,22 +138,25 @@ WITH b AS (
     GROUP BY a.budget_id
 ), totals AS (
     SELECT b.*,
-           d.spend + coalesce(sh.idle_spend, 0) AS spend,
-           d.trailing_spend + coalesce(sh.idle_trailing, 0) AS trailing_spend,
-           -- least() skips NULLs: a scope without any entry has no coverage at all
-           CASE WHEN d.first_bucket IS NOT NULL
-                THEN least(interval '24 hours', now() - d.first_bucket) END AS covered,
+           inferledger_budget_spend(b.budget_id, b.period_start, b.period_end) AS spend,
+           inferledger_budget_spend(b.budget_id, now() - interval '24 hours', now())
+               AS trailing_spend,
+           now() - (
+               SELECT min(e.bucket_start) FROM ledger_entries e
+               WHERE e.currency = b.currency
+                 AND ((b.tenant_id IS NOT NULL AND e.tenant_id = b.tenant_id)
+                      OR (b.tenant_id IS NULL
+                          AND (e.tenant_id IS NOT NULL OR b.include_idle_share)))) AS since_first,
            coalesce(f.alerts_fired, 0) AS alerts_fired
     FROM b
-    JOIN direct d USING (budget_id)
-    LEFT JOIN shared sh USING (budget_id)
     LEFT JOIN fired f USING (budget_id)
 )
 SELECT budget_id, name, tenant_id, period, period_start, period_end, spend, amount AS budget,
        currency,
        round(spend / amount, 6) AS spent_fraction,
-       CASE WHEN covered >= interval '1 hour'
-            THEN round(spend + trailing_spend / extract(epoch FROM covered)
+       CASE WHEN since_first >= interval '1 hour'  -- NULL (no data) too: no forecast
+            THEN round(spend + trailing_spend
+                               / extract(epoch FROM least(interval '24 hours', since_first))
                                * extract(epoch FROM (period_end - now())), 12)
        END AS forecast_spend,
        alerts_fired,
@@ -262,11 +265,13 @@ def upgrade() -> None:
         op.f('ix_alert_deliveries_alert_id_target'), 'alert_deliveries', ['alert_id', 'target']
     )
     op.execute(V_TENANT_IDLE_SHARE)
+    op.execute(BUDGET_SPEND)
     op.execute(V_BUDGET_STATUS)
 
 
 def downgrade() -> None:
     op.execute('DROP VIEW IF EXISTS v_budget_status')
+    op.execute('DROP FUNCTION IF EXISTS inferledger_budget_spend(text, timestamptz, timestamptz)')
     op.execute('DROP VIEW IF EXISTS v_tenant_idle_share')
     op.drop_index(op.f('ix_alert_deliveries_alert_id_target'), table_name='alert_deliveries')
     op.drop_table('alert_deliveries')

@@ -28,27 +28,6 @@ _URL = re.compile(r"https?://[^/?#@:\s][^/?#\s]*([/?#]\S*)?", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def period_bounds(period: str, at: datetime) -> tuple[datetime, datetime]:
-    """The UTC calendar period (``day``, ``week`` from Monday, ``month``) holding ``at``."""
-    # TODO: services.accounting.budgets.period_bounds
-    from datetime import timedelta
-
-    at = at.astimezone(UTC)
-    day = at.replace(hour=0, minute=0, second=0, microsecond=0)
-    if period == "day":
-        return day, day + timedelta(days=1)
-    if period == "week":
-        start = day - timedelta(days=day.weekday())
-        return start, start + timedelta(days=7)
-    start = day.replace(day=1)
-    end = (
-        start.replace(year=start.year + 1, month=1)
-        if start.month == 12
-        else start.replace(month=start.month + 1)
-    )
-    return start, end
-
-
 def parse_amount(text: str) -> Decimal:
     try:
         amount = Decimal(text.strip())
@@ -311,6 +290,7 @@ def delete_budget(ctx: click.Context, budget_id: str) -> None:
 
 def sample_alert(now: datetime) -> Any:
     """A threshold alert for a made-up tenant, as the alerts processor would send it."""
+    from services.accounting.budgets import period_bounds
     from services.contracts import BudgetAlert
 
     start, end = period_bounds("month", now)

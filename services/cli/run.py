@@ -40,7 +40,9 @@ def _supervise(settings: Settings, until_idle: bool, progress: bool) -> None:
 
 
 @click.command()
-@click.argument("which", type=click.Choice(["attribution", "ledger", "all"]), default="all")
+@click.argument(
+    "which", type=click.Choice(["attribution", "ledger", "alerts", "all"]), default="all"
+)
 @click.option("--until-idle", is_flag=True, help="process the bounded input to its end, then exit")
 @click.option("--run-id", default=None, help="end-of-input markers to wait for (set by `run all`)")
 @click.option(
@@ -67,7 +69,7 @@ def run(
     timeout: float,
     supervised: bool,
 ) -> None:
-    """Run processors: attribution, ledger (writer) or all.
+    """Run processors: attribution, ledger (writer), alerts, or all.
 
     They read the broker of `inferledger up` or INFERLEDGER_KAFKA_BOOTSTRAP; without either
     there is no input to process, and `run` refuses. Beside a running `up`, `run all
@@ -103,6 +105,16 @@ def run(
             else:  # streaming until stopped (Ctrl-C, SIGTERM): a clean stop, as for `up`
                 with contextlib.suppress(KeyboardInterrupt):
                     _supervise(s, until_idle, progress=True)
+            return
+        if which == "alerts":  # budgets against the ledger (Postgres): no input topics to end
+            from services.alerts.app import run_forever
+            from services.ledger.db import migrate as do_migrate
+
+            assert s.database_url
+            if not supervised:
+                do_migrate(s.database_url)
+            with ledger_required():
+                run_forever(s, until_idle)
             return
         if until_idle and run_id is None:
             if which == "ledger":

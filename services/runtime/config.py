@@ -168,13 +168,18 @@ class Settings(BaseSettings):
         "budget's own secret takes precedence",
     )
     webhook_backoff_seconds: float = Field(
-        default=1.0, gt=0, description="first retry delay of a webhook; doubles each attempt"
+        default=1.0, gt=0, description="first retry delay of a webhook; triples each attempt"
     )
     webhook_max_attempts: int = Field(
         default=10, ge=1, description="attempts per alert and webhook before giving up"
     )
     webhook_timeout_seconds: float = Field(
         default=10.0, gt=0, description="longest one webhook attempt may take"
+    )
+    alerts_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="how often the alerts processor evaluates budgets and delivers alerts",
     )
     data_dir: Path = Field(default=Path(".embedded"), description="embedded broker/db state")
     profile_dir: Path | None = Field(

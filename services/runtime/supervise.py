@@ -28,7 +28,7 @@ log = logs.get(__name__)
 #: builds a processor's app, and the event set once a bounded run (``run_id``) is done
 Build = Callable[[Settings, str | None], tuple[Any, asyncio.Event]]
 #: the processors of ``run all``, in the order of their metrics ports
-COMPONENTS = ("attribution", "ledger")
+COMPONENTS = ("attribution", "ledger", "alerts")
 #: the command line that runs one component: ``<CLI> run <component> [--until-idle ...]``
 CLI = (sys.executable, "-m", "services.cli.main")
 
@@ -117,11 +117,15 @@ def run_processors(
     for n, component in enumerate(COMPONENTS):
         cmd = [*cli, "run", component, "--supervised"]  # not a second set beside `up`
         if run_id is not None:
-            cmd += ["--until-idle", "--run-id", run_id]
-        if settings.metrics_listen:  # one port per process: attribution, then ledger
+            cmd += ["--until-idle"]
+            if component != "alerts":
+                cmd += ["--run-id", run_id]
+        if settings.metrics_listen:  # one port per process, in the order of COMPONENTS
             host, port = parse_listen(settings.metrics_listen)
             env["INFERLEDGER_METRICS_LISTEN"] = f"{host}:{port + n}"
         commands[component] = (cmd, dict(env))
+    # bounded, the alerts processor runs once the ledger is complete (see below)
+    after = commands.pop("alerts") if run_id is not None else None
     procs = [(c, subprocess.Popen(cmd, env=e)) for c, (cmd, e) in commands.items()]
     started = time.monotonic()
     restarts: dict[str, list[float]] = {c: [] for c in commands}  # per component: when
@@ -180,6 +184,11 @@ def run_processors(
         failed = [f"{c} exited with {p.returncode}" for c, p in procs if p.poll() not in (None, 0)]
         if failed:
             raise ProcessFailed("; ".join(failed))
+        if after is not None:  # the ledger is complete: evaluate budgets, deliver, exit
+            alerts = subprocess.Popen(after[0], env=after[1])
+            procs.append(("alerts", alerts))
+            if alerts.wait() != 0:
+                raise ProcessFailed(f"alerts exited with {alerts.returncode}")
     finally:
         for _, p in procs:
             if p.poll() is None:

@@ -1,0 +1,1 @@
+"""The alerts processor: budgets evaluated against the ledger, alerts fired once and delivered."""
