@@ -5,12 +5,13 @@ what they need from Postgres and records what they decide. A period's spend is t
 ``inferledger_budget_spend`` (migration 0006), the one definition ``v_budget_status`` uses too.
 
 Which periods are evaluated: those holding ledger entries recorded since the previous pass
-(less a margin, as transactions commit out of ``recorded_at`` order), and, on the first pass,
-every period with data. Time is event time: a period's "now" is the end of the latest bucket
-of the budget's scope in it (never past the wall clock), so a backfill of last month alerts as
-it would have then. An alert is inserted with ``ON CONFLICT DO NOTHING``: the unique key
-(budget, period, kind, subject) makes it fire once, whatever restarts, replays or concurrent
-evaluators happen; only the evaluator whose insert went in delivers it.
+(less a margin, as transactions commit out of ``recorded_at`` order), the current one, and, on
+the first pass and for a budget set since the previous pass, every period with data (a budget
+set mid-period is evaluated at once against the spend so far). Time is event time: a period's
+"now" is the end of the latest bucket of the budget's scope in it (never past the wall clock),
+so a backfill of last month alerts as it would have then. An alert is inserted with
+``ON CONFLICT DO NOTHING``: the unique key (budget, period, kind, subject) makes it fire once,
+whatever restarts, replays or concurrent evaluators happen.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class Evaluator:
         self.engine = engine
         self.rules = rules
         self._since: datetime | None = None  # None: the first pass reads everything
+        self._known: set[str] = set()  # budgets evaluated before (a new one: all its periods)
 
     def run(self, wall_now: datetime) -> list[Fired]:
         fired: list[Fired] = []
@@ -119,6 +121,7 @@ class Evaluator:
                 fired += self._budget(conn, budget, wall_now)
         if latest_recorded is not None:
             self._since = latest_recorded - COMMIT_MARGIN
+        self._known = {b.budget_id for b in budgets}
         return fired
 
     def _scope(self, budget: Budget) -> dict[str, Any]:
@@ -131,7 +134,8 @@ class Evaluator:
     def _periods(
         self, conn: Connection, budget: Budget, wall_now: datetime
     ) -> set[tuple[datetime, datetime]]:
-        since = self._since or datetime(1, 1, 2, tzinfo=UTC)
+        since = self._since if budget.budget_id in self._known else None
+        since = since or datetime(1, 1, 2, tzinfo=UTC)
         days = conn.execute(DAYS_SQL, {"since": since, **self._scope(budget)}).scalars()
         periods = {period_bounds(budget.period, d.replace(tzinfo=UTC)) for d in days}
         periods.add(period_bounds(budget.period, wall_now))  # a budget set mid-period: at once
