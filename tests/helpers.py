@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -544,7 +545,7 @@ class WebhookReceiver:
     """A real HTTP receiver of alert webhooks in a thread: verifies each signature with
     ``secret``, answers ``fail_first`` requests with 500, then 200; keeps what it accepted."""
 
-    def __init__(self, secret: bytes, fail_first: int = 0) -> None:
+    def __init__(self, secret: bytes, fail_first: int = 0, port: int = 0) -> None:
         import http.server
         import threading
 
@@ -578,10 +579,37 @@ class WebhookReceiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def children(pid: int, word: str) -> list[int]:
+    """Child processes of ``pid`` whose command line holds ``word`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and word in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(pred: Any, timeout: float, what: str) -> Any:
+    """``pred()`` once it is truthy (polled every 0.2 s), or an AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} after {timeout:.0f} s")

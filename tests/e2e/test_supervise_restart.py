@@ -13,35 +13,9 @@ from pathlib import Path
 import pytest
 
 from services.runtime.supervise import ProcessFailed, run_processors
-from tests.helpers import cli, ledger, start_cli, stop_cli
+from tests.helpers import children, cli, ledger, start_cli, stop_cli, wait_for
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-
-
-def children(pid: int, word: str) -> list[int]:
-    """Child processes of ``pid`` whose command line holds ``word``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid and word in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"no {what} after {timeout:.0f} s")
 
 
 def test_a_killed_processor_is_started_again_and_nothing_is_lost(cli_env, settings):
