@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -73,7 +74,10 @@ def test_exactly_once_across_two_processors_a_kill_and_a_receiver_outage(cli_env
     cli(env, "budget", "set", "--tenant", "acme", "--period", "day", "--amount", "0.5",
         "--webhook", url)  # fmt: skip
     supervisor = start_cli(env, "run", "all")
-    second = start_cli(env, "run", "alerts")
+    metrics = free_port()
+    second = start_cli(
+        dict(env, INFERLEDGER_METRICS_LISTEN=f"127.0.0.1:{metrics}"), "run", "alerts"
+    )
     receiver = None
     try:
         cli(env, "ingest", "rates", str(DATA / "worked_example_rates.jsonl"))
@@ -97,6 +101,10 @@ def test_exactly_once_across_two_processors_a_kill_and_a_receiver_outage(cli_env
         cli(env, "run", "all", "--until-idle", "--follow", "--timeout", "120")
         wait_for(lambda: len(receiver.accepted) >= 3, 60, "the 100 % alert at the receiver")
         time.sleep(3)  # long enough for a second delivery to show, were there one
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read()
+        assert b'component="alerts",counter="alerts.waiting"' in scraped
+        health = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/healthz", timeout=10)
+        assert health.status == 200
     finally:
         stop_cli(second)
         out = stop_cli(supervisor)
