@@ -264,6 +264,8 @@ def upgrade() -> None:
     op.create_index(
         op.f('ix_alert_deliveries_alert_id_target'), 'alert_deliveries', ['alert_id', 'target']
     )
+    # the alerts processor reads the entries recorded since its previous pass, every second
+    op.create_index('ix_ledger_entries_recorded_at', 'ledger_entries', ['recorded_at'])
     op.execute(V_TENANT_IDLE_SHARE)
     op.execute(BUDGET_SPEND)
     op.execute(V_BUDGET_STATUS)
@@ -273,6 +275,7 @@ def downgrade() -> None:
     op.execute('DROP VIEW IF EXISTS v_budget_status')
     op.execute('DROP FUNCTION IF EXISTS inferledger_budget_spend(text, timestamptz, timestamptz)')
     op.execute('DROP VIEW IF EXISTS v_tenant_idle_share')
+    op.drop_index('ix_ledger_entries_recorded_at', table_name='ledger_entries')
     op.drop_index(op.f('ix_alert_deliveries_alert_id_target'), table_name='alert_deliveries')
     op.drop_table('alert_deliveries')
     op.drop_table('budget_alerts')

@@ -97,6 +97,17 @@ def alert_message(row: Any) -> BudgetAlert:
     )
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, not a delivery: following it would let a receiver send the
+    alert (and its signature) somewhere the budget never named, an internal address included."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def post_webhook(
     url: str, body: bytes, secret: bytes | None, alert_id: str, timeout: float
 ) -> Outcome:
@@ -105,7 +116,7 @@ def post_webhook(
     hdrs["X-Inferledger-Alert-Id"] = alert_id
     request = urllib.request.Request(url, data=body, headers=hdrs, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with _OPENER.open(request, timeout=timeout) as response:
             status = int(response.status)
     except urllib.error.HTTPError as exc:
         return Outcome(False, exc.code, f"HTTP {exc.code}")

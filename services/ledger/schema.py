@@ -66,6 +66,8 @@ ledger_entries = Table(
     CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency"),
     Index("ix_ledger_entries_tenant_bucket", "tenant_id", "bucket_start"),
     Index("ix_ledger_entries_resource_bucket", "resource_id", "bucket_start"),
+    # what the alerts processor reads each pass: entries recorded since its previous pass
+    Index("ix_ledger_entries_recorded_at", "recorded_at"),
 )
 
 gpu_rates = Table(
