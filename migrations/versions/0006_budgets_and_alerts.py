@@ -110,6 +110,8 @@ WITH b AS (
     JOIN idle_window w
       ON w.day = x.day AND w.resource_id = x.resource_id AND w.currency = x.currency
     WHERE b.include_idle_share AND b.tenant_id IS NOT NULL
+      -- the window's days only (a qual on the view's partitioning columns: pushed down)
+      AND x.day >= (p_from AT TIME ZONE 'UTC')::date AND x.day <= (p_to AT TIME ZONE 'UTC')::date
 )
 SELECT direct.s + shared.s FROM direct, shared
 $$
