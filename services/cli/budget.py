@@ -1,7 +1,7 @@
 """``inferledger budget set|list|delete|test-webhook``: budgets and their webhooks.
 
 A budget covers one tenant (or all tenants) over a UTC calendar period (day, week, month); the
-alerts processor (not built yet) fires threshold, forecast and anomaly alerts against it.
+alerts processor (``run alerts``) fires threshold, forecast and anomaly alerts against it.
 ``set``, ``list`` and ``delete`` need the database; ``test-webhook`` sends a signed sample alert
 and needs nothing else. docs/budgets.md has the definitions.
 """
@@ -139,10 +139,8 @@ def set_budget(
 ) -> None:
     """Create a budget; prints its id. The spend of the current period so far counts at once
     (see `budget list`)."""
-    from sqlalchemy import insert
-
+    from services.ledger.budgets import create_budget
     from services.ledger.db import make_engine
-    from services.ledger.schema import budgets
 
     if (tenant is None) == (not all_tenants):
         raise click.ClickException("give exactly one of --tenant T and --all-tenants")
@@ -168,26 +166,22 @@ def set_budget(
             "signed until one is set",
             err=True,
         )
-    budget_id = uuid.uuid4().hex
     with local_stack(settings, need_broker=False) as s, ledger_required():
         assert s.database_url
         engine = make_engine(s.database_url)
         try:
-            with engine.begin() as conn:
-                conn.execute(
-                    insert(budgets).values(
-                        budget_id=budget_id,
-                        name=label,
-                        tenant_id=tenant,
-                        period=period,
-                        amount=value,
-                        currency=currency,
-                        thresholds=fractions,
-                        include_idle_share=include_idle_share,
-                        webhooks=urls,
-                        webhook_secret=secret,
-                    )
-                )
+            budget_id = create_budget(
+                engine,
+                name=label,
+                tenant_id=tenant,
+                period=period,
+                amount=value,
+                currency=currency,
+                thresholds=fractions,
+                include_idle_share=include_idle_share,
+                webhooks=urls,
+                secret=secret,
+            )
         finally:
             engine.dispose()
     click.echo(budget_id)

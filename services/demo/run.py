@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import click
 from sqlalchemy.engine import make_url
 
+from services.accounting.budgets import period_bounds
 from services.attribution.settings import accounting_settings
 from services.contracts import dumps
 from services.demo.html import write_html
@@ -18,6 +20,7 @@ from services.ingest.trace.azure import TRACE
 from services.ingest.trace.bill import focus_bill, write_focus_csv
 from services.ingest.trace.fleet import Fleet, default_fleet, rates, rental_window, replay
 from services.ledger.audit import run_audit
+from services.ledger.budgets import create_budget, recent_alerts
 from services.ledger.completeness import scan_input
 from services.ledger.db import make_engine, migrate
 from services.ledger.progress import (
@@ -40,6 +43,39 @@ from services.runtime.supervise import run_processors
 
 log = logs.get(__name__)
 DEMO_DB = "inferledger_demo"
+BUDGET_SHARE = Decimal("0.9")
+"""The demo's budget: the provisional ledger reaches this share of it (50 % and 80 % fire)."""
+
+
+def demo_budget_amount(fleet_rates: list[Any], start: datetime, end: datetime) -> Decimal:
+    """A daily budget for the whole fleet (all tenants, idle included) that the provisional
+    ledger crosses at 50 and 80 % but not 100 %: the rental cost of the fleet on the window's
+    first UTC day (list price times hours, the provisional ledger's total for that day) over
+    :data:`BUDGET_SHARE`, rounded up to the cent. The bill (a committed price below list, and a
+    credit) brings spend down, so 100 % is never reached."""
+    day_start, day_end = period_bounds("day", start)
+    hours = Decimal(int((min(end, day_end) - max(start, day_start)).total_seconds())) / 3600
+    cost = sum((Decimal(r.price_per_hour) for r in fleet_rates), Decimal(0)) * hours
+    return max((cost / BUDGET_SHARE).quantize(Decimal("0.01"), "ROUND_CEILING"), Decimal("0.01"))
+
+
+def print_alerts(engine: Any) -> int:
+    """The alerts the run fired, oldest first: kind, threshold, spend and text, one a line."""
+    order = {"threshold": 0, "forecast": 1, "anomaly": 2}
+    alerts = sorted(
+        recent_alerts(engine, limit=100),
+        key=lambda a: (a["fired_at"], order[a["kind"]], a["threshold"] or 0, a["alert_id"]),
+    )
+    click.echo(f"budget alerts: {len(alerts)} fired")
+    for a in alerts:
+        if a["kind"] == "threshold":
+            what = f"threshold {format((a['threshold'] * 100).normalize(), 'f')} %"
+        elif a["kind"] == "forecast":
+            what = f"forecast {a['forecast_spend']:.2f} {a['currency']}"
+        else:
+            what = f"anomaly {a['observed']} vs {a['baseline']} {a['currency']}"
+        click.echo(f"  {what}, spend {a['spend']:.2f} {a['currency']}: {a['text']}")
+    return len(alerts)
 
 
 def run_demo(
@@ -78,6 +114,23 @@ def run_demo(
         events = replay(fleet, trace, limit)
         start, end = rental_window(events)
         fleet_rates = rates(fleet, start, end)
+        # a budget the workload crosses, set before anything is processed (as `budget set` does)
+        amount = demo_budget_amount(fleet_rates, start, end)
+        engine = make_engine(s.database_url)
+        create_budget(
+            engine,
+            name="fleet daily (demo)",
+            tenant_id=None,
+            period="day",
+            amount=amount,
+            currency=fleet.currency,
+            include_idle_share=True,
+        )
+        click.echo(
+            f"budget: {amount} {fleet.currency} a day for all tenants, idle included "
+            "(alerts at 50, 80 and 100 %)",
+            err=True,
+        )
         producer = make_producer(s, compression_type="gzip")
         try:
             for rate in fleet_rates:
@@ -99,7 +152,6 @@ def run_demo(
         )
 
         run_processors(s, until_idle=True, progress=progress_line)
-        engine = make_engine(s.database_url)
         provisional_total = ledger_total(engine)
         click.echo(
             f"provisional ledger complete: {provisional_total:.2f} {fleet.currency}", err=True
@@ -136,6 +188,7 @@ def run_demo(
                 else "FAILED: " + "; ".join(c.name for c in checks if not c.ok)
             )
         )
+        print_alerts(engine)
         total = sum((n["cost"] for n in nodes), Decimal(0))
         idle = sum((n["idle_cost"] or Decimal(0) for n in nodes), Decimal(0))
         completions = sum(r["completions"] for r in table)

@@ -24,6 +24,11 @@ def test_demo_prints_the_table_and_writes_the_html_report(cli_env, settings, tmp
     assert "provisional (rates) versus billed (FOCUS bill)" in out
     assert "audit: passed" in out
     assert "1 x no resource id" in out  # the tax line stays visible, unallocated
+    # the demo's daily budget (all tenants, idle included): the provisional ledger reaches 90 %
+    # of it, the bill brings spend down; 15 minutes of data are too few for a forecast
+    assert "budget alerts: 2 fired" in out
+    assert "  threshold 50 %, spend " in out and "  threshold 80 %, spend " in out
+    assert "reached 50 % of" in out and "reached 80 % of" in out and "100 %," not in out
     page = html.read_text()
     assert "<svg" in page and "Idle cost per node" in page
 
@@ -40,11 +45,24 @@ def test_demo_prints_the_table_and_writes_the_html_report(cli_env, settings, tmp
             )
         ).one()
         kinds = set(conn.execute(text("SELECT DISTINCT entry_kind FROM ledger_entries")).scalars())
+        alerts = conn.execute(
+            text(
+                "SELECT a.kind, a.threshold, a.spend / a.budget, "
+                "bool_and(d.delivered) FILTER (WHERE d.target LIKE 'kafka:%') "
+                "FROM budget_alerts a LEFT JOIN alert_deliveries d USING (alert_id) "
+                "GROUP BY a.alert_id ORDER BY a.threshold"
+            )
+        ).all()
         util = conn.execute(
             text("SELECT min(busy_fraction), max(busy_fraction), sum(cost) FROM v_gpu_utilization")
         ).one()
     engine.dispose()
     assert {"usage", "idle", "reconciliation"} <= kinds
+    assert [(k, t) for k, t, _, _ in alerts] == [
+        ("threshold", Decimal("0.5")),
+        ("threshold", Decimal("0.8")),
+    ]
+    assert all(0.8 <= share < 1 and delivered for _, _, share, delivered in alerts), alerts
     assert util[0] == 0 and 0 < util[1] < 1
     assert completions == sum(e.status == "ok" for e in events)
     assert "audit passed" in cli(cli_env, "audit").stdout
