@@ -31,6 +31,7 @@ import functools
 import json
 import math
 import random
+import signal
 import sys
 import threading
 import time
@@ -355,6 +356,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # both end the run the same way: cleaned up
+        signal.signal(sig, interrupted)
     settings = load_settings()
     logs.configure("INFO" if args.verbose else "WARNING", settings.log_format)
     if args.interval is not None:
@@ -393,4 +400,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted: the scratch database dropped, the broker stopped", file=sys.stderr)
+        sys.exit(130)
