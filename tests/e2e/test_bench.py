@@ -64,3 +64,28 @@ def test_the_benchmark_runs_every_case_and_writes_its_results(cli_env, settings,
     table = (tmp_path / "latest.md").read_text()
     assert "| batched | 3,000 |" in table and "cores that CPU needs" in table
     assert bench_databases(settings.database_url) == before  # scratch databases dropped
+
+
+def test_the_alerts_benchmark_times_every_alert_and_drops_its_database(cli_env, settings, tmp_path):
+    """bench/alerts.py on two rounds: each round's 80 % alert is timed on every surface."""
+    assert settings.database_url
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.alerts", "--rounds", "2", "--results", str(tmp_path)],
+        env=cli_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (report_file,) = tmp_path.glob("alerts-2*.json")
+    report = json.loads(report_file.read_text())
+    assert report["rounds"] == 2 and not any(report["missing"].values()), report
+    for latency in report["latency_seconds"].values():
+        assert latency["n"] == 2 and latency["max"] is not None
+    assert report["webhook_posts"] == report["topic_messages"] == 4  # 50 % and 80 %, each once
+    for row in report["per_round"]:
+        assert row["fired"] == ["threshold:0.500000000000", "threshold:0.800000000000"], row
+    assert "commit → webhook received" in (tmp_path / "alerts-latest.md").read_text()
+    assert report["database"].startswith("bench_alerts_")
+    assert report["database"] not in bench_databases(settings.database_url)  # dropped
