@@ -28,6 +28,7 @@ import pytest
 from services.runtime.config import Settings
 from services.runtime.kafka import ensure_topics
 from services.runtime.stack import EmbeddedBroker, free_port
+from services.runtime.supervise import COMPONENTS
 from tests.helpers import (
     cli,
     counting_faults,
@@ -93,7 +94,7 @@ def test_broker_restarted_mid_run(db_url, tmp_path):
             time.sleep(1)
         grew = wait_until(lambda: len(ledger(db_url)) > before, 60)
         alive = [p for p in children if p in process_tree(proc.pid)]
-        if proc.poll() is not None or len(alive) != 2:
+        if proc.poll() is not None or len(alive) != len(COMPONENTS):
             observed.append(f"processors exited: run all rc={proc.poll()}, alive {alive}")
         if not grew:
             observed.append(f"no new ledger entry within 60 s of the restart ({before} before)")

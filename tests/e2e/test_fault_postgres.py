@@ -18,6 +18,7 @@ import pytest
 import requests
 from sqlalchemy.engine import make_url
 
+from services.runtime.supervise import COMPONENTS
 from tests.helpers import (
     TcpProxy,
     cli,
@@ -74,7 +75,7 @@ def test_postgres_cut_for_30s_mid_stream(cli_env, settings, tmp_path):
             publish_events(settings, c)
             time.sleep(2)
         children = process_tree(proc.pid)[1:]
-        assert len(children) == 2, f"run all has children {children}"
+        assert len(children) == len(COMPONENTS), f"run all has children {children}"
         healthy_before = (_health(port), _health(port + 1))
         proxy.cut()
         cut_health: set[tuple[int | None, int | None]] = set()
@@ -92,7 +93,7 @@ def test_postgres_cut_for_30s_mid_stream(cli_env, settings, tmp_path):
         time.sleep(15)
         after_health = (_health(port), _health(port + 1))
         alive = [p for p in children if p in process_tree(proc.pid)]
-        if proc.poll() is not None or len(alive) != 2:
+        if proc.poll() is not None or len(alive) != len(COMPONENTS):
             observed.append(
                 f"processes exited during/after the cut: run all rc={proc.poll()}, "
                 f"children alive {alive} of {children}"
