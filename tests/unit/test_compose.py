@@ -12,7 +12,7 @@ COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 def test_compose_has_the_production_stack_with_pinned_images_and_healthchecks():
     doc = yaml.safe_load(COMPOSE.read_text())
     services = doc["services"]
-    for name in ("kafka", "postgres", "migrate", "attribution", "ledger"):
+    for name in ("kafka", "postgres", "migrate", "attribution", "ledger", "alerts"):
         assert name in services, name
     for name, svc in services.items():
         image = svc.get("image")
@@ -23,7 +23,7 @@ def test_compose_has_the_production_stack_with_pinned_images_and_healthchecks():
     for name in ("kafka", "postgres"):
         assert "healthcheck" in services[name], name
     assert services["migrate"]["command"] == ["inferledger", "migrate"]
-    for name in ("attribution", "ledger"):
+    for name in ("attribution", "ledger", "alerts"):
         svc = services[name]
         assert svc["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert svc["depends_on"]["kafka"]["condition"] == "service_healthy"
