@@ -23,7 +23,8 @@ def test_upgrade_downgrade_upgrade_and_no_drift(empty_db_url):
     engine = create_engine(empty_db_url)
     names = set(inspect(engine).get_table_names())
     assert {"ledger_entries", "gpu_rates", "resources", "consumer_offsets"} <= names
-    assert "v_cost_per_completion" in inspect(engine).get_view_names()
+    views = set(inspect(engine).get_view_names())
+    assert {"v_cost_per_completion", "v_tenant_spend", "v_cost_per_completion_with_idle"} <= views
     command.check(cfg)  # models and migrations agree
     command.downgrade(cfg, "base")
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
@@ -113,9 +114,11 @@ def test_the_database_refuses_a_budget_the_cli_would_refuse(db_url, amount, webh
     engine.dispose()
 
 
-def test_budget_status_is_empty_without_budgets(db_url):
+def test_the_budget_and_spend_views_are_empty_on_an_empty_ledger(db_url):
     engine = create_engine(db_url)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT * FROM v_budget_status")).all() == []
         assert conn.execute(text("SELECT * FROM v_tenant_idle_share")).all() == []
+        assert conn.execute(text("SELECT * FROM v_tenant_spend")).all() == []
+        assert conn.execute(text("SELECT * FROM v_cost_per_completion_with_idle")).all() == []
     engine.dispose()
