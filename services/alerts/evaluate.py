@@ -66,7 +66,8 @@ FIRED_SQL = text(
     "AND kind = 'threshold'"
 )
 HOURS_SQL = text(
-    "SELECT e.tenant_id, e.model, date_trunc('hour', e.bucket_start) AS hour, sum(e.amount), "
+    "SELECT e.tenant_id, e.model, date_trunc('hour', e.bucket_start AT TIME ZONE 'UTC') "
+    "AT TIME ZONE 'UTC' AS hour, sum(e.amount), "
     "sum(e.completions) FROM ledger_entries e "
     "WHERE e.tenant_id IS NOT NULL AND e.model IS NOT NULL AND e.bucket_start >= :start "
     f"AND e.bucket_start < :end AND {SCOPE} GROUP BY 1, 2, 3"
