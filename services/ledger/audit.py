@@ -22,6 +22,7 @@ from services.ledger.completeness import (
     outbox_drained,
 )
 from services.ledger.hashing import ROW_HASH_SQL
+from services.ledger.rollup import DAILY_SUMS
 
 
 def run_audit(
@@ -39,6 +40,7 @@ def run_audit(
             _no_event_twice(conn),
             _completions(conn),
             _rows_unchanged(conn),
+            _rollup_agrees(conn),
             buckets_closed(conn, settings.bucket_seconds),
             outbox_drained(conn),
         ]
@@ -188,6 +190,66 @@ def _completions(conn: Connection) -> Check:
     )
 
 
+DAILY_TRIGGER = "ledger_entries_daily"
+
+UNGUARDED_PARTITIONS = """
+    SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'ledger_entries'::regclass
+      AND (SELECT count(*) FROM pg_trigger t
+           WHERE t.tgrelid = c.oid AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+             AND t.tgname IN ('ledger_entries_no_update_delete', 'ledger_entries_no_truncate')
+          ) < 2
+    ORDER BY 1
+"""
+
+# the primary key is (entry_id, bucket_start), as partitioning requires: an id names its bucket,
+# so an id twice means two buckets claimed it
+REPEATED_IDS = """
+    SELECT entry_id FROM ledger_entries GROUP BY entry_id HAVING count(*) > 1 LIMIT 50
+"""
+
+# ledger_daily recomputed from the journal, compared row by row (every column)
+ROLLUP_DIFF = f"""
+    WITH journal AS (
+        SELECT {DAILY_SUMS} FROM ledger_entries GROUP BY 1, 2, 3, 4, 5
+    )
+    SELECT coalesce(j.day, d.day) AS day, coalesce(j.resource_id, d.resource_id) AS resource_id,
+           coalesce(j.tenant_id, d.tenant_id) AS tenant_id, coalesce(j.model, d.model) AS model,
+           coalesce(j.currency, d.currency) AS currency, j.amount AS journal_amount,
+           d.amount AS rollup_amount
+    FROM journal j
+    FULL JOIN ledger_daily d
+      ON d.day = j.day AND d.resource_id = j.resource_id AND d.currency = j.currency
+     AND d.tenant_id IS NOT DISTINCT FROM j.tenant_id AND d.model IS NOT DISTINCT FROM j.model
+    WHERE (j.entries, j.unpriced_entries, j.billed_entries, j.completions, j.failed_requests,
+           j.prompt_tokens, j.cached_prompt_tokens, j.completion_tokens, j.work_units,
+           j.busy_seconds, j.amount)
+          IS DISTINCT FROM
+          (d.entries, d.unpriced_entries, d.billed_entries, d.completions, d.failed_requests,
+           d.prompt_tokens, d.cached_prompt_tokens, d.completion_tokens, d.work_units,
+           d.busy_seconds, d.amount)
+    ORDER BY 1, 2, 3, 4, 5
+    LIMIT 50
+"""
+
+
+def _rollup_agrees(conn: Connection) -> Check:
+    """The daily rollup the per-day views read (ledger_daily) is the journal's, exactly."""
+    rows = conn.execute(text(ROLLUP_DIFF)).all()
+    problems = [
+        f"ledger_daily {r.day} {r.resource_id} {r.tenant_id or '(idle)'} {r.model} "
+        f"{r.currency}: journal {r.journal_amount}, rollup {r.rollup_amount}"
+        for r in rows
+    ]
+    groups = conn.execute(text("SELECT count(*) FROM ledger_daily")).scalar_one()
+    return Check(
+        "the daily rollup (ledger_daily) equals the journal",
+        not problems,
+        f"{groups} day groups compared",
+        problems,
+    )
+
+
 def _rows_unchanged(conn: Connection) -> Check:
     triggers = (
         conn.execute(
@@ -201,8 +263,17 @@ def _rows_unchanged(conn: Connection) -> Check:
     )
     problems = [
         f"trigger {t} is missing or disabled"
-        for t in ("ledger_entries_no_update_delete", "ledger_entries_no_truncate")
+        for t in ("ledger_entries_no_update_delete", "ledger_entries_no_truncate", DAILY_TRIGGER)
         if t not in triggers
+    ]
+    # each month partition refuses UPDATE, DELETE and TRUNCATE on its own too
+    problems += [
+        f"partition {p} lacks its append-only triggers"
+        for p in conn.execute(text(UNGUARDED_PARTITIONS)).scalars()
+    ]
+    problems += [
+        f"entry id {e} is in the ledger more than once"
+        for e in conn.execute(text(REPEATED_IDS)).scalars()
     ]
     changed = (
         conn.execute(

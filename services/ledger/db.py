@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, select
+from sqlalchemy import Connection, Engine, create_engine, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from services.contracts import GpuRate, LedgerEntry
@@ -143,6 +143,30 @@ def copy_insert(
         cursor.close()
 
 
+_BUCKET_START = ENTRY_COLUMNS.index("bucket_start")
+_PARTITIONED: set[tuple[str, date]] = set()
+"""(database, month) pairs whose ledger partition this process has made sure of."""
+
+
+def ensure_partitions(engine: Engine, rows: Sequence[Sequence[Any]]) -> None:
+    """Make sure ``ledger_entries`` has the month partitions these entry rows go to (migration
+    0008), in a short transaction of its own: creating a partition locks the whole table for a
+    moment, which should not happen inside a batch. Each month is asked for once per process.
+    Without this, rows of a new month would land in ``ledger_entries_default`` (still counted,
+    only slower to read)."""
+    url = engine.url.render_as_string(hide_password=True)
+    months = {
+        (url, date(s.year, s.month, 1))
+        for s in (row[_BUCKET_START].astimezone(UTC) for row in rows)
+    } - _PARTITIONED
+    if not months:
+        return
+    with engine.begin() as conn:
+        for _, month in sorted(months):
+            conn.execute(text("SELECT inferledger_ledger_partition(:m)"), {"m": month})
+    _PARTITIONED.update(months)
+
+
 def write_batch(engine: Engine, group: str, batch: Any) -> int:
     """Insert a batch idempotently and store the consumed offsets, in one transaction.
 
@@ -150,14 +174,18 @@ def write_batch(engine: Engine, group: str, batch: Any) -> int:
     (rows from :func:`counted_set`) and ``offsets``. Returns how many ledger rows were new.
     """
     written = 0
+    if batch.entries:
+        ensure_partitions(engine, batch.entries)
     with engine.begin() as conn:
         if batch.entries:
+            # the entries' daily rollup (ledger_daily) is added to by the table's trigger, in
+            # this transaction, from the rows really inserted
             written += copy_insert(
                 conn,
                 ledger_entries.name,
                 ENTRY_COLUMNS,
                 batch.entries,
-                "ON CONFLICT (entry_id) DO NOTHING",
+                "ON CONFLICT (entry_id, bucket_start) DO NOTHING",
             )
         if batch.counted:
             copy_insert(

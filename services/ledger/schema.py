@@ -8,6 +8,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -36,6 +37,8 @@ metadata = MetaData(
 
 AMOUNT = Numeric(38, 12)
 
+# Partitioned by month of bucket_start (migration 0008): ledger_entries_yYYYYmMM partitions and
+# ledger_entries_default, which migrations/env.py leaves out of ``alembic check``.
 ledger_entries = Table(
     "ledger_entries",
     metadata,
@@ -45,7 +48,7 @@ ledger_entries = Table(
     Column("tenant_id", Text),
     Column("model", Text),
     Column("resource_id", Text, nullable=False),
-    Column("bucket_start", DateTime(timezone=True), nullable=False),
+    Column("bucket_start", DateTime(timezone=True), primary_key=True),
     Column("bucket_seconds", Integer, nullable=False),
     Column("completions", Integer, nullable=False, server_default=text("0")),
     Column("failed_requests", Integer, nullable=False, server_default=text("0")),
@@ -68,6 +71,39 @@ ledger_entries = Table(
     Index("ix_ledger_entries_resource_bucket", "resource_id", "bucket_start"),
     # what the alerts processor reads each pass: entries recorded since its previous pass
     Index("ix_ledger_entries_recorded_at", "recorded_at"),
+    postgresql_partition_by="RANGE (bucket_start)",
+)
+
+# The daily rollup of the journal, added to by a trigger on ledger_entries in the inserting
+# transaction (migration 0008); ``inferledger audit`` checks it against the journal.
+ledger_daily = Table(
+    "ledger_daily",
+    metadata,
+    Column("day", Date, nullable=False),
+    Column("resource_id", Text, nullable=False),
+    Column("tenant_id", Text),
+    Column("model", Text),
+    Column("currency", String(3), nullable=False),
+    *(
+        Column(name, BigInteger, nullable=False)
+        for name in (
+            "entries",
+            "unpriced_entries",
+            "billed_entries",
+            "completions",
+            "failed_requests",
+            "prompt_tokens",
+            "cached_prompt_tokens",
+            "completion_tokens",
+        )
+    ),
+    Column("work_units", Numeric, nullable=False),
+    Column("busy_seconds", Numeric, nullable=False),
+    Column("amount", Numeric, nullable=False),
+    UniqueConstraint(
+        "day", "resource_id", "tenant_id", "model", "currency", postgresql_nulls_not_distinct=True
+    ),
+    Index("ix_ledger_daily_tenant_id_day", "tenant_id", "day"),
 )
 
 gpu_rates = Table(

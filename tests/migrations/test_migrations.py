@@ -122,3 +122,20 @@ def test_the_budget_and_spend_views_are_empty_on_an_empty_ledger(db_url):
         assert conn.execute(text("SELECT * FROM v_tenant_spend")).all() == []
         assert conn.execute(text("SELECT * FROM v_cost_per_completion_with_idle")).all() == []
     engine.dispose()
+
+
+def test_the_audit_recomputes_the_rollup_as_its_trigger_adds_to_it():
+    """Migration 0008 keeps its own copy of the rollup's sums (migrations are frozen history);
+    the audit's copy (services/ledger/rollup.py) must stay the same text."""
+    import importlib.util
+    from pathlib import Path
+
+    from services.ledger.rollup import DAILY_SUMS
+
+    (path,) = (Path(__file__).resolve().parents[2] / "migrations" / "versions").glob("0008_*.py")
+    spec = importlib.util.spec_from_file_location("m0008", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.DAILY_SUMS == DAILY_SUMS
+    assert DAILY_SUMS in module.DAILY_TRIGGER

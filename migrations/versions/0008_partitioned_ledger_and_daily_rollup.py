@@ -1,0 +1,441 @@
+"""ledger_entries partitioned by month; the daily rollup ledger_daily, kept by the database in
+the writer's transaction; the per-day views read the rollup
+
+Speed on a large ledger (issue 16): a year of 10 million entries.
+
+- ``ledger_entries`` becomes a table partitioned by RANGE (bucket_start), one partition per UTC
+  calendar month (``ledger_entries_y2026m03``), plus ``ledger_entries_default`` for a month
+  nobody created a partition for (so no insert ever fails for want of a partition). The primary
+  key is (entry_id, bucket_start): a partitioned table's unique keys must hold its partition
+  key, and an entry id already names its bucket (services/accounting/entries.py), so this is
+  the same key. The audit checks that no entry id appears twice across partitions.
+- The writer calls ``inferledger_ledger_partition(month)`` (SECURITY DEFINER: the writer needs
+  no DDL rights) before it writes a month it has not seen: it creates the month's partition
+  unless the default partition already holds rows of that month (those stay there).
+- Append-only, as before: the row trigger refusing UPDATE and DELETE is on the parent (Postgres
+  clones it to every partition); TRUNCATE triggers are per table, so the parent and every
+  partition get one (the partition function adds it to new partitions).
+- ``ledger_daily``: per UTC day, resource, tenant (NULL for idle), model and currency, the sums
+  of the journal's columns and counts of its entries (all, unpriced, billed). A statement-level
+  AFTER INSERT trigger on ledger_entries adds each statement's new rows (its transition table:
+  the rows really inserted, so ON CONFLICT DO NOTHING re-deliveries add nothing) in the same
+  transaction. Nobody is granted writes on it; the trigger function is SECURITY DEFINER.
+  ``inferledger audit`` recomputes it from the journal and fails on any difference.
+- The per-day views (v_cost_per_completion, v_tenant_idle_share, v_tenant_spend,
+  v_cost_per_completion_with_idle) read ledger_daily, with the same columns and the same
+  results; v_gpu_utilization (hourly, per bucket) and the budget function read the journal,
+  whose month partitions and indexes answer them.
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-11-30 12:00:00
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+from alembic import op
+from sqlalchemy import text
+
+revision = '0008'
+down_revision = '0007'
+branch_labels = None
+depends_on = None
+
+HERE = Path(__file__).resolve().parent
+
+
+def _earlier(prefix: str) -> ModuleType:
+    """An earlier migration's module, for its view definitions (they are recreated here)."""
+    (path,) = HERE.glob(f'{prefix}_*.py')
+    spec = importlib.util.spec_from_file_location(f'inferledger_migration_{prefix}', path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# every view that reads ledger_entries, in an order that drops dependents first
+VIEWS = (
+    'v_budget_status',
+    'v_cost_per_completion_with_idle',
+    'v_tenant_spend',
+    'v_tenant_idle_share',
+    'v_unallocated_billing',
+    'v_gpu_utilization',
+    'v_cost_per_completion',
+)
+
+COLUMNS = """entry_id, entry_kind, cost_basis, tenant_id, model, resource_id, bucket_start,
+    bucket_seconds, completions, failed_requests, prompt_tokens, cached_prompt_tokens,
+    completion_tokens, work_units, busy_seconds, amount, currency, billing_line_ids, recorded_at,
+    row_hash"""
+
+PARTITIONED = """
+CREATE TABLE ledger_entries (
+    entry_id varchar(64) NOT NULL,
+    entry_kind text NOT NULL,
+    cost_basis text NOT NULL,
+    tenant_id text,
+    model text,
+    resource_id text NOT NULL,
+    bucket_start timestamptz NOT NULL,
+    bucket_seconds integer NOT NULL,
+    completions integer NOT NULL DEFAULT 0,
+    failed_requests integer NOT NULL DEFAULT 0,
+    prompt_tokens bigint NOT NULL DEFAULT 0,
+    cached_prompt_tokens bigint NOT NULL DEFAULT 0,
+    completion_tokens bigint NOT NULL DEFAULT 0,
+    work_units numeric(38, 6) NOT NULL DEFAULT 0,
+    busy_seconds numeric(20, 6) NOT NULL DEFAULT 0,
+    amount numeric(38, 12) NOT NULL,
+    currency varchar(3) NOT NULL,
+    billing_line_ids text[] NOT NULL DEFAULT '{}',
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    row_hash varchar(64) NOT NULL DEFAULT '',
+    CONSTRAINT pk_ledger_entries PRIMARY KEY (entry_id, bucket_start),
+    CONSTRAINT ck_ledger_entries_entry_kind
+        CHECK (entry_kind IN ('usage', 'idle', 'late_adjustment', 'reconciliation')),
+    CONSTRAINT ck_ledger_entries_cost_basis
+        CHECK (cost_basis IN ('provisional', 'billed', 'unpriced')),
+    CONSTRAINT ck_ledger_entries_currency CHECK (currency ~ '^[A-Z]{3}$')
+) PARTITION BY RANGE (bucket_start);
+CREATE TABLE ledger_entries_default PARTITION OF ledger_entries DEFAULT;
+CREATE INDEX ix_ledger_entries_tenant_bucket ON ledger_entries (tenant_id, bucket_start);
+CREATE INDEX ix_ledger_entries_resource_bucket ON ledger_entries (resource_id, bucket_start);
+CREATE INDEX ix_ledger_entries_recorded_at ON ledger_entries (recorded_at);
+CREATE TRIGGER ledger_entries_no_update_delete
+    BEFORE UPDATE OR DELETE ON ledger_entries
+    FOR EACH ROW EXECUTE FUNCTION ledger_entries_refuse_change();
+CREATE TRIGGER ledger_entries_no_truncate
+    BEFORE TRUNCATE ON ledger_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_entries_refuse_change();
+CREATE TRIGGER ledger_entries_no_truncate
+    BEFORE TRUNCATE ON ledger_entries_default
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_entries_refuse_change();
+"""
+
+# {path}: the schema the migration runs in, then pg_catalog, and pg_temp last, so that no
+# temporary table of the caller's can stand in for ours inside these SECURITY DEFINER functions
+PARTITION_FUNCTION = """
+CREATE FUNCTION inferledger_ledger_partition(p_month date) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = {path} AS $$
+DECLARE
+    m date := date_trunc('month', p_month)::date;
+    part text := format('ledger_entries_y%sm%s', to_char(m, 'YYYY'), to_char(m, 'MM'));
+    lo timestamptz := m::timestamp AT TIME ZONE 'UTC';
+    hi timestamptz := (m + interval '1 month')::timestamp AT TIME ZONE 'UTC';
+BEGIN
+    IF to_regclass(part) IS NOT NULL THEN
+        RETURN part;
+    END IF;
+    -- one creator at a time; the others find the partition made when the lock is theirs
+    -- (pg_class read with a fresh snapshot: to_regclass may not see a table made meanwhile)
+    PERFORM pg_advisory_xact_lock(hashtext('inferledger_ledger_partition'));
+    IF EXISTS (SELECT 1 FROM pg_class WHERE relname = part
+                                        AND relnamespace = current_schema()::regnamespace) THEN
+        RETURN part;
+    END IF;
+    IF EXISTS (SELECT 1 FROM ledger_entries_default
+               WHERE bucket_start >= lo AND bucket_start < hi) THEN
+        RETURN 'ledger_entries_default';  -- its rows stay where they are (append-only)
+    END IF;
+    EXECUTE format('CREATE TABLE %I PARTITION OF ledger_entries FOR VALUES FROM (%L) TO (%L)',
+                   part, lo, hi);
+    EXECUTE format('CREATE TRIGGER ledger_entries_no_truncate BEFORE TRUNCATE ON %I '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION ledger_entries_refuse_change()', part);
+    RETURN part;
+END $$
+"""
+
+DAILY = """
+CREATE TABLE ledger_daily (
+    day date NOT NULL,
+    resource_id text NOT NULL,
+    tenant_id text,
+    model text,
+    currency varchar(3) NOT NULL,
+    entries bigint NOT NULL,
+    unpriced_entries bigint NOT NULL,
+    billed_entries bigint NOT NULL,
+    completions bigint NOT NULL,
+    failed_requests bigint NOT NULL,
+    prompt_tokens bigint NOT NULL,
+    cached_prompt_tokens bigint NOT NULL,
+    completion_tokens bigint NOT NULL,
+    work_units numeric NOT NULL,
+    busy_seconds numeric NOT NULL,
+    amount numeric NOT NULL,
+    CONSTRAINT uq_ledger_daily_day_resource_id_tenant_id_model_currency
+        UNIQUE NULLS NOT DISTINCT (day, resource_id, tenant_id, model, currency)
+);
+CREATE INDEX ix_ledger_daily_tenant_id_day ON ledger_daily (tenant_id, day);
+"""
+
+# what one group of journal rows adds to ledger_daily (also what the audit recomputes)
+DAILY_SUMS = """(bucket_start AT TIME ZONE 'UTC')::date AS day, resource_id, tenant_id, model,
+    currency, count(*) AS entries,
+    count(*) FILTER (WHERE cost_basis = 'unpriced') AS unpriced_entries,
+    count(*) FILTER (WHERE cost_basis = 'billed') AS billed_entries,
+    sum(completions) AS completions, sum(failed_requests) AS failed_requests,
+    sum(prompt_tokens) AS prompt_tokens, sum(cached_prompt_tokens) AS cached_prompt_tokens,
+    sum(completion_tokens) AS completion_tokens, sum(work_units) AS work_units,
+    sum(busy_seconds) AS busy_seconds, sum(amount) AS amount"""
+
+DAILY_TRIGGER = f"""
+CREATE FUNCTION ledger_daily_add() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = {{path}} AS $$
+BEGIN
+    INSERT INTO ledger_daily AS d
+    SELECT {DAILY_SUMS}
+    FROM new_entries
+    GROUP BY 1, 2, 3, 4, 5
+    ORDER BY 1, 2, 3, 4, 5  -- one lock order for concurrent writers
+    ON CONFLICT ON CONSTRAINT uq_ledger_daily_day_resource_id_tenant_id_model_currency
+    DO UPDATE SET entries = d.entries + excluded.entries,
+                  unpriced_entries = d.unpriced_entries + excluded.unpriced_entries,
+                  billed_entries = d.billed_entries + excluded.billed_entries,
+                  completions = d.completions + excluded.completions,
+                  failed_requests = d.failed_requests + excluded.failed_requests,
+                  prompt_tokens = d.prompt_tokens + excluded.prompt_tokens,
+                  cached_prompt_tokens = d.cached_prompt_tokens + excluded.cached_prompt_tokens,
+                  completion_tokens = d.completion_tokens + excluded.completion_tokens,
+                  work_units = d.work_units + excluded.work_units,
+                  busy_seconds = d.busy_seconds + excluded.busy_seconds,
+                  amount = d.amount + excluded.amount;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER ledger_entries_daily
+    AFTER INSERT ON ledger_entries REFERENCING NEW TABLE AS new_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_daily_add();
+"""
+
+# The views that read the rollup: the same columns, in the same order, and the same results as
+# their journal versions (0001, 0006, 0007). sum(prompt_tokens + completion_tokens) over the
+# journal is sum(prompt_tokens) + sum(completion_tokens) here (neither is ever NULL); "some
+# entry is unpriced" is unpriced_entries > 0.
+V_COST_PER_COMPLETION = """
+CREATE VIEW v_cost_per_completion AS
+SELECT day, tenant_id, model, currency,
+       sum(completions)::bigint AS completions,
+       sum(failed_requests)::bigint AS failed_requests,
+       sum(prompt_tokens)::bigint AS prompt_tokens,
+       sum(cached_prompt_tokens)::bigint AS cached_prompt_tokens,
+       sum(completion_tokens)::bigint AS completion_tokens,
+       sum(amount)::numeric(38, 12) AS amount,
+       round(sum(amount) / nullif(sum(completions), 0), 12) AS cost_per_completion,
+       round(sum(amount) * 1000 / nullif(sum(prompt_tokens) + sum(completion_tokens), 0), 12)
+           AS cost_per_1k_tokens,
+       bool_or(unpriced_entries > 0) AS has_unpriced
+FROM ledger_daily
+WHERE tenant_id IS NOT NULL
+GROUP BY day, tenant_id, model, currency
+"""
+
+V_TENANT_IDLE_SHARE = """
+CREATE VIEW v_tenant_idle_share AS
+WITH busy AS (
+    SELECT day, resource_id, currency, tenant_id, sum(amount)::numeric(38, 12) AS busy_cost
+    FROM ledger_daily
+    WHERE tenant_id IS NOT NULL
+    GROUP BY 1, 2, 3, 4
+), idle AS (
+    SELECT day, resource_id, currency, sum(amount)::numeric(38, 12) AS idle_cost
+    FROM ledger_daily
+    WHERE tenant_id IS NULL
+    GROUP BY 1, 2, 3
+), weighted AS (
+    SELECT b.day, b.resource_id, b.currency, b.tenant_id, b.busy_cost, i.idle_cost,
+           CASE WHEN sum(greatest(b.busy_cost, 0))
+                         OVER (PARTITION BY b.day, b.resource_id, b.currency) > 0
+                THEN greatest(b.busy_cost, 0) ELSE 1 END AS weight
+    FROM busy b
+    JOIN idle i USING (day, resource_id, currency)
+), running AS (
+    SELECT *,
+           sum(weight) OVER (PARTITION BY day, resource_id, currency ORDER BY tenant_id)
+               AS upto,
+           sum(weight) OVER (PARTITION BY day, resource_id, currency) AS total
+    FROM weighted
+)
+SELECT day, resource_id, tenant_id, currency, busy_cost, idle_cost AS resource_idle_cost,
+       round(idle_cost * upto / total, 12) - round(idle_cost * (upto - weight) / total, 12)
+           AS idle_share
+FROM running
+"""
+
+V_TENANT_SPEND = """
+CREATE VIEW v_tenant_spend AS
+WITH parts AS (
+    SELECT tenant_id, currency, day, amount::numeric(38, 12) AS amount,
+           0::numeric(38,12) AS idle_share, unpriced_entries > 0 AS unpriced
+    FROM ledger_daily
+    WHERE tenant_id IS NOT NULL
+    UNION ALL
+    SELECT tenant_id, currency, day, 0::numeric(38,12), idle_share, false
+    FROM v_tenant_idle_share
+)
+SELECT tenant_id, currency, day,
+       sum(amount) AS amount,
+       sum(idle_share) AS idle_share,
+       sum(amount) + sum(idle_share) AS amount_with_idle,
+       bool_or(unpriced) AS has_unpriced
+FROM parts
+GROUP BY tenant_id, currency, day
+"""
+
+V_COST_PER_COMPLETION_WITH_IDLE = """
+CREATE VIEW v_cost_per_completion_with_idle AS
+WITH model_busy AS (
+    SELECT day, resource_id, currency, tenant_id, model,
+           sum(amount)::numeric(38, 12) AS busy_cost
+    FROM ledger_daily
+    WHERE tenant_id IS NOT NULL
+    GROUP BY 1, 2, 3, 4, 5
+), weighted AS (
+    SELECT m.day, m.resource_id, m.currency, m.tenant_id, m.model, s.idle_share AS tenant_share,
+           CASE WHEN sum(greatest(m.busy_cost, 0))
+                         OVER (PARTITION BY m.day, m.resource_id, m.currency, m.tenant_id) > 0
+                THEN greatest(m.busy_cost, 0) ELSE 1 END AS weight
+    FROM model_busy m
+    JOIN v_tenant_idle_share s USING (day, resource_id, currency, tenant_id)
+), running AS (
+    SELECT *,
+           sum(weight) OVER (PARTITION BY day, resource_id, currency, tenant_id ORDER BY model)
+               AS upto,
+           sum(weight) OVER (PARTITION BY day, resource_id, currency, tenant_id) AS total
+    FROM weighted
+), unshared AS (
+    SELECT day, currency, sum(idle_cost)::numeric(38, 12) AS idle_cost
+    FROM (
+        SELECT day, resource_id, currency,
+               sum(amount) FILTER (WHERE tenant_id IS NULL) AS idle_cost,
+               count(tenant_id) AS tenant_entries
+        FROM ledger_daily
+        GROUP BY 1, 2, 3
+    ) r
+    WHERE tenant_entries = 0
+    GROUP BY day, currency
+), parts AS (
+    SELECT day, tenant_id, model, currency,
+           completions, failed_requests, prompt_tokens, cached_prompt_tokens, completion_tokens,
+           amount::numeric(38, 12) AS amount, 0::numeric(38,12) AS idle_share,
+           unpriced_entries > 0 AS unpriced
+    FROM ledger_daily
+    WHERE tenant_id IS NOT NULL
+    UNION ALL
+    SELECT day, tenant_id, model, currency, 0, 0, 0, 0, 0, 0::numeric(38,12),
+           round(tenant_share * upto / total, 12)
+             - round(tenant_share * (upto - weight) / total, 12),
+           false
+    FROM running
+    UNION ALL
+    SELECT day, NULL, NULL, currency, 0, 0, 0, 0, 0, 0::numeric(38,12), idle_cost, false
+    FROM unshared
+)
+SELECT day, tenant_id, model, currency,
+       sum(completions)::bigint AS completions,
+       sum(failed_requests)::bigint AS failed_requests,
+       sum(prompt_tokens)::bigint AS prompt_tokens,
+       sum(cached_prompt_tokens)::bigint AS cached_prompt_tokens,
+       sum(completion_tokens)::bigint AS completion_tokens,
+       sum(amount) AS amount,
+       round(sum(amount) / nullif(sum(completions), 0), 12) AS cost_per_completion,
+       round(sum(amount) * 1000 / nullif(sum(prompt_tokens + completion_tokens), 0), 12)
+           AS cost_per_1k_tokens,
+       bool_or(unpriced) AS has_unpriced,
+       sum(idle_share) AS idle_share,
+       sum(amount) + sum(idle_share) AS amount_with_idle,
+       round((sum(amount) + sum(idle_share)) / nullif(sum(completions), 0), 12)
+           AS cost_per_completion_with_idle,
+       round((sum(amount) + sum(idle_share)) * 1000
+             / nullif(sum(prompt_tokens + completion_tokens), 0), 12)
+           AS cost_per_1k_tokens_with_idle,
+       tenant_id IS NULL AS unshared_idle
+FROM parts
+GROUP BY day, tenant_id, model, currency
+"""
+
+
+def _search_path() -> str:
+    schema = op.get_bind().execute(text('SELECT current_schema()')).scalar_one()
+    return f'"{schema}", pg_catalog, pg_temp'
+
+
+def _drop_views() -> None:
+    for view in VIEWS:
+        op.execute(f'DROP VIEW IF EXISTS {view}')
+
+
+def _journal_views() -> list[str]:
+    """The views that read the journal, as earlier migrations defined them."""
+    m2, m6 = _earlier('0002'), _earlier('0006')
+    return [m2.V_GPU_UTILIZATION, m2.V_UNALLOCATED_BILLING, m6.V_BUDGET_STATUS]
+
+
+def upgrade() -> None:
+    _drop_views()
+    op.execute('ALTER TABLE ledger_entries RENAME TO ledger_entries_unpartitioned')
+    op.execute('ALTER TABLE ledger_entries_unpartitioned '
+               'RENAME CONSTRAINT pk_ledger_entries TO pk_ledger_entries_unpartitioned')
+    for index in ('tenant_bucket', 'resource_bucket', 'recorded_at'):
+        op.execute(f'ALTER INDEX ix_ledger_entries_{index} '
+                   f'RENAME TO ix_ledger_entries_unpartitioned_{index}')
+    op.execute(PARTITIONED)
+    path = _search_path()
+    op.execute(PARTITION_FUNCTION.format(path=path))
+    op.execute(DAILY)
+    op.execute(DAILY_TRIGGER.format(path=path))
+    # a partition for every month the ledger holds, and for this month
+    op.execute("""
+        SELECT inferledger_ledger_partition(m)
+        FROM (SELECT DISTINCT date_trunc('month', bucket_start AT TIME ZONE 'UTC')::date AS m
+              FROM ledger_entries_unpartitioned
+              UNION SELECT date_trunc('month', now() AT TIME ZONE 'UTC')::date) months
+    """)
+    # the rows move, and ledger_daily is filled by its trigger as they do
+    op.execute(f'INSERT INTO ledger_entries ({COLUMNS}) '
+               f'SELECT {COLUMNS} FROM ledger_entries_unpartitioned')
+    op.execute('DROP TABLE ledger_entries_unpartitioned')
+    for view in (V_COST_PER_COMPLETION, *_journal_views()[:2], V_TENANT_IDLE_SHARE,
+                 _journal_views()[2], V_TENANT_SPEND, V_COST_PER_COMPLETION_WITH_IDLE):
+        op.execute(view)
+
+
+def downgrade() -> None:
+    m1, m6, m7 = _earlier('0001'), _earlier('0006'), _earlier('0007')
+    _drop_views()
+    op.execute('DROP TRIGGER ledger_entries_daily ON ledger_entries')
+    op.execute('DROP FUNCTION ledger_daily_add()')
+    op.execute('DROP TABLE ledger_daily')
+    op.execute('ALTER TABLE ledger_entries RENAME TO ledger_entries_partitioned')
+    op.execute('ALTER TABLE ledger_entries_partitioned '
+               'RENAME CONSTRAINT pk_ledger_entries TO pk_ledger_entries_partitioned')
+    for index in ('tenant_bucket', 'resource_bucket', 'recorded_at'):
+        op.execute(f'ALTER INDEX ix_ledger_entries_{index} '
+                   f'RENAME TO ix_ledger_entries_partitioned_{index}')
+    op.execute(f"""
+        CREATE TABLE ledger_entries
+            (LIKE ledger_entries_partitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+        ALTER TABLE ledger_entries ADD CONSTRAINT pk_ledger_entries PRIMARY KEY (entry_id);
+        CREATE INDEX ix_ledger_entries_tenant_bucket ON ledger_entries (tenant_id, bucket_start);
+        CREATE INDEX ix_ledger_entries_resource_bucket
+            ON ledger_entries (resource_id, bucket_start);
+        CREATE INDEX ix_ledger_entries_recorded_at ON ledger_entries (recorded_at);
+        INSERT INTO ledger_entries ({COLUMNS}) SELECT {COLUMNS} FROM ledger_entries_partitioned;
+        DROP TABLE ledger_entries_partitioned;
+        DROP FUNCTION inferledger_ledger_partition(date);
+        CREATE TRIGGER ledger_entries_no_update_delete
+            BEFORE UPDATE OR DELETE ON ledger_entries
+            FOR EACH ROW EXECUTE FUNCTION ledger_entries_refuse_change();
+        CREATE TRIGGER ledger_entries_no_truncate
+            BEFORE TRUNCATE ON ledger_entries
+            FOR EACH STATEMENT EXECUTE FUNCTION ledger_entries_refuse_change();
+    """)
+    m2_views = _journal_views()
+    for view in (m1.V_COST_PER_COMPLETION, m2_views[0], m2_views[1], m6.V_TENANT_IDLE_SHARE,
+                 m2_views[2], m7.V_TENANT_SPEND, m7.V_COST_PER_COMPLETION_WITH_IDLE):
+        op.execute(view)

@@ -1,0 +1,260 @@
+"""Migration 0008: ledger_entries partitioned by month, the daily rollup ledger_daily kept in the
+inserting transaction, and the per-day views that read it.
+
+- The rollup views give exactly what the journal versions (migrations 0001, 0006, 0007) give,
+  on random ledgers spread over months, written in batches with re-deliveries.
+- Concurrent writers leave the rollup exact.
+- Rows go to their month's partition; a month without one goes to the default partition, and
+  a partition is never created over rows the default holds.
+- Each partition stays append-only, and the audit fails when the rollup and the journal
+  disagree, when a partition lost its triggers or when an entry id is in two partitions."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
+
+from services.accounting.model import AccountingSettings
+from services.ledger.audit import run_audit
+from services.ledger.db import ENTRY_COLUMNS, write_batch
+from services.ledger.hashing import entry_values
+
+VERSIONS = Path(__file__).resolve().parents[2] / "migrations" / "versions"
+START = datetime(2026, 1, 30, tzinfo=UTC)
+
+
+def migration(prefix: str) -> ModuleType:
+    (path,) = VERSIONS.glob(f"{prefix}_*.py")
+    spec = importlib.util.spec_from_file_location(f"m{prefix}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def journal_views(conn: Any) -> None:
+    """The journal versions of the per-day views, as temporary views j_*."""
+    m1, m6, m7 = migration("0001"), migration("0006"), migration("0007")
+    for sql in (
+        m1.V_COST_PER_COMPLETION,
+        m6.V_TENANT_IDLE_SHARE,
+        m7.V_TENANT_SPEND,
+        m7.V_COST_PER_COMPLETION_WITH_IDLE,
+    ):
+        sql = sql.replace("CREATE VIEW v_", "CREATE TEMP VIEW j_")
+        conn.execute(text(sql.replace("FROM v_tenant_idle_share", "FROM j_tenant_idle_share")))
+
+
+@dataclass
+class Batch:
+    entries: list[tuple[Any, ...]] = field(default_factory=list)
+    rates: list[Any] = field(default_factory=list)
+    bills: list[Any] = field(default_factory=list)
+    counted: list[Any] = field(default_factory=list)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+def row(
+    kind: str, tenant: str | None, model: str | None, resource: str, at: datetime,
+    amount: Decimal, currency: str = "USD", completions: int = 0, basis: str = "provisional",
+    entry_id: str | None = None,
+) -> tuple[Any, ...]:  # fmt: skip
+    """A writer's COPY row (ENTRY_COLUMNS, row hash last)."""
+    values: dict[str, Any] = {
+        "entry_id": entry_id or uuid.uuid4().hex, "entry_kind": kind, "cost_basis": basis,
+        "tenant_id": tenant, "model": model, "resource_id": resource, "bucket_start": at,
+        "bucket_seconds": 60, "completions": completions, "failed_requests": completions % 2,
+        "prompt_tokens": 100 * completions, "cached_prompt_tokens": 7 * completions,
+        "completion_tokens": 20 * completions, "work_units": Decimal("1.5") * completions,
+        "busy_seconds": Decimal("0.25") * completions, "amount": amount, "currency": currency,
+        "billing_line_ids": [],
+    }  # fmt: skip
+    return entry_values(*(values[c] for c in ENTRY_COLUMNS[:-1]))
+
+
+def random_rows(rng: random.Random, n: int) -> list[tuple[Any, ...]]:
+    rows = []
+    for _ in range(n):
+        at = START + timedelta(minutes=rng.randint(0, 60 * 24 * 70))  # Jan 30 .. Apr 10
+        resource = f"node-{rng.randint(1, 4)}"
+        currency = rng.choice(["USD", "USD", "EUR"])
+        amount = Decimal(rng.randint(-(10**11), 10**12)) * Decimal("1e-12")
+        if rng.random() < 0.3:
+            rows.append(row("idle", None, None, resource, at, abs(amount), currency))
+        else:
+            kind = rng.choice(["usage", "usage", "late_adjustment", "reconciliation"])
+            basis = rng.choice(["provisional", "provisional", "billed", "unpriced"])
+            rows.append(row(kind, rng.choice("abc"), rng.choice(["m1", "m2"]), resource, at,
+                            amount, currency, rng.randint(0, 5), basis))  # fmt: skip
+    return rows
+
+
+def fetch(engine: Any, sql: str) -> list[Any]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(sql))]
+
+
+def audit_check(engine: Any, name: str) -> Any:
+    (check,) = [c for c in run_audit(engine, AccountingSettings(), []) if c.name == name]
+    return check
+
+
+ROLLUP = "the daily rollup (ledger_daily) equals the journal"
+UNCHANGED = "no row of ledger_entries was changed"
+
+
+def test_the_rollup_views_answer_what_the_journal_views_answer(db_url):
+    rng = random.Random(16)
+    rows = random_rows(rng, 1500)
+    engine = create_engine(db_url)
+    # in batches, each re-delivered in part with the next (what a restarted writer does)
+    for i in range(0, len(rows), 200):
+        write_batch(engine, "g", Batch(entries=rows[max(0, i - 50) : i + 200]))
+    write_batch(engine, "g", Batch(entries=rows[:300]))  # a whole re-delivery adds nothing
+    with engine.connect() as conn:
+        journal_views(conn)
+        for view, order in (
+            ("cost_per_completion", "day, tenant_id, model, currency"),
+            ("tenant_idle_share", "day, resource_id, tenant_id, currency"),
+            ("tenant_spend", "day, tenant_id, currency"),
+            ("cost_per_completion_with_idle", "day, tenant_id, model, currency"),
+        ):
+            got = conn.execute(text(f"SELECT * FROM v_{view} ORDER BY {order}")).all()
+            want = conn.execute(text(f"SELECT * FROM j_{view} ORDER BY {order}")).all()
+            assert len(got) > 50
+            assert [tuple(r) for r in got] == [tuple(r) for r in want], view
+            # the same digits, not only equal numbers
+            assert [str(v) for r in got for v in r] == [str(v) for r in want for v in r], view
+    assert fetch(engine, "SELECT count(*) FROM ledger_entries") == [(len(rows),)]
+    assert audit_check(engine, ROLLUP).ok
+    engine.dispose()
+
+
+def test_concurrent_writers_keep_the_rollup_exact(db_url):
+    rng = random.Random(7)
+    rows = random_rows(rng, 2000)
+    engine = create_engine(db_url, pool_size=4)
+    errors: list[BaseException] = []
+
+    def writer(part: list[tuple[Any, ...]]) -> None:
+        try:
+            for i in range(0, len(part), 100):
+                write_batch(engine, "g", Batch(entries=part[i : i + 100]))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    # three writers over overlapping rows (the same day groups, and the same entries twice)
+    parts = [rows[:1200], rows[800:], rows[::3]]
+    threads = [threading.Thread(target=writer, args=(p,)) for p in parts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert fetch(engine, "SELECT count(*) FROM ledger_entries") == [(len(rows),)]
+    check = audit_check(engine, ROLLUP)
+    assert check.ok, check.problems
+    engine.dispose()
+
+
+def partition_of(engine: Any, entry_id: str) -> str:
+    sql = f"SELECT tableoid::regclass::text FROM ledger_entries WHERE entry_id = '{entry_id}'"
+    return fetch(engine, sql)[0][0]
+
+
+def test_rows_go_to_their_month_and_a_partition_never_hides_rows(db_url):
+    engine = create_engine(db_url)
+    march = row("idle", None, None, "n", datetime(2026, 3, 31, 23, 59, tzinfo=UTC), Decimal(1))
+    april = row("idle", None, None, "n", datetime(2026, 4, 1, tzinfo=UTC), Decimal(2))
+    write_batch(engine, "g", Batch(entries=[march, april]))
+    assert partition_of(engine, march[0]) == "ledger_entries_y2026m03"
+    assert partition_of(engine, april[0]) == "ledger_entries_y2026m04"
+    # written by hand, with no partition for its month: the default partition takes it ...
+    with engine.begin() as conn:
+        conn.execute(
+            text("""INSERT INTO ledger_entries (entry_id, entry_kind, cost_basis,
+                             resource_id, bucket_start, bucket_seconds, amount, currency)
+                             VALUES ('by-hand', 'idle', 'provisional', 'n',
+                                     '2019-06-15T00:00:00Z', 60, 5, 'USD')""")
+        )
+    assert partition_of(engine, "by-hand") == "ledger_entries_default"
+    # ... and June 2019 then stays there: no partition is made over it
+    with engine.begin() as conn:
+        made = conn.execute(text("SELECT inferledger_ledger_partition('2019-06-01')"))
+        assert made.scalar_one() == "ledger_entries_default"
+    june = row("idle", None, None, "n", datetime(2019, 6, 20, tzinfo=UTC), Decimal(3))
+    write_batch(engine, "g", Batch(entries=[june]))
+    assert partition_of(engine, june[0]) == "ledger_entries_default"
+    assert audit_check(engine, ROLLUP).ok
+    assert audit_check(engine, UNCHANGED).ok
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE ledger_entries_y2026m03 SET amount = 0",
+        "DELETE FROM ledger_entries_y2026m03",
+        "TRUNCATE ledger_entries_y2026m03",
+        "TRUNCATE ledger_entries_default",
+        "TRUNCATE ledger_entries",
+    ],
+)
+def test_every_partition_is_append_only(db_url, statement):
+    engine = create_engine(db_url)
+    write_batch(engine, "g", Batch(entries=[row("idle", None, None, "n", START.replace(month=3),
+                                                Decimal(1))]))  # fmt: skip
+    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.execute(text(statement))
+    assert fetch(engine, "SELECT count(*) FROM ledger_entries") == [(1,)]
+    engine.dispose()
+
+
+def test_the_audit_fails_when_rollup_and_journal_disagree(db_url):
+    engine = create_engine(db_url)
+    rows = random_rows(random.Random(3), 300)
+    write_batch(engine, "g", Batch(entries=rows))
+    assert audit_check(engine, ROLLUP).ok
+    # a row written into a partition directly: the parent's trigger never saw it
+    first = fetch(engine, "SELECT min(bucket_start) FROM ledger_entries")[0][0]
+    month = f"ledger_entries_y{first:%Y}m{first:%m}"
+    with engine.begin() as conn:
+        conn.execute(text(f"""INSERT INTO {month} (entry_id, entry_kind, cost_basis, resource_id,
+                              bucket_start, bucket_seconds, amount, currency)
+                              VALUES ('sideways', 'idle', 'provisional', 'node-9', :at, 60, 1,
+                                      'USD')"""), {"at": first})  # fmt: skip
+    check = audit_check(engine, ROLLUP)
+    assert not check.ok and "node-9 (idle)" in check.problems[0]
+    engine.dispose()
+
+
+def test_the_audit_fails_on_a_changed_rollup_a_bare_partition_or_an_id_twice(db_url):
+    engine = create_engine(db_url)
+    twice = uuid.uuid4().hex
+    rows = [
+        row("usage", "a", "m", "n", datetime(2026, 3, 2, tzinfo=UTC), Decimal(1), entry_id=twice),
+        row("usage", "a", "m", "n", datetime(2026, 4, 2, tzinfo=UTC), Decimal(1), entry_id=twice),
+    ]
+    write_batch(engine, "g", Batch(entries=rows))
+    check = audit_check(engine, UNCHANGED)
+    assert not check.ok and f"entry id {twice} is in the ledger more than once" in check.problems
+    with engine.begin() as conn:  # the table's owner can do what nobody else may
+        conn.execute(text("UPDATE ledger_daily SET amount = amount + 1e-12 WHERE tenant_id = 'a'"))
+        conn.execute(text("DROP TRIGGER ledger_entries_no_truncate ON ledger_entries_y2026m04"))
+    check = audit_check(engine, ROLLUP)
+    assert not check.ok and len(check.problems) == 2
+    check = audit_check(engine, UNCHANGED)
+    assert "partition ledger_entries_y2026m04 lacks its append-only triggers" in check.problems
+    engine.dispose()
