@@ -11,7 +11,9 @@ Speed on a large ledger (issue 16): a year of 10 million entries.
   the same key. The audit checks that no entry id appears twice across partitions.
 - The writer calls ``inferledger_ledger_partition(month)`` (SECURITY DEFINER: the writer needs
   no DDL rights) before it writes a month it has not seen: it creates the month's partition
-  unless the default partition already holds rows of that month (those stay there).
+  unless the default partition already holds rows of that month (those stay there), or the
+  month is more than ten years back or two months ahead (a wrong clock must not make
+  thousands of partitions): those months go to the default partition too.
 - Append-only, as before: the row trigger refusing UPDATE and DELETE is on the parent (Postgres
   clones it to every partition); TRUNCATE triggers are per table, so the parent and every
   partition get one (the partition function adds it to new partitions).
@@ -64,6 +66,7 @@ VIEWS = (
     'v_cost_per_completion_with_idle',
     'v_tenant_spend',
     'v_tenant_idle_share',
+    'v_resource_day_tenants',
     'v_unallocated_billing',
     'v_gpu_utilization',
     'v_cost_per_completion',
@@ -132,6 +135,12 @@ BEGIN
     IF to_regclass(part) IS NOT NULL THEN
         RETURN part;
     END IF;
+    -- a wrong clock (or a hostile sender) must not make a partition per month of a millennium:
+    -- months more than ten years back or two months ahead stay in the default partition
+    IF m < (now() AT TIME ZONE 'UTC')::date - interval '10 years'
+       OR m > (now() AT TIME ZONE 'UTC')::date + interval '2 months' THEN
+        RETURN 'ledger_entries_default';
+    END IF;
     -- one creator at a time; the others find the partition made when the lock is theirs
     -- (pg_class read with a fresh snapshot: to_regclass may not see a table made meanwhile)
     PERFORM pg_advisory_xact_lock(hashtext('inferledger_ledger_partition'));
@@ -169,8 +178,9 @@ CREATE TABLE ledger_daily (
     work_units numeric NOT NULL,
     busy_seconds numeric NOT NULL,
     amount numeric NOT NULL,
-    CONSTRAINT uq_ledger_daily_day_resource_id_tenant_id_model_currency
-        UNIQUE NULLS NOT DISTINCT (day, resource_id, tenant_id, model, currency)
+    -- in this order, a day range reads resource-days whole and sorted as the views group them
+    CONSTRAINT uq_ledger_daily_day_resource_id_currency_tenant_id_model
+        UNIQUE NULLS NOT DISTINCT (day, resource_id, currency, tenant_id, model)
 );
 CREATE INDEX ix_ledger_daily_tenant_id_day ON ledger_daily (tenant_id, day);
 """
@@ -193,8 +203,8 @@ BEGIN
     SELECT {DAILY_SUMS}
     FROM new_entries
     GROUP BY 1, 2, 3, 4, 5
-    ORDER BY 1, 2, 3, 4, 5  -- one lock order for concurrent writers
-    ON CONFLICT ON CONSTRAINT uq_ledger_daily_day_resource_id_tenant_id_model_currency
+    ORDER BY 1, 2, 5, 3, 4  -- one lock order for concurrent writers: the key's
+    ON CONFLICT ON CONSTRAINT uq_ledger_daily_day_resource_id_currency_tenant_id_model
     DO UPDATE SET entries = d.entries + excluded.entries,
                   unpriced_entries = d.unpriced_entries + excluded.unpriced_entries,
                   billed_entries = d.billed_entries + excluded.billed_entries,
@@ -235,25 +245,27 @@ WHERE tenant_id IS NOT NULL
 GROUP BY day, tenant_id, model, currency
 """
 
-V_TENANT_IDLE_SHARE = """
-CREATE VIEW v_tenant_idle_share AS
-WITH busy AS (
-    SELECT day, resource_id, currency, tenant_id, sum(amount)::numeric(38, 12) AS busy_cost
+# base: every tenant of every resource-day (from the rollup), with its busy cost, unpriced flag,
+# the resource-day's idle cost and the tenant's share of it (0 where the day has no idle)
+V_RESOURCE_DAY_TENANTS = """
+CREATE VIEW v_resource_day_tenants AS
+WITH g AS (
+    SELECT day, resource_id, currency, tenant_id, sum(amount)::numeric(38, 12) AS cost,
+           sum(unpriced_entries) AS unpriced_entries
     FROM ledger_daily
-    WHERE tenant_id IS NOT NULL
-    GROUP BY 1, 2, 3, 4
-), idle AS (
-    SELECT day, resource_id, currency, sum(amount)::numeric(38, 12) AS idle_cost
-    FROM ledger_daily
-    WHERE tenant_id IS NULL
-    GROUP BY 1, 2, 3
+    GROUP BY day, resource_id, currency, tenant_id
+), w AS (
+    SELECT day, resource_id, currency, tenant_id, cost, unpriced_entries,
+           sum(cost) FILTER (WHERE tenant_id IS NULL) OVER r AS idle_cost,
+           sum(greatest(cost, 0)) FILTER (WHERE tenant_id IS NOT NULL) OVER r AS positive
+    FROM g
+    WINDOW r AS (PARTITION BY day, resource_id, currency)
 ), weighted AS (
-    SELECT b.day, b.resource_id, b.currency, b.tenant_id, b.busy_cost, i.idle_cost,
-           CASE WHEN sum(greatest(b.busy_cost, 0))
-                         OVER (PARTITION BY b.day, b.resource_id, b.currency) > 0
-                THEN greatest(b.busy_cost, 0) ELSE 1 END AS weight
-    FROM busy b
-    JOIN idle i USING (day, resource_id, currency)
+    SELECT day, resource_id, currency, tenant_id, cost AS busy_cost, unpriced_entries,
+           idle_cost,
+           CASE WHEN positive > 0 THEN greatest(cost, 0) ELSE 1 END AS weight
+    FROM w
+    WHERE tenant_id IS NOT NULL
 ), running AS (
     SELECT *,
            sum(weight) OVER (PARTITION BY day, resource_id, currency ORDER BY tenant_id)
@@ -261,47 +273,56 @@ WITH busy AS (
            sum(weight) OVER (PARTITION BY day, resource_id, currency) AS total
     FROM weighted
 )
-SELECT day, resource_id, tenant_id, currency, busy_cost, idle_cost AS resource_idle_cost,
-       round(idle_cost * upto / total, 12) - round(idle_cost * (upto - weight) / total, 12)
-           AS idle_share
+SELECT day, resource_id, tenant_id, currency, busy_cost, unpriced_entries > 0 AS has_unpriced,
+       idle_cost AS resource_idle_cost,
+       coalesce(round(idle_cost * upto / total, 12)
+                - round(idle_cost * (upto - weight) / total, 12), 0::numeric(38, 12)) AS idle_share
 FROM running
 """
 
+# v_tenant_idle_share (0006): the rows of resource-days that have idle entries
+V_TENANT_IDLE_SHARE = """
+CREATE VIEW v_tenant_idle_share AS
+SELECT day, resource_id, tenant_id, currency, busy_cost, resource_idle_cost, idle_share
+FROM v_resource_day_tenants
+WHERE resource_idle_cost IS NOT NULL
+"""
+
+# v_tenant_spend (0007): a tenant's busy cost and idle share summed over its resource-days
 V_TENANT_SPEND = """
 CREATE VIEW v_tenant_spend AS
-WITH parts AS (
-    SELECT tenant_id, currency, day, amount::numeric(38, 12) AS amount,
-           0::numeric(38,12) AS idle_share, unpriced_entries > 0 AS unpriced
-    FROM ledger_daily
-    WHERE tenant_id IS NOT NULL
-    UNION ALL
-    SELECT tenant_id, currency, day, 0::numeric(38,12), idle_share, false
-    FROM v_tenant_idle_share
-)
 SELECT tenant_id, currency, day,
-       sum(amount) AS amount,
+       sum(busy_cost) AS amount,
        sum(idle_share) AS idle_share,
-       sum(amount) + sum(idle_share) AS amount_with_idle,
-       bool_or(unpriced) AS has_unpriced
-FROM parts
+       sum(busy_cost) + sum(idle_share) AS amount_with_idle,
+       bool_or(has_unpriced) AS has_unpriced
+FROM v_resource_day_tenants
 GROUP BY tenant_id, currency, day
 """
 
+# v_cost_per_completion_with_idle (0007): each tenant's share split among its models on the
+# resource-day. The models' busy costs are read per share row (LATERAL, by the rollup's key),
+# so that a day range on the view reaches the shares' scan: a range does not pass through a
+# join's equality to its other side.
 V_COST_PER_COMPLETION_WITH_IDLE = """
 CREATE VIEW v_cost_per_completion_with_idle AS
-WITH model_busy AS (
-    SELECT day, resource_id, currency, tenant_id, model,
-           sum(amount)::numeric(38, 12) AS busy_cost
-    FROM ledger_daily
-    WHERE tenant_id IS NOT NULL
-    GROUP BY 1, 2, 3, 4, 5
+WITH shared AS (
+    SELECT s.day, s.resource_id, s.currency, s.tenant_id, m.model, s.idle_share AS tenant_share,
+           m.busy_cost
+    FROM v_tenant_idle_share s
+    CROSS JOIN LATERAL (
+        SELECT d.model, sum(d.amount)::numeric(38, 12) AS busy_cost
+        FROM ledger_daily d
+        WHERE d.day = s.day AND d.resource_id = s.resource_id AND d.currency = s.currency
+          AND d.tenant_id = s.tenant_id
+        GROUP BY d.model
+    ) m
 ), weighted AS (
-    SELECT m.day, m.resource_id, m.currency, m.tenant_id, m.model, s.idle_share AS tenant_share,
-           CASE WHEN sum(greatest(m.busy_cost, 0))
-                         OVER (PARTITION BY m.day, m.resource_id, m.currency, m.tenant_id) > 0
-                THEN greatest(m.busy_cost, 0) ELSE 1 END AS weight
-    FROM model_busy m
-    JOIN v_tenant_idle_share s USING (day, resource_id, currency, tenant_id)
+    SELECT *,
+           CASE WHEN sum(greatest(busy_cost, 0))
+                         OVER (PARTITION BY day, resource_id, currency, tenant_id) > 0
+                THEN greatest(busy_cost, 0) ELSE 1 END AS weight
+    FROM shared
 ), running AS (
     SELECT *,
            sum(weight) OVER (PARTITION BY day, resource_id, currency, tenant_id ORDER BY model)
@@ -400,7 +421,8 @@ def upgrade() -> None:
     op.execute(f'INSERT INTO ledger_entries ({COLUMNS}) '
                f'SELECT {COLUMNS} FROM ledger_entries_unpartitioned')
     op.execute('DROP TABLE ledger_entries_unpartitioned')
-    for view in (V_COST_PER_COMPLETION, *_journal_views()[:2], V_TENANT_IDLE_SHARE,
+    for view in (V_COST_PER_COMPLETION, *_journal_views()[:2], V_RESOURCE_DAY_TENANTS,
+                 V_TENANT_IDLE_SHARE,
                  _journal_views()[2], V_TENANT_SPEND, V_COST_PER_COMPLETION_WITH_IDLE):
         op.execute(view)
 

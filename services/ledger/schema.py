@@ -101,7 +101,7 @@ ledger_daily = Table(
     Column("busy_seconds", Numeric, nullable=False),
     Column("amount", Numeric, nullable=False),
     UniqueConstraint(
-        "day", "resource_id", "tenant_id", "model", "currency", postgresql_nulls_not_distinct=True
+        "day", "resource_id", "currency", "tenant_id", "model", postgresql_nulls_not_distinct=True
     ),
     Index("ix_ledger_daily_tenant_id_day", "tenant_id", "day"),
 )

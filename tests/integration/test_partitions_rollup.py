@@ -194,6 +194,11 @@ def test_rows_go_to_their_month_and_a_partition_never_hides_rows(db_url):
     with engine.begin() as conn:
         made = conn.execute(text("SELECT inferledger_ledger_partition('2019-06-01')"))
         assert made.scalar_one() == "ledger_entries_default"
+    # a wrong clock: years ahead, or decades back, make no partition either
+    with engine.begin() as conn:
+        for month in ("2099-01-01", "1970-01-01"):
+            made = conn.execute(text("SELECT inferledger_ledger_partition(:m)"), {"m": month})
+            assert made.scalar_one() == "ledger_entries_default"
     june = row("idle", None, None, "n", datetime(2019, 6, 20, tzinfo=UTC), Decimal(3))
     write_batch(engine, "g", Batch(entries=[june]))
     assert partition_of(engine, june[0]) == "ledger_entries_default"
