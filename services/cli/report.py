@@ -30,48 +30,100 @@ def migrate(ctx: click.Context) -> None:
 
 
 @click.command()
-@click.option("--tenant", default=None)
+@click.option(
+    "--group-by",
+    "group_by",
+    multiple=True,
+    metavar="G[,G...]",
+    help="rows per day, week (ISO, from Monday) or month (UTC), tenant, model or resource, in "
+    "the order given (repeat it or separate with commas; a period alone is per tenant and "
+    "model too; default: per tenant and model). resource reads the journal, ledger_entries",
+)
+@click.option("--tenant", default=None, help="only this tenant")
+@click.option("--model", default=None, help="only this model")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), default=None, help="first day, UTC")
-@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), default=None, help="day after last")
+@click.option(
+    "--until", type=click.DateTime(["%Y-%m-%d"]), default=None, help="day after last (exclusive)"
+)
+@click.option(
+    "--include-idle-share",
+    "idle_share",
+    is_flag=True,
+    help="add each row's share of idle GPU cost (v_cost_per_completion_with_idle); idle cost no "
+    "tenant used is its own row, so the amounts with idle add up to the ledger's",
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
 @click.option(
     "--alerts",
     "with_alerts",
     is_flag=True,
-    help="json: an object with the rows under cost_per_completion, plus budgets and "
+    help="json: an object with the rows under cost_per_completion, plus period, budgets and "
     "recent_alerts (the table shows those whenever budgets exist)",
 )
 @click.pass_context
 def report(
-    ctx: click.Context, tenant: str | None, since: Any, until: Any, fmt: str, with_alerts: bool
+    ctx: click.Context,
+    group_by: tuple[str, ...],
+    tenant: str | None,
+    model: str | None,
+    since: Any,
+    until: Any,
+    idle_share: bool,
+    fmt: str,
+    with_alerts: bool,
 ) -> None:
-    """Cost per completion per tenant and model (from v_cost_per_completion); then, when
-    budgets exist, their current period (v_budget_status) and the latest 20 alerts."""
+    """Cost per completion per tenant and model, or per period, tenant, model or resource
+    (from v_cost_per_completion; with the idle share from v_cost_per_completion_with_idle; per
+    resource from ledger_entries); then, when budgets exist, their current period
+    (v_budget_status) and the latest 20 alerts. docs/report.md says what each column holds."""
     from services.ledger.budgets import RECENT_ALERTS, budget_status, has_budgets, recent_alerts
     from services.ledger.db import make_engine
-    from services.ledger.report import cost_per_completion, render
+    from services.ledger.report import (
+        UNPRICED_NOTE,
+        ReportError,
+        cost_report,
+        footnotes,
+        no_rows_line,
+        period_bounds,
+        period_line,
+        render,
+        report_spec,
+        report_title,
+        table_rows,
+        total_lines,
+    )
 
     if with_alerts and fmt != "json":
         raise click.ClickException(
             "--alerts is for --format json (the table shows budgets and alerts already)"
         )
+    try:
+        spec = report_spec(group_by, tenant, model, day(since), day(until), idle_share)
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
     status: list[dict[str, Any]] = []
     alerts: list[dict[str, Any]] = []
     with local_stack(settings_of(ctx), need_broker=False) as s, ledger_required():
         assert s.database_url
         engine = make_engine(s.database_url)
         try:
-            rows = cost_per_completion(engine, tenant, day(since), day(until))
+            found = cost_report(engine, spec)
             budgets = (fmt == "table" or with_alerts) and has_budgets(engine)
             if budgets:
                 status = budget_status(engine, tenant)
                 alerts = recent_alerts(engine, tenant)
         finally:
             engine.dispose()
+    rows = found.rows
     if with_alerts:
+        first, last = period_bounds(found)
         click.echo(
             json.dumps(
                 {
+                    "period": {
+                        "first_day": first and first.isoformat(),
+                        "last_day": last and last.isoformat(),
+                    },
                     "cost_per_completion": json.loads(render(rows, "json")),
                     "budgets": json.loads(render(status, "json")),
                     "recent_alerts": json.loads(render(alerts, "json")),
@@ -80,17 +132,30 @@ def report(
             )
         )
         return
-    click.echo(render(rows, fmt, "cost per completion"), nl=False)
-    if not rows and fmt == "table":
+    if fmt != "table":  # stdout is the data alone; what a reader should know goes to stderr
+        click.echo(render(rows, fmt, columns=found.columns), nl=fmt == "json")
+        if rows:
+            click.echo(period_line(found), err=True)
+            if any(r["has_unpriced"] for r in rows):
+                click.echo(f"has_unpriced = true: {UNPRICED_NOTE}", err=True)
+        return
+    if rows:
+        click.echo(period_line(found))
+        shown, numeric = table_rows(found)
+        click.echo(render(shown, "table", report_title(spec), numeric=numeric), nl=False)
+        for line in total_lines(found) + footnotes(found):
+            click.echo(line)
+    else:
+        click.echo(no_rows_line(spec))
         click.echo(
             "nothing is in the ledger for this selection yet. Streaming processors close a "
             "bucket once event time passes its end plus the allowed lateness; `inferledger run "
             "all --until-idle` closes everything fed so far (beside `up` too)",
             err=True,
         )
-    if budgets and fmt == "table":
+    if budgets:
         _section(status, "budgets (current period, UTC)")
-        shown = [
+        shown_alerts = [
             {
                 "fired_at": a["fired_at"].strftime("%Y-%m-%d %H:%M:%S"),
                 "kind": a["kind"],
@@ -102,7 +167,7 @@ def report(
             }
             for a in alerts
         ]
-        _section(shown, f"recent alerts (latest {RECENT_ALERTS}, newest first)")
+        _section(shown_alerts, f"recent alerts (latest {RECENT_ALERTS}, newest first)")
 
 
 def _section(rows: list[dict[str, Any]], title: str) -> None:
