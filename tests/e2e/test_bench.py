@@ -91,3 +91,27 @@ def test_the_alerts_benchmark_times_every_alert_and_drops_its_database(cli_env, 
     assert "commit → webhook received" in (tmp_path / "alerts-latest.md").read_text()
     assert report["database"].startswith("bench_alerts_")
     assert report["database"] not in bench_databases(settings.database_url)  # dropped
+
+
+def test_the_sql_benchmark_builds_a_ledger_and_times_the_views(cli_env, settings, tmp_path):
+    """`./dev bench sql` on a small ledger: every query answers, the rollup audit finds no
+    difference, the results are written, and the scratch database is dropped."""
+    assert settings.database_url
+    name = f"bench_sql_test_{tmp_path.name[-8:].lower()}".replace("-", "_")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.sql", "--entries", "40000", "--resources", "20",
+         "--tenants", "60", "--models", "4", "--days", "62", "--runs", "1",
+         "--database", name, "--results", str(tmp_path)],
+        env=cli_env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (report_file,) = tmp_path.glob("sql-*.json")
+    report = json.loads(report_file.read_text())
+    assert 30_000 < report["ledger"]["entries"] <= 40_000
+    assert report["ledger"]["resources"] == 20 and report["ledger"]["models"] == 4
+    assert report["audit_rollup"]["differences"] == 0
+    queries = {q["query"]: q for q in report["queries"]}
+    assert len(queries) == 4
+    for q in queries.values():
+        assert q["rows"] > 0 and q["wall_s"] > 0 and "Execution Time" in q["plan"], q["query"]
+    assert name not in bench_databases(settings.database_url)
