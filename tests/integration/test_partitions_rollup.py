@@ -263,3 +263,49 @@ def test_the_audit_fails_on_a_changed_rollup_a_bare_partition_or_an_id_twice(db_
     check = audit_check(engine, UNCHANGED)
     assert "partition ledger_entries_y2026m04 lacks its append-only triggers" in check.problems
     engine.dispose()
+
+
+def test_the_budget_spend_function_answers_as_before(db_url):
+    """0008's inferledger_budget_spend against 0006's, on a random ledger: tenant budgets with
+    and without the idle share, all-tenants budgets, whole-day and partial windows."""
+    engine = create_engine(db_url)
+    rows = random_rows(random.Random(5), 1500)
+    write_batch(engine, "g", Batch(entries=rows))
+    old = migration("0006").BUDGET_SPEND.replace("inferledger_budget_spend", "j_budget_spend")
+    budgets = [
+        (f"{who or 'all'}-{currency}-{idle}", who, currency, idle)
+        for who in ("a", "b", None)
+        for currency in ("USD", "EUR")
+        for idle in (False, True)
+    ]
+    rng = random.Random(9)
+    windows = [(START, START + timedelta(days=70))] + [
+        (start, start + timedelta(hours=rng.choice([1, 5, 24, 24 * 7, 24 * 31])))
+        for start in (START + timedelta(hours=rng.randint(0, 24 * 70)) for _ in range(12))
+    ] + [(START.replace(day=31, hour=0), START.replace(month=3, day=1, hour=0))]  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(text(old))
+        for budget_id, who, currency, idle in budgets:
+            conn.execute(
+                text("""INSERT INTO budgets (budget_id, name, tenant_id, period, amount,
+                        currency, include_idle_share) VALUES (:id, :name, :who, 'month', 100,
+                        :currency, :idle)"""),
+                {
+                    "id": budget_id,
+                    "name": budget_id,
+                    "who": who,
+                    "currency": currency,
+                    "idle": idle,
+                },
+            )
+        compared = 0
+        for budget_id, *_ in budgets:
+            for start, end in windows:
+                args = {"b": budget_id, "f": start, "t": end}
+                got = conn.execute(text("SELECT inferledger_budget_spend(:b, :f, :t)"), args)
+                want = conn.execute(text("SELECT j_budget_spend(:b, :f, :t)"), args)
+                g, w = got.scalar_one(), want.scalar_one()
+                assert str(g) == str(w), (budget_id, start, end)
+                compared += g != 0
+    assert compared > 100  # most windows hold spend
+    engine.dispose()
