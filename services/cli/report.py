@@ -37,7 +37,8 @@ def migrate(ctx: click.Context) -> None:
     metavar="G[,G...]",
     help="rows per day, week (ISO, from Monday) or month (UTC), tenant, model or resource, in "
     "the order given (repeat it or separate with commas; a period alone is per tenant and "
-    "model too; default: per tenant and model). resource reads the journal, ledger_entries",
+    "model too; default: per tenant and model). resource reads the journal's daily rollup, "
+    "ledger_daily",
 )
 @click.option("--tenant", default=None, help="only this tenant")
 @click.option("--model", default=None, help="only this model")
@@ -74,7 +75,7 @@ def report(
 ) -> None:
     """Cost per completion per tenant and model, or per period, tenant, model or resource
     (from v_cost_per_completion; with the idle share from v_cost_per_completion_with_idle; per
-    resource from ledger_entries); then, when budgets exist, their current period
+    resource from ledger_daily); then, when budgets exist, their current period
     (v_budget_status) and the latest 20 alerts. docs/report.md says what each column holds."""
     from services.ledger.budgets import RECENT_ALERTS, budget_status, has_budgets, recent_alerts
     from services.ledger.db import make_engine

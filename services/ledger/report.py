@@ -30,7 +30,7 @@ _PERIOD_SQL = {
 }
 PLAIN_VIEW = "v_cost_per_completion"
 IDLE_VIEW = "v_cost_per_completion_with_idle"
-JOURNAL = "ledger_entries"
+JOURNAL = "ledger_daily"
 UNSHARED_IDLE = "(unshared idle)"
 """How the table labels the rows of idle cost that no tenant used (tenant_id and model null)."""
 
@@ -148,14 +148,12 @@ _IDLE_SUMS = """,
        round(sum(amount_with_idle) * 1000 / nullif(sum(prompt_tokens + completion_tokens), 0), 12)
            AS cost_per_1k_tokens_with_idle,
        unshared_idle"""
-# v_cost_per_completion's rows, one per entry, with the resource: the same arithmetic over
-# the same entries (the tenants', every kind). Days are bounded on bucket_start itself, so
-# that the index (and partitions) on it serve the range.
+# v_cost_per_completion's rows with the resource: the daily rollup of the journal (migration
+# 0008), the same arithmetic over the same entries (the tenants', every kind), per resource.
 _JOURNAL_ROWS = """(
-    SELECT (bucket_start AT TIME ZONE 'UTC')::date AS day, tenant_id, model, resource_id,
-           currency, completions, failed_requests, prompt_tokens, completion_tokens, amount,
-           cost_basis = 'unpriced' AS has_unpriced
-    FROM ledger_entries
+    SELECT day, tenant_id, model, resource_id, currency, completions, failed_requests,
+           prompt_tokens, completion_tokens, amount, unpriced_entries > 0 AS has_unpriced
+    FROM ledger_daily
     WHERE {where}
 ) AS journal"""
 _FIRST_LAST = "min(day) AS first_day, max(day) AS last_day"
@@ -176,13 +174,9 @@ def report_sql(spec: ReportSpec) -> tuple[str, dict[str, Any]]:
     if spec.source == JOURNAL:
         inner = ["tenant_id IS NOT NULL", *where]
         if spec.since is not None:
-            inner.append(
-                "bucket_start >= CAST(CAST(:since AS date) AS timestamp) AT TIME ZONE 'UTC'"
-            )
+            inner.append("day >= :since")
         if spec.until is not None:
-            inner.append(
-                "bucket_start < CAST(CAST(:until AS date) AS timestamp) AT TIME ZONE 'UTC'"
-            )
+            inner.append("day < :until")
         source, where = _JOURNAL_ROWS.format(where="\n      AND ".join(inner)), []
     else:
         source = spec.source

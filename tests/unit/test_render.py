@@ -155,8 +155,8 @@ def test_the_sql_reads_the_source_and_truncates_periods_in_utc():
         and "GROUP BY 1, 2, 3, 4, unshared_idle" in sql
     )
     sql, params = report_sql(report_spec(["resource"], "acme", until=date(2026, 3, 3)))
-    assert "FROM ledger_entries" in sql and "tenant_id IS NOT NULL" in sql
-    assert "bucket_start < CAST(CAST(:until AS date) AS timestamp) AT TIME ZONE 'UTC'" in sql
+    assert "FROM ledger_daily" in sql and "tenant_id IS NOT NULL" in sql
+    assert "day < :until" in sql
     assert params == {"tenant": "acme", "until": date(2026, 3, 3)}
 
 
