@@ -56,11 +56,29 @@ DAYS_SQL = text(
     f"FROM ledger_entries e WHERE e.recorded_at >= :since AND {SCOPE}"
 )
 SPEND_SQL = text("SELECT inferledger_budget_spend(:budget_id, :start, :end)")
+# The same scope on the daily rollup (ledger_daily, migration 0008), whose (day, ...) key finds
+# a scope's first or latest day without reading the journal: the journal is then read for that
+# day only (its month partition). On a large ledger, an all-tenants budget otherwise scans a
+# month each pass for the latest bucket, and the whole ledger for the first. (Budget periods
+# are whole UTC days, so the latest day with entries holds the latest bucket.)
+DAILY_SCOPE = SCOPE.replace("e.", "d.")
 LATEST_SQL = text(
-    "SELECT max(e.bucket_start + make_interval(secs => e.bucket_seconds)), min(e.bucket_start) "
-    f"FROM ledger_entries e WHERE e.bucket_start >= :start AND e.bucket_start < :end AND {SCOPE}"
+    "WITH last AS (SELECT max(d.day) AS day FROM ledger_daily d "
+    "WHERE d.day >= CAST(CAST(:start AS timestamptz) AT TIME ZONE 'UTC' AS date) "
+    "AND d.day < CAST(:end AS timestamptz) AT TIME ZONE 'UTC' "  # days begun before the end
+    f"AND {DAILY_SCOPE}) "
+    "SELECT max(e.bucket_start + make_interval(secs => e.bucket_seconds)) "
+    "FROM ledger_entries e, last "
+    "WHERE e.bucket_start >= CAST(last.day AS timestamp) AT TIME ZONE 'UTC' "
+    "AND e.bucket_start < CAST(last.day + 1 AS timestamp) AT TIME ZONE 'UTC' "
+    f"AND e.bucket_start >= :start AND e.bucket_start < :end AND {SCOPE}"
 )
-FIRST_SQL = text(f"SELECT min(e.bucket_start) FROM ledger_entries e WHERE {SCOPE}")
+FIRST_SQL = text(
+    f"WITH first AS (SELECT min(d.day) AS day FROM ledger_daily d WHERE {DAILY_SCOPE}) "
+    "SELECT min(e.bucket_start) FROM ledger_entries e, first "
+    "WHERE e.bucket_start >= CAST(first.day AS timestamp) AT TIME ZONE 'UTC' "
+    f"AND e.bucket_start < CAST(first.day + 1 AS timestamp) AT TIME ZONE 'UTC' AND {SCOPE}"
+)
 FIRED_SQL = text(
     "SELECT threshold FROM budget_alerts WHERE budget_id = :budget_id AND period_start = :start "
     "AND kind = 'threshold'"
@@ -159,7 +177,7 @@ class Evaluator:
                     threshold=t,
                     text_=alert_text("threshold", budget, start, spend, threshold=t),
                 )  # fmt: skip
-            latest, _ = conn.execute(LATEST_SQL, {"start": start, "end": end, **scope}).one()
+            latest = conn.execute(LATEST_SQL, {"start": start, "end": end, **scope}).scalar_one()
             if latest is None:
                 continue
             now = min(latest, wall_now)
