@@ -434,6 +434,24 @@ SELECT (SELECT coalesce(sum(amount), 0) FROM direct)
 $$
 """
 
+# v_gpu_utilization (0002) with UTC hours: date_trunc('hour', timestamptz) truncates in the
+# session's time zone, so in a half-hour zone (Asia/Kolkata, America/St_Johns) its hours began
+# at :30 UTC and mixed two buckets' hours. Same columns.
+V_GPU_UTILIZATION = """
+CREATE VIEW v_gpu_utilization AS
+SELECT resource_id,
+       date_trunc('hour', bucket_start AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour,
+       currency,
+       round(sum(busy_seconds) FILTER (WHERE tenant_id IS NULL)
+             / nullif(count(DISTINCT bucket_start) * max(bucket_seconds), 0), 6) AS busy_fraction,
+       sum(amount) AS cost,
+       coalesce(sum(amount) FILTER (WHERE tenant_id IS NULL), 0) AS idle_cost,
+       sum(amount) FILTER (WHERE cost_basis = 'billed') AS billed_cost,
+       count(DISTINCT bucket_start) AS buckets
+FROM ledger_entries
+GROUP BY resource_id, date_trunc('hour', bucket_start AT TIME ZONE 'UTC'), currency
+"""
+
 
 def _search_path() -> str:
     schema = op.get_bind().execute(text('SELECT current_schema()')).scalar_one()
@@ -476,7 +494,8 @@ def upgrade() -> None:
                f'SELECT {COLUMNS} FROM ledger_entries_unpartitioned')
     op.execute('DROP TABLE ledger_entries_unpartitioned')
     op.execute('DROP FUNCTION inferledger_budget_spend(text, timestamptz, timestamptz)')
-    gpu, unallocated, budget_status = _journal_views()
+    _, unallocated, budget_status = _journal_views()
+    gpu = V_GPU_UTILIZATION
     # (the budget function reads v_tenant_idle_share, and v_budget_status calls it)
     for sql in (V_COST_PER_COMPLETION, gpu, unallocated, V_RESOURCE_DAY_TENANTS,
                 V_TENANT_IDLE_SHARE, BUDGET_SPEND, budget_status, V_TENANT_SPEND,

@@ -309,3 +309,19 @@ def test_the_budget_spend_function_answers_as_before(db_url):
                 compared += g != 0
     assert compared > 100  # most windows hold spend
     engine.dispose()
+
+
+def test_gpu_utilization_hours_are_utc_hours_in_any_session_time_zone(db_url):
+    engine = create_engine(db_url)
+    at = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    write_batch(engine, "g", Batch(entries=[
+        row("idle", None, None, "n", at + timedelta(minutes=m), Decimal(1)) for m in (0, 20, 40)
+    ]))  # fmt: skip
+    for zone in ("UTC", "Asia/Kolkata", "America/St_Johns"):
+        with engine.connect() as conn:
+            conn.execute(text(f"SET TimeZone = '{zone}'"))
+            rows = conn.execute(text("SELECT hour, buckets, cost FROM v_gpu_utilization")).all()
+        assert [(r.hour.astimezone(UTC), r.buckets, r.cost) for r in rows] == [
+            (at, 3, Decimal(3))
+        ], zone
+    engine.dispose()
