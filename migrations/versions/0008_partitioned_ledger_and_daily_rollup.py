@@ -173,9 +173,11 @@ CREATE TABLE ledger_daily (
     billed_entries bigint NOT NULL,
     completions bigint NOT NULL,
     failed_requests bigint NOT NULL,
-    prompt_tokens bigint NOT NULL,
-    cached_prompt_tokens bigint NOT NULL,
-    completion_tokens bigint NOT NULL,
+    -- numeric, as sum(bigint) is: an entry may carry up to INT8_MAX tokens per count, and the
+    -- rollup must take every sum the journal takes (or the writer would refuse the entries)
+    prompt_tokens numeric NOT NULL,
+    cached_prompt_tokens numeric NOT NULL,
+    completion_tokens numeric NOT NULL,
     work_units numeric NOT NULL,
     busy_seconds numeric NOT NULL,
     amount numeric NOT NULL,

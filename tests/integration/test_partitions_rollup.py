@@ -69,14 +69,15 @@ class Batch:
 def row(
     kind: str, tenant: str | None, model: str | None, resource: str, at: datetime,
     amount: Decimal, currency: str = "USD", completions: int = 0, basis: str = "provisional",
-    entry_id: str | None = None,
+    entry_id: str | None = None, prompt_tokens: int | None = None,
 ) -> tuple[Any, ...]:  # fmt: skip
     """A writer's COPY row (ENTRY_COLUMNS, row hash last)."""
     values: dict[str, Any] = {
         "entry_id": entry_id or uuid.uuid4().hex, "entry_kind": kind, "cost_basis": basis,
         "tenant_id": tenant, "model": model, "resource_id": resource, "bucket_start": at,
         "bucket_seconds": 60, "completions": completions, "failed_requests": completions % 2,
-        "prompt_tokens": 100 * completions, "cached_prompt_tokens": 7 * completions,
+        "prompt_tokens": 100 * completions if prompt_tokens is None else prompt_tokens,
+        "cached_prompt_tokens": 7 * completions,
         "completion_tokens": 20 * completions, "work_units": Decimal("1.5") * completions,
         "busy_seconds": Decimal("0.25") * completions, "amount": amount, "currency": currency,
         "billing_line_ids": [],
@@ -308,4 +309,24 @@ def test_the_budget_spend_function_answers_as_before(db_url):
                 assert str(g) == str(w), (budget_id, start, end)
                 compared += g != 0
     assert compared > 100  # most windows hold spend
+    engine.dispose()
+
+
+INT8_MAX = 2**63 - 1
+
+
+def test_token_sums_beyond_bigint_are_taken_as_the_journal_takes_them(db_url):
+    """The contract lets an entry carry up to INT8_MAX tokens per count, and the journal takes
+    any number of them (sum(bigint) is numeric): the rollup must not refuse their sum, or the
+    writer dead-letters the entries (their money with them) the journal would have kept."""
+    engine = create_engine(db_url)
+    at = datetime(2026, 3, 2, tzinfo=UTC)
+    rows = [row("usage", "a", "m", "n", at, Decimal(1), completions=1, prompt_tokens=INT8_MAX)
+            for _ in range(3)]  # fmt: skip
+    write_batch(engine, "g", Batch(entries=rows[:2]))  # a sum in one statement
+    write_batch(engine, "g", Batch(entries=rows[2:]))  # added to the day's row
+    assert fetch(engine, "SELECT count(*), sum(amount) FROM ledger_entries") == [(3, 3)]
+    assert fetch(engine, "SELECT prompt_tokens FROM ledger_daily") == [(3 * INT8_MAX,)]
+    check = audit_check(engine, ROLLUP)
+    assert check.ok, check.problems
     engine.dispose()
