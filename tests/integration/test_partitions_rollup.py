@@ -330,3 +330,99 @@ def test_token_sums_beyond_bigint_are_taken_as_the_journal_takes_them(db_url):
     check = audit_check(engine, ROLLUP)
     assert check.ok, check.problems
     engine.dispose()
+
+
+@pytest.fixture
+def intruder(db_url):
+    """A login role with no rights but the defaults (TEMP, EXECUTE on functions), dropped
+    after the test with what it owns."""
+    name = f"il_test_intruder_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE ROLE {name}"))
+    try:
+        yield name
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP OWNED BY {name}"))
+            conn.execute(text(f"DROP ROLE {name}"))
+        engine.dispose()
+
+
+def test_nobody_but_the_ledger_can_add_to_the_rollup(db_url, intruder):
+    """ledger_daily_add runs as the owner: a role's own table (a temporary one needs no grant)
+    with a trigger calling it must not write the role's numbers into the rollup."""
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        conn.execute(text(f"SET ROLE {intruder}"))
+        conn.execute(
+            text("""CREATE TEMP TABLE fake AS SELECT * FROM (VALUES
+            (timestamptz '2026-03-02Z', 'n', 'a', 'm', 'USD', 'billed', 0, 0, 0::bigint,
+             0::bigint, 0::bigint, 0::numeric, 0::numeric, -1000000::numeric))
+            AS v (bucket_start, resource_id, tenant_id, model, currency, cost_basis,
+                  completions, failed_requests, prompt_tokens, cached_prompt_tokens,
+                  completion_tokens, work_units, busy_seconds, amount) WHERE false""")
+        )
+        with pytest.raises(DBAPIError):
+            conn.execute(
+                text("""CREATE TRIGGER t AFTER INSERT ON fake
+                                 REFERENCING NEW TABLE AS new_entries FOR EACH STATEMENT
+                                 EXECUTE FUNCTION ledger_daily_add()""")
+            )
+            conn.execute(
+                text("""INSERT INTO fake VALUES ('2026-03-02Z', 'n', 'a', 'm', 'USD',
+                                 'billed', 0, 0, 0, 0, 0, 0, 0, -1000000)""")
+            )
+        conn.rollback()
+    assert fetch(engine, "SELECT count(*) FROM ledger_daily") == [(0,)]
+    # a writer with INSERT on ledger_entries only still adds to the rollup through the trigger
+    with engine.begin() as conn:
+        conn.execute(text(f"GRANT INSERT ON ledger_entries TO {intruder}"))
+    with engine.begin() as conn:
+        conn.execute(text(f"SET LOCAL ROLE {intruder}"))
+        conn.execute(
+            text("""INSERT INTO ledger_entries (entry_id, entry_kind, cost_basis,
+                             resource_id, bucket_start, bucket_seconds, amount, currency)
+                             VALUES ('w', 'idle', 'provisional', 'n', '2026-03-02Z', 60, 5,
+                                     'USD')""")
+        )
+    assert fetch(engine, "SELECT entries, amount FROM ledger_daily") == [(1, 5)]
+    engine.dispose()
+
+
+def test_the_owners_functions_run_only_the_catalogs_and_the_ledgers_objects(db_url, intruder):
+    """The SECURITY DEFINER functions must not call what a role that can create in the schema
+    put there (a function of the same name and arguments as a built-in one they call: it would
+    run with the owner's rights), nor read or write a temporary table of the caller's."""
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"GRANT CREATE ON SCHEMA public TO {intruder}"))
+        conn.execute(text(f"SET LOCAL ROLE {intruder}"))
+        for signature in ("to_char(date, text)", "pg_advisory_xact_lock(integer)",
+                          "timezone(text, timestamptz)"):  # fmt: skip
+            conn.execute(
+                text(f"""CREATE FUNCTION public.{signature} RETURNS text
+                                  LANGUAGE plpgsql AS $$ BEGIN
+                                  RAISE 'hijacked: runs as %', current_user; END $$""")
+            )
+    month = (datetime.now(UTC).replace(day=1) - timedelta(days=100)).replace(day=1).date()
+    with engine.begin() as conn:
+        made = conn.execute(text("SELECT inferledger_ledger_partition(:m)"), {"m": month})
+        assert made.scalar_one() == f"ledger_entries_y{month:%Y}m{month:%m}"
+    with engine.begin() as conn:
+        # the caller's temporary tables named as the ledger's
+        conn.execute(
+            text("CREATE TEMP TABLE ledger_daily (LIKE public.ledger_daily) ON COMMIT DROP")
+        )
+        conn.execute(text("CREATE TEMP TABLE ledger_entries_default (x int) ON COMMIT DROP"))
+        made = conn.execute(text("SELECT inferledger_ledger_partition('2026-02-01')"))
+        assert made.scalar_one() == "ledger_entries_y2026m02"
+        conn.execute(
+            text("""INSERT INTO public.ledger_entries (entry_id, entry_kind,
+                             cost_basis, resource_id, bucket_start, bucket_seconds, amount,
+                             currency) VALUES ('w', 'idle', 'provisional', 'n', '2026-02-02Z',
+                             60, 5, 'USD')""")
+        )
+        assert conn.execute(text("SELECT count(*) FROM pg_temp.ledger_daily")).scalar() == 0
+    assert fetch(engine, "SELECT entries, amount FROM ledger_daily") == [(1, 5)]
+    engine.dispose()
