@@ -426,3 +426,47 @@ def test_the_owners_functions_run_only_the_catalogs_and_the_ledgers_objects(db_u
         assert conn.execute(text("SELECT count(*) FROM pg_temp.ledger_daily")).scalar() == 0
     assert fetch(engine, "SELECT entries, amount FROM ledger_daily") == [(1, 5)]
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "tampering",
+    [
+        # a REPLICA trigger fires only under session_replication_role = replica: not at all
+        "ALTER TABLE ledger_entries_y2026m03 ENABLE REPLICA TRIGGER ledger_entries_no_truncate",
+        "ALTER TABLE ledger_entries ENABLE REPLICA TRIGGER ledger_entries_no_update_delete",
+        "ALTER TABLE ledger_entries ENABLE REPLICA TRIGGER ledger_entries_daily",
+        # the name kept, the refusal gone
+        """CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+           DROP TRIGGER ledger_entries_no_truncate ON ledger_entries_y2026m03;
+           CREATE TRIGGER ledger_entries_no_truncate BEFORE TRUNCATE ON ledger_entries_y2026m03
+           FOR EACH STATEMENT EXECUTE FUNCTION noop()""",
+    ],
+)
+def test_the_audit_sees_triggers_that_no_longer_guard(db_url, tampering):
+    engine = create_engine(db_url)
+    at = datetime(2026, 3, 2, tzinfo=UTC)
+    write_batch(engine, "g", Batch(entries=[row("idle", None, None, "n", at, Decimal(1))]))
+    assert audit_check(engine, UNCHANGED).ok
+    with engine.begin() as conn:
+        conn.execute(text(tampering))
+    check = audit_check(engine, UNCHANGED)
+    assert not check.ok
+    engine.dispose()
+
+
+def test_the_audit_sees_a_detached_partition(db_url):
+    """Detaching a month takes its rows out of the journal and the views alike; the table is
+    still there to be noticed, even once the rollup was made to agree."""
+    engine = create_engine(db_url)
+    rows = [row("idle", None, None, "n", datetime(2026, m, 2, tzinfo=UTC), Decimal(m))
+            for m in (3, 4)]  # fmt: skip
+    write_batch(engine, "g", Batch(entries=rows))
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE ledger_entries DETACH PARTITION ledger_entries_y2026m03"))
+    assert not audit_check(engine, ROLLUP).ok  # the rollup still holds March
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM ledger_daily WHERE day < '2026-04-01'"))
+    assert audit_check(engine, ROLLUP).ok
+    check = audit_check(engine, UNCHANGED)
+    assert "table ledger_entries_y2026m03 is not a partition of ledger_entries" in check.problems
+    engine.dispose()
