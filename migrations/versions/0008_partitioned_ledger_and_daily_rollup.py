@@ -130,7 +130,11 @@ CREATE TRIGGER ledger_entries_no_truncate
 # caller's stands in for ours.
 PARTITION_FUNCTION = """
 CREATE FUNCTION inferledger_ledger_partition(p_month date) RETURNS text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- creating a partition locks ledger_entries ACCESS EXCLUSIVE: queued behind a long reader (an
+-- audit, a report) that request would hold up every writer and reader of the table until the
+-- reader ends; it gives up after a moment instead, and the writer tries again later
+SET lock_timeout = '2s' AS $$
 DECLARE
     m date := date_trunc('month', p_month)::date;
     part text := format('ledger_entries_y%sm%s', to_char(m, 'YYYY'), to_char(m, 'MM'));

@@ -470,3 +470,23 @@ def test_the_audit_sees_a_detached_partition(db_url):
     check = audit_check(engine, UNCHANGED)
     assert "table ledger_entries_y2026m03 is not a partition of ledger_entries" in check.problems
     engine.dispose()
+
+
+def test_making_a_partition_waits_briefly_behind_a_long_reader(db_url):
+    """Creating a partition takes an ACCESS EXCLUSIVE lock on ledger_entries: queued behind a
+    long reader (an audit, a report), it would hold up every writer and reader of the table
+    until that reader ends. It gives up after a moment instead (the writer retries)."""
+    engine = create_engine(db_url, pool_size=3)
+    month = (datetime.now(UTC).replace(day=1) - timedelta(days=70)).replace(day=1).date()
+    with engine.connect() as reader:
+        reader.execute(text("SELECT count(*) FROM ledger_entries"))  # its lock held till rollback
+        started = datetime.now(UTC)
+        with pytest.raises(DBAPIError, match="lock timeout"), engine.begin() as conn:
+            conn.execute(text("SET LOCAL statement_timeout = '15s'"))  # (rather than hang)
+            conn.execute(text("SELECT inferledger_ledger_partition(:m)"), {"m": month})
+        assert datetime.now(UTC) - started < timedelta(seconds=10)
+        reader.rollback()
+    with engine.begin() as conn:
+        made = conn.execute(text("SELECT inferledger_ledger_partition(:m)"), {"m": month})
+        assert made.scalar_one() == f"ledger_entries_y{month:%Y}m{month:%m}"
+    engine.dispose()
