@@ -122,18 +122,26 @@ CREATE TRIGGER ledger_entries_no_truncate
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_entries_refuse_change();
 """
 
-# {path}: the schema the migration runs in, then pg_catalog, and pg_temp last, so that no
-# temporary table of the caller's can stand in for ours inside these SECURITY DEFINER functions
+# These SECURITY DEFINER functions run as the schema's owner, so they search pg_catalog only
+# (and pg_temp, last, which is never searched for functions or operators) and name the ledger's
+# objects with their schema ({schema}, quoted): a function or operator that a role able to
+# create in the schema made there, with the name and arguments of a built-in one (or a better
+# match for them), is never called with the owner's rights, and no temporary table of the
+# caller's stands in for ours.
 PARTITION_FUNCTION = """
 CREATE FUNCTION inferledger_ledger_partition(p_month date) RETURNS text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = {path} AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- creating a partition locks ledger_entries ACCESS EXCLUSIVE: queued behind a long reader (an
+-- audit, a report) that request would hold up every writer and reader of the table until the
+-- reader ends; it gives up after a moment instead, and the writer tries again later
+SET lock_timeout = '2s' AS $$
 DECLARE
     m date := date_trunc('month', p_month)::date;
     part text := format('ledger_entries_y%sm%s', to_char(m, 'YYYY'), to_char(m, 'MM'));
     lo timestamptz := m::timestamp AT TIME ZONE 'UTC';
     hi timestamptz := (m + interval '1 month')::timestamp AT TIME ZONE 'UTC';
 BEGIN
-    IF to_regclass(part) IS NOT NULL THEN
+    IF to_regclass(format('{schema}.%I', part)) IS NOT NULL THEN
         RETURN part;
     END IF;
     -- a wrong clock (or a hostile sender) must not make a partition per month of a millennium:
@@ -146,17 +154,18 @@ BEGIN
     -- (pg_class read with a fresh snapshot: to_regclass may not see a table made meanwhile)
     PERFORM pg_advisory_xact_lock(hashtext('inferledger_ledger_partition'));
     IF EXISTS (SELECT 1 FROM pg_class WHERE relname = part
-                                        AND relnamespace = current_schema()::regnamespace) THEN
+                                        AND relnamespace = '{schema}'::regnamespace) THEN
         RETURN part;
     END IF;
-    IF EXISTS (SELECT 1 FROM ledger_entries_default
+    IF EXISTS (SELECT 1 FROM {schema}.ledger_entries_default
                WHERE bucket_start >= lo AND bucket_start < hi) THEN
         RETURN 'ledger_entries_default';  -- its rows stay where they are (append-only)
     END IF;
-    EXECUTE format('CREATE TABLE %I PARTITION OF ledger_entries FOR VALUES FROM (%L) TO (%L)',
-                   part, lo, hi);
-    EXECUTE format('CREATE TRIGGER ledger_entries_no_truncate BEFORE TRUNCATE ON %I '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION ledger_entries_refuse_change()', part);
+    EXECUTE format('CREATE TABLE {schema}.%I PARTITION OF {schema}.ledger_entries '
+                   'FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
+    EXECUTE format('CREATE TRIGGER ledger_entries_no_truncate BEFORE TRUNCATE ON {schema}.%I '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION {schema}.ledger_entries_refuse_change()',
+                   part);
     RETURN part;
 END $$
 """
@@ -173,9 +182,11 @@ CREATE TABLE ledger_daily (
     billed_entries bigint NOT NULL,
     completions bigint NOT NULL,
     failed_requests bigint NOT NULL,
-    prompt_tokens bigint NOT NULL,
-    cached_prompt_tokens bigint NOT NULL,
-    completion_tokens bigint NOT NULL,
+    -- numeric, as sum(bigint) is: an entry may carry up to INT8_MAX tokens per count, and the
+    -- rollup must take every sum the journal takes (or the writer would refuse the entries)
+    prompt_tokens numeric NOT NULL,
+    cached_prompt_tokens numeric NOT NULL,
+    completion_tokens numeric NOT NULL,
     work_units numeric NOT NULL,
     busy_seconds numeric NOT NULL,
     amount numeric NOT NULL,
@@ -196,11 +207,19 @@ DAILY_SUMS = """(bucket_start AT TIME ZONE 'UTC')::date AS day, resource_id, ten
     sum(completion_tokens) AS completion_tokens, sum(work_units) AS work_units,
     sum(busy_seconds) AS busy_seconds, sum(amount) AS amount"""
 
+# (EXECUTE revoked from PUBLIC: a role could otherwise put it on a table of its own, a
+# temporary one needs no grant, and write what it likes into the rollup with the owner's rights;
+# a trigger's function is not checked for EXECUTE when the trigger fires, so the writer needs
+# none. It refuses any table but ledger_entries besides.)
 DAILY_TRIGGER = f"""
 CREATE FUNCTION ledger_daily_add() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = {{path}} AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    INSERT INTO ledger_daily AS d
+    IF TG_RELID <> '{{schema}}.ledger_entries'::regclass THEN
+        RAISE EXCEPTION 'ledger_daily_add() adds only ledger_entries rows, not %',
+            TG_RELID::regclass;
+    END IF;
+    INSERT INTO {{schema}}.ledger_daily AS d
     SELECT {DAILY_SUMS}
     FROM new_entries
     GROUP BY 1, 2, 3, 4, 5
@@ -219,6 +238,7 @@ BEGIN
                   amount = d.amount + excluded.amount;
     RETURN NULL;
 END $$;
+REVOKE ALL ON FUNCTION ledger_daily_add() FROM PUBLIC;
 CREATE TRIGGER ledger_entries_daily
     AFTER INSERT ON ledger_entries REFERENCING NEW TABLE AS new_entries
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_daily_add();
@@ -453,9 +473,9 @@ GROUP BY resource_id, date_trunc('hour', bucket_start AT TIME ZONE 'UTC'), curre
 """
 
 
-def _search_path() -> str:
-    schema = op.get_bind().execute(text('SELECT current_schema()')).scalar_one()
-    return f'"{schema}", pg_catalog, pg_temp'
+def _schema() -> str:
+    """The schema the migration runs in, quoted as an identifier."""
+    return str(op.get_bind().execute(text('SELECT quote_ident(current_schema())')).scalar_one())
 
 
 def _drop_views() -> None:
@@ -478,10 +498,10 @@ def upgrade() -> None:
         op.execute(f'ALTER INDEX ix_ledger_entries_{index} '
                    f'RENAME TO ix_ledger_entries_unpartitioned_{index}')
     op.execute(PARTITIONED)
-    path = _search_path()
-    op.execute(PARTITION_FUNCTION.format(path=path))
+    schema = _schema()
+    op.execute(PARTITION_FUNCTION.format(schema=schema))
     op.execute(DAILY)
-    op.execute(DAILY_TRIGGER.format(path=path))
+    op.execute(DAILY_TRIGGER.format(schema=schema))
     # a partition for every month the ledger holds, and for this month
     op.execute("""
         SELECT inferledger_ledger_partition(m)

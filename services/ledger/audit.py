@@ -192,13 +192,33 @@ def _completions(conn: Connection) -> Check:
 
 DAILY_TRIGGER = "ledger_entries_daily"
 
-UNGUARDED_PARTITIONS = """
+# a trigger guards when it fires in an ordinary session ('O' origin, 'A' always: not 'D'
+# disabled, nor 'R', which fires only under session_replication_role = replica) and calls the
+# function it was made with
+GUARDING = """NOT t.tgisinternal AND t.tgenabled IN ('O', 'A')
+    AND t.tgfoid = to_regproc(CASE t.tgname WHEN 'ledger_entries_daily' THEN 'ledger_daily_add'
+                                            ELSE 'ledger_entries_refuse_change' END)"""
+
+UNGUARDED_PARTITIONS = f"""
     SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
     WHERE i.inhparent = 'ledger_entries'::regclass
       AND (SELECT count(*) FROM pg_trigger t
-           WHERE t.tgrelid = c.oid AND NOT t.tgisinternal AND t.tgenabled <> 'D'
+           WHERE t.tgrelid = c.oid AND {GUARDING}
              AND t.tgname IN ('ledger_entries_no_update_delete', 'ledger_entries_no_truncate')
           ) < 2
+    ORDER BY 1
+"""
+
+# a month partition detached (its rows gone from the journal and the views alike) is still a
+# table of the ledger's name
+DETACHED_PARTITIONS = """
+    SELECT c.relname FROM pg_class c
+    WHERE c.relnamespace = (SELECT relnamespace FROM pg_class
+                            WHERE oid = 'ledger_entries'::regclass)
+      AND c.relkind IN ('r', 'p')
+      AND c.relname ~ '^ledger_entries_(y[0-9]{4}m[0-9]{2}|default)$'
+      AND NOT EXISTS (SELECT 1 FROM pg_inherits i
+                      WHERE i.inhrelid = c.oid AND i.inhparent = 'ledger_entries'::regclass)
     ORDER BY 1
 """
 
@@ -254,15 +274,15 @@ def _rows_unchanged(conn: Connection) -> Check:
     triggers = (
         conn.execute(
             text(
-                "SELECT tgname FROM pg_trigger WHERE tgrelid = 'ledger_entries'::regclass "
-                "AND NOT tgisinternal AND tgenabled <> 'D'"
+                f"SELECT tgname FROM pg_trigger t WHERE tgrelid = 'ledger_entries'::regclass "
+                f"AND {GUARDING}"
             )
         )
         .scalars()
         .all()
     )
     problems = [
-        f"trigger {t} is missing or disabled"
+        f"trigger {t} is missing, disabled or not calling its function"
         for t in ("ledger_entries_no_update_delete", "ledger_entries_no_truncate", DAILY_TRIGGER)
         if t not in triggers
     ]
@@ -270,6 +290,10 @@ def _rows_unchanged(conn: Connection) -> Check:
     problems += [
         f"partition {p} lacks its append-only triggers"
         for p in conn.execute(text(UNGUARDED_PARTITIONS)).scalars()
+    ]
+    problems += [
+        f"table {p} is not a partition of ledger_entries"
+        for p in conn.execute(text(DETACHED_PARTITIONS)).scalars()
     ]
     problems += [
         f"entry id {e} is in the ledger more than once"

@@ -92,10 +92,12 @@ ledger_daily = Table(
             "billed_entries",
             "completions",
             "failed_requests",
-            "prompt_tokens",
-            "cached_prompt_tokens",
-            "completion_tokens",
         )
+    ),
+    # token sums: numeric, as sum(bigint) is (an entry may carry up to INT8_MAX tokens)
+    *(
+        Column(name, Numeric, nullable=False)
+        for name in ("prompt_tokens", "cached_prompt_tokens", "completion_tokens")
     ),
     Column("work_units", Numeric, nullable=False),
     Column("busy_seconds", Numeric, nullable=False),

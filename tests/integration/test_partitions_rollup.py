@@ -69,14 +69,15 @@ class Batch:
 def row(
     kind: str, tenant: str | None, model: str | None, resource: str, at: datetime,
     amount: Decimal, currency: str = "USD", completions: int = 0, basis: str = "provisional",
-    entry_id: str | None = None,
+    entry_id: str | None = None, prompt_tokens: int | None = None,
 ) -> tuple[Any, ...]:  # fmt: skip
     """A writer's COPY row (ENTRY_COLUMNS, row hash last)."""
     values: dict[str, Any] = {
         "entry_id": entry_id or uuid.uuid4().hex, "entry_kind": kind, "cost_basis": basis,
         "tenant_id": tenant, "model": model, "resource_id": resource, "bucket_start": at,
         "bucket_seconds": 60, "completions": completions, "failed_requests": completions % 2,
-        "prompt_tokens": 100 * completions, "cached_prompt_tokens": 7 * completions,
+        "prompt_tokens": 100 * completions if prompt_tokens is None else prompt_tokens,
+        "cached_prompt_tokens": 7 * completions,
         "completion_tokens": 20 * completions, "work_units": Decimal("1.5") * completions,
         "busy_seconds": Decimal("0.25") * completions, "amount": amount, "currency": currency,
         "billing_line_ids": [],
@@ -324,4 +325,183 @@ def test_gpu_utilization_hours_are_utc_hours_in_any_session_time_zone(db_url):
         assert [(r.hour.astimezone(UTC), r.buckets, r.cost) for r in rows] == [
             (at, 3, Decimal(3))
         ], zone
+
+
+INT8_MAX = 2**63 - 1
+
+
+def test_token_sums_beyond_bigint_are_taken_as_the_journal_takes_them(db_url):
+    """The contract lets an entry carry up to INT8_MAX tokens per count, and the journal takes
+    any number of them (sum(bigint) is numeric): the rollup must not refuse their sum, or the
+    writer dead-letters the entries (their money with them) the journal would have kept."""
+    engine = create_engine(db_url)
+    at = datetime(2026, 3, 2, tzinfo=UTC)
+    rows = [row("usage", "a", "m", "n", at, Decimal(1), completions=1, prompt_tokens=INT8_MAX)
+            for _ in range(3)]  # fmt: skip
+    write_batch(engine, "g", Batch(entries=rows[:2]))  # a sum in one statement
+    write_batch(engine, "g", Batch(entries=rows[2:]))  # added to the day's row
+    assert fetch(engine, "SELECT count(*), sum(amount) FROM ledger_entries") == [(3, 3)]
+    assert fetch(engine, "SELECT prompt_tokens FROM ledger_daily") == [(3 * INT8_MAX,)]
+    check = audit_check(engine, ROLLUP)
+    assert check.ok, check.problems
+    engine.dispose()
+
+
+@pytest.fixture
+def intruder(db_url):
+    """A login role with no rights but the defaults (TEMP, EXECUTE on functions), dropped
+    after the test with what it owns."""
+    name = f"il_test_intruder_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE ROLE {name}"))
+    try:
+        yield name
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP OWNED BY {name}"))
+            conn.execute(text(f"DROP ROLE {name}"))
+        engine.dispose()
+
+
+def test_nobody_but_the_ledger_can_add_to_the_rollup(db_url, intruder):
+    """ledger_daily_add runs as the owner: a role's own table (a temporary one needs no grant)
+    with a trigger calling it must not write the role's numbers into the rollup."""
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        conn.execute(text(f"SET ROLE {intruder}"))
+        conn.execute(
+            text("""CREATE TEMP TABLE fake AS SELECT * FROM (VALUES
+            (timestamptz '2026-03-02Z', 'n', 'a', 'm', 'USD', 'billed', 0, 0, 0::bigint,
+             0::bigint, 0::bigint, 0::numeric, 0::numeric, -1000000::numeric))
+            AS v (bucket_start, resource_id, tenant_id, model, currency, cost_basis,
+                  completions, failed_requests, prompt_tokens, cached_prompt_tokens,
+                  completion_tokens, work_units, busy_seconds, amount) WHERE false""")
+        )
+        with pytest.raises(DBAPIError):
+            conn.execute(
+                text("""CREATE TRIGGER t AFTER INSERT ON fake
+                                 REFERENCING NEW TABLE AS new_entries FOR EACH STATEMENT
+                                 EXECUTE FUNCTION ledger_daily_add()""")
+            )
+            conn.execute(
+                text("""INSERT INTO fake VALUES ('2026-03-02Z', 'n', 'a', 'm', 'USD',
+                                 'billed', 0, 0, 0, 0, 0, 0, 0, -1000000)""")
+            )
+        conn.rollback()
+    assert fetch(engine, "SELECT count(*) FROM ledger_daily") == [(0,)]
+    # a writer with INSERT on ledger_entries only still adds to the rollup through the trigger
+    with engine.begin() as conn:
+        conn.execute(text(f"GRANT INSERT ON ledger_entries TO {intruder}"))
+    with engine.begin() as conn:
+        conn.execute(text(f"SET LOCAL ROLE {intruder}"))
+        conn.execute(
+            text("""INSERT INTO ledger_entries (entry_id, entry_kind, cost_basis,
+                             resource_id, bucket_start, bucket_seconds, amount, currency)
+                             VALUES ('w', 'idle', 'provisional', 'n', '2026-03-02Z', 60, 5,
+                                     'USD')""")
+        )
+    assert fetch(engine, "SELECT entries, amount FROM ledger_daily") == [(1, 5)]
+    engine.dispose()
+
+
+def test_the_owners_functions_run_only_the_catalogs_and_the_ledgers_objects(db_url, intruder):
+    """The SECURITY DEFINER functions must not call what a role that can create in the schema
+    put there (a function of the same name and arguments as a built-in one they call: it would
+    run with the owner's rights), nor read or write a temporary table of the caller's."""
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"GRANT CREATE ON SCHEMA public TO {intruder}"))
+        conn.execute(text(f"SET LOCAL ROLE {intruder}"))
+        for signature in ("to_char(date, text)", "pg_advisory_xact_lock(integer)",
+                          "timezone(text, timestamptz)"):  # fmt: skip
+            conn.execute(
+                text(f"""CREATE FUNCTION public.{signature} RETURNS text
+                                  LANGUAGE plpgsql AS $$ BEGIN
+                                  RAISE 'hijacked: runs as %', current_user; END $$""")
+            )
+    month = (datetime.now(UTC).replace(day=1) - timedelta(days=100)).replace(day=1).date()
+    with engine.begin() as conn:
+        made = conn.execute(text("SELECT inferledger_ledger_partition(:m)"), {"m": month})
+        assert made.scalar_one() == f"ledger_entries_y{month:%Y}m{month:%m}"
+    with engine.begin() as conn:
+        # the caller's temporary tables named as the ledger's
+        conn.execute(
+            text("CREATE TEMP TABLE ledger_daily (LIKE public.ledger_daily) ON COMMIT DROP")
+        )
+        conn.execute(text("CREATE TEMP TABLE ledger_entries_default (x int) ON COMMIT DROP"))
+        made = conn.execute(text("SELECT inferledger_ledger_partition('2026-02-01')"))
+        assert made.scalar_one() == "ledger_entries_y2026m02"
+        conn.execute(
+            text("""INSERT INTO public.ledger_entries (entry_id, entry_kind,
+                             cost_basis, resource_id, bucket_start, bucket_seconds, amount,
+                             currency) VALUES ('w', 'idle', 'provisional', 'n', '2026-02-02Z',
+                             60, 5, 'USD')""")
+        )
+        assert conn.execute(text("SELECT count(*) FROM pg_temp.ledger_daily")).scalar() == 0
+    assert fetch(engine, "SELECT entries, amount FROM ledger_daily") == [(1, 5)]
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "tampering",
+    [
+        # a REPLICA trigger fires only under session_replication_role = replica: not at all
+        "ALTER TABLE ledger_entries_y2026m03 ENABLE REPLICA TRIGGER ledger_entries_no_truncate",
+        "ALTER TABLE ledger_entries ENABLE REPLICA TRIGGER ledger_entries_no_update_delete",
+        "ALTER TABLE ledger_entries ENABLE REPLICA TRIGGER ledger_entries_daily",
+        # the name kept, the refusal gone
+        """CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+           DROP TRIGGER ledger_entries_no_truncate ON ledger_entries_y2026m03;
+           CREATE TRIGGER ledger_entries_no_truncate BEFORE TRUNCATE ON ledger_entries_y2026m03
+           FOR EACH STATEMENT EXECUTE FUNCTION noop()""",
+    ],
+)
+def test_the_audit_sees_triggers_that_no_longer_guard(db_url, tampering):
+    engine = create_engine(db_url)
+    at = datetime(2026, 3, 2, tzinfo=UTC)
+    write_batch(engine, "g", Batch(entries=[row("idle", None, None, "n", at, Decimal(1))]))
+    assert audit_check(engine, UNCHANGED).ok
+    with engine.begin() as conn:
+        conn.execute(text(tampering))
+    check = audit_check(engine, UNCHANGED)
+    assert not check.ok
+    engine.dispose()
+
+
+def test_the_audit_sees_a_detached_partition(db_url):
+    """Detaching a month takes its rows out of the journal and the views alike; the table is
+    still there to be noticed, even once the rollup was made to agree."""
+    engine = create_engine(db_url)
+    rows = [row("idle", None, None, "n", datetime(2026, m, 2, tzinfo=UTC), Decimal(m))
+            for m in (3, 4)]  # fmt: skip
+    write_batch(engine, "g", Batch(entries=rows))
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE ledger_entries DETACH PARTITION ledger_entries_y2026m03"))
+    assert not audit_check(engine, ROLLUP).ok  # the rollup still holds March
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM ledger_daily WHERE day < '2026-04-01'"))
+    assert audit_check(engine, ROLLUP).ok
+    check = audit_check(engine, UNCHANGED)
+    assert "table ledger_entries_y2026m03 is not a partition of ledger_entries" in check.problems
+    engine.dispose()
+
+
+def test_making_a_partition_waits_briefly_behind_a_long_reader(db_url):
+    """Creating a partition takes an ACCESS EXCLUSIVE lock on ledger_entries: queued behind a
+    long reader (an audit, a report), it would hold up every writer and reader of the table
+    until that reader ends. It gives up after a moment instead (the writer retries)."""
+    engine = create_engine(db_url, pool_size=3)
+    month = (datetime.now(UTC).replace(day=1) - timedelta(days=70)).replace(day=1).date()
+    with engine.connect() as reader:
+        reader.execute(text("SELECT count(*) FROM ledger_entries"))  # its lock held till rollback
+        started = datetime.now(UTC)
+        with pytest.raises(DBAPIError, match="lock timeout"), engine.begin() as conn:
+            conn.execute(text("SET LOCAL statement_timeout = '15s'"))  # (rather than hang)
+            conn.execute(text("SELECT inferledger_ledger_partition(:m)"), {"m": month})
+        assert datetime.now(UTC) - started < timedelta(seconds=10)
+        reader.rollback()
+    with engine.begin() as conn:
+        made = conn.execute(text("SELECT inferledger_ledger_partition(:m)"), {"m": month})
+        assert made.scalar_one() == f"ledger_entries_y{month:%Y}m{month:%m}"
     engine.dispose()

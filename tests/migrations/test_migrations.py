@@ -9,6 +9,7 @@ from alembic import command
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
+from services.ledger.audit import ROLLUP_DIFF
 from services.ledger.db import alembic_config
 
 ROW = """INSERT INTO ledger_entries (entry_id, entry_kind, cost_basis, resource_id, bucket_start,
@@ -139,3 +140,55 @@ def test_the_audit_recomputes_the_rollup_as_its_trigger_adds_to_it():
     spec.loader.exec_module(module)
     assert module.DAILY_SUMS == DAILY_SUMS
     assert DAILY_SUMS in module.DAILY_TRIGGER
+
+
+def test_0008_moves_an_existing_ledger_exactly_and_back(empty_db_url):
+    """Rows in several months, on a month's last microsecond, decades back and years ahead (the
+    default partition), idle and tenants with and without a model: upgrade keeps every column
+    of every row and the views' answers, fills the rollup as the journal says; downgrade and
+    upgrade again keep the rows too."""
+    cfg = alembic_config(empty_db_url)
+    command.upgrade(cfg, "0007")
+    engine = create_engine(empty_db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("""INSERT INTO ledger_entries (entry_id, entry_kind, cost_basis, tenant_id,
+                    model, resource_id, bucket_start, bucket_seconds, completions,
+                    prompt_tokens, amount, currency, recorded_at, row_hash)
+                    SELECT 'e' || g, CASE WHEN g % 4 = 0 THEN 'idle' ELSE 'usage' END,
+                           'provisional', CASE WHEN g % 4 <> 0 THEN 't' || g % 3 END,
+                           CASE WHEN g % 4 <> 0 AND g % 5 <> 0 THEN 'm' END, 'n' || g % 2,
+                           (ARRAY['2010-05-31 23:59:59.999999Z', '2026-09-30 23:59:59.999999Z',
+                                  '2026-10-01Z', '2026-11-15Z', '2041-01-01Z'
+                                 ]::timestamptz[])[1 + g % 5],
+                           60, g % 3, g, (g - 300) * 1e-12, 'USD',
+                           '2020-01-01Z'::timestamptz + g * interval '1 s', md5(g::text)
+                    FROM generate_series(1, 600) g""")
+        )
+
+    def snapshot() -> list[list[tuple[str, ...]]]:
+        with engine.connect() as conn:
+            return [
+                [tuple(map(str, r)) for r in conn.execute(text(f"SELECT * FROM {q}"))]
+                for q in (
+                    "ledger_entries ORDER BY entry_id",
+                    "v_cost_per_completion_with_idle ORDER BY 1, 2, 3, 4",
+                    "v_tenant_spend ORDER BY 1, 2, 3",
+                )
+            ]
+
+    before = snapshot()
+    command.upgrade(cfg, "head")
+    assert snapshot() == before
+    with engine.connect() as conn:
+        assert conn.execute(text(ROLLUP_DIFF)).all() == []
+        far = conn.execute(
+            text("""SELECT count(*) FROM ledger_entries_default
+                    WHERE bucket_start < '2011-01-01Z' OR bucket_start >= '2041-01-01Z'""")
+        )
+        assert far.scalar_one() == 240  # a wrong clock's months make no partition
+    command.downgrade(cfg, "0007")
+    assert snapshot() == before
+    command.upgrade(cfg, "head")
+    assert snapshot()[0] == before[0]
+    engine.dispose()
