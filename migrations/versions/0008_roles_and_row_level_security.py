@@ -43,10 +43,10 @@ GROUPS = ('inferledger_writer', 'inferledger_reader', 'inferledger_tenant')
 
 # What the processors write (services/ledger/db.py, services/attribution/state.py,
 # services/alerts/*.py); they read every table and view but tenant_logins and the v_my_* views.
-# ledger_daily: the daily rollup of ledger_entries, when a migration has added it.
+# Nothing else: ledger_daily (the daily rollup of ledger_entries, when a migration has added it)
+# is written by its SECURITY DEFINER trigger, month partitions by inferledger_ledger_partition().
 WRITER_WRITES = {
     'ledger_entries': 'INSERT',
-    'ledger_daily': 'INSERT, UPDATE',
     'counted_event_sets': 'INSERT',
     'billing_lines': 'INSERT',
     'gpu_rates': 'INSERT',
@@ -236,6 +236,12 @@ BEGIN
     REVOKE EXECUTE ON FUNCTION inferledger_tenant_budget_status(name) FROM PUBLIC;
     GRANT EXECUTE ON FUNCTION inferledger_tenant_budget_status(name) TO inferledger_tenant;
     REVOKE EXECUTE ON FUNCTION inferledger_apply_privileges() FROM PUBLIC;
+    -- the writer makes each month's partition of ledger_entries (when it is partitioned) through
+    -- this SECURITY DEFINER function: nobody else may (a tenant could make thousands)
+    IF to_regprocedure(format('%I.inferledger_ledger_partition(date)', s)) IS NOT NULL THEN
+        REVOKE EXECUTE ON FUNCTION inferledger_ledger_partition(date) FROM PUBLIC;
+        GRANT EXECUTE ON FUNCTION inferledger_ledger_partition(date) TO inferledger_writer;
+    END IF;
 END
 $fn$
 """
@@ -365,6 +371,10 @@ BEGIN
                        'inferledger_tenant', current_database());
     END IF;
     GRANT EXECUTE ON FUNCTION inferledger_budget_spend(text, timestamptz, timestamptz) TO PUBLIC;
+    IF to_regprocedure(format('%I.inferledger_ledger_partition(date)', s)) IS NOT NULL THEN
+        REVOKE ALL ON FUNCTION inferledger_ledger_partition(date) FROM inferledger_writer;
+        GRANT EXECUTE ON FUNCTION inferledger_ledger_partition(date) TO PUBLIC;
+    END IF;
 END
 $$
 """)
