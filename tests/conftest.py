@@ -23,6 +23,7 @@ from services.runtime.stack import (
     embedded_postgres_url,
     postgres_answers,
 )
+from tests.helpers import Logins
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,6 +97,17 @@ def db_url(empty_db_url: str) -> str:
 
     migrate(empty_db_url)
     return empty_db_url
+
+
+@pytest.fixture
+def logins(db_url: str, postgres_admin_url: str) -> Iterator[Logins]:
+    """Login roles for the test database, unique to this run (roles are server-wide) and
+    dropped afterwards."""
+    made = Logins(db_url)
+    try:
+        yield made
+    finally:
+        made.close(postgres_admin_url)
 
 
 @pytest.fixture

@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import requests
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from psycopg import sql
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from services.accounting import AccountingSettings, Book, ClosedBucket
 from services.attribution.encode import to_rate, to_request
@@ -613,3 +618,77 @@ def wait_for(pred: Any, timeout: float, what: str) -> Any:
             return got
         time.sleep(0.2)
     raise AssertionError(f"no {what} after {timeout:.0f} s")
+
+
+# -- database roles (tests/integration/test_roles.py, tests/e2e/test_roles_cli.py) -----------
+
+
+def connect_as(
+    db_url: str, role: str | None = None, password: str | None = None
+) -> psycopg.Connection[Any]:
+    """A psycopg connection (autocommit) to the test database as ``role`` (default: the URL's
+    user), the way a client connects (the URL's host: TCP, or a socket in ?host=)."""
+    url = make_url(db_url)
+    conninfo = url.set(drivername="postgresql").render_as_string(False)  # host in ?host= too
+    if role is None:
+        return psycopg.connect(conninfo, autocommit=True)
+    return psycopg.connect(conninfo, user=role, password=password or "", autocommit=True)
+
+
+class Logins:
+    """Login roles unique to this test run (the server is shared), dropped at teardown."""
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+        self.prefix = f"il_{uuid.uuid4().hex[:8]}_"
+        self.made: list[str] = []
+        self.passwords: dict[str, str] = {}
+        self.conns: list[psycopg.Connection[Any]] = []
+
+    def name(self, suffix: str) -> str:
+        """A role name unique to this run, dropped at teardown whoever creates the role."""
+        role = self.prefix + suffix
+        self.made.append(role)
+        return role
+
+    def make(self, kind: Any, suffix: str, tenant: str | None = None) -> str:
+        """A login of ``kind`` made with services.ledger.roles (the CLI's SQL), with a password."""
+        from services.ledger.roles import grant
+
+        role = self.name(suffix)
+        self.passwords[role] = secrets.token_urlsafe(12)
+        engine = create_engine(self.db_url)
+        try:
+            grant(engine, kind, role, tenant, self.passwords[role])
+        finally:
+            engine.dispose()
+        return role
+
+    def connect(self, role: str) -> psycopg.Connection[Any]:
+        conn = connect_as(self.db_url, role, self.passwords.get(role))
+        self.conns.append(conn)
+        return conn
+
+    def url(self, role: str) -> str:
+        return (
+            make_url(self.db_url)
+            .set(username=role, password=self.passwords[role])
+            .render_as_string(False)
+        )
+
+    def close(self, admin_url: str) -> None:
+        from services.runtime.stack import admin_connect
+
+        for conn in self.conns:
+            conn.close()
+        with admin_connect(admin_url) as admin:
+            # a closed session's temporary objects (owned by its role) go when its backend exits
+            for _ in range(100):
+                left = admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = ANY(%s)", (self.made,)
+                ).fetchone()
+                if not left or not left[0]:
+                    break
+                time.sleep(0.1)
+            for role in self.made:
+                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

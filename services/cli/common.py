@@ -15,8 +15,8 @@ from services.runtime.stack import running_stack
 
 @contextlib.contextmanager
 def ledger_required() -> Iterator[None]:
-    """A database that cannot be reached or has no ledger tables is a one-line error, not an
-    SQL traceback."""
+    """A database that cannot be reached, has no ledger tables or refuses this login is a
+    one-line error, not an SQL traceback."""
     import psycopg
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
@@ -27,13 +27,28 @@ def ledger_required() -> Iterator[None]:
         raise click.ClickException(
             f"cannot use the database: {first[-1].strip(chr(39)) if first else exc!r}"
         ) from None
+    except psycopg.errors.InsufficientPrivilege as exc:  # from a raw cursor (COPY, roles)
+        raise click.ClickException(_refused(exc)) from None
     except ProgrammingError as exc:
+        if isinstance(exc.orig, psycopg.errors.InsufficientPrivilege):
+            raise click.ClickException(_refused(exc.orig)) from None
         if not isinstance(exc.orig, psycopg.errors.UndefinedTable):
             raise
         raise click.ClickException(
             "this database has no ledger yet: run `inferledger migrate` (`up` and `run all` "
             "migrate too)"
         ) from None
+
+
+def _refused(exc: Exception) -> str:
+    """A login of a group role (migration 0008) doing what its role may not."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else repr(exc)
+    return (
+        f"the database refused: {first} (this login may not do that: "
+        "migrate, budget set|delete and roles run as the database owner; "
+        "docs/sql.md#roles-and-tenant-isolation)"
+    )
 
 
 def settings_of(ctx: click.Context) -> Settings:

@@ -308,3 +308,15 @@ alert_deliveries = Table(
     Column("delivered", Boolean, nullable=False, server_default=text("false")),
     Index(None, "alert_id", "target"),
 )
+
+# Which login role is which tenant's (DESIGN.md section 4): row-level security shows a tenant's
+# login only that tenant's rows. Written by `inferledger roles grant-tenant|revoke`, read through
+# inferledger_current_tenant() (migration 0008); tenants have no privilege on it.
+tenant_logins = Table(
+    "tenant_logins",
+    metadata,
+    Column("role_name", Text, primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("tenant_id <> ''", name="tenant_id"),
+)

@@ -1,6 +1,8 @@
 """docs/sql.md, run as written: its set-up commands through the CLI (the worked example into the
 real broker and Postgres), then every ```sql block, each compared with the answer table after it,
-cell by cell as Postgres prints it."""
+cell by cell as Postgres prints it. A block that starts with ``-- as a login of tenant T`` runs
+as a login of tenant T, made by `inferledger roles grant-tenant` (SET SESSION AUTHORIZATION: the
+session's login and current user are both that role, as when it connects itself)."""
 
 from __future__ import annotations
 
@@ -8,14 +10,17 @@ import re
 import shlex
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+from psycopg import sql as pgsql
 from sqlalchemy import create_engine
 
-from tests.helpers import cli, ledger
+from tests.helpers import Logins, cli, ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "sql.md"
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
+AS_TENANT = re.compile(r"\A-- as a login of tenant (\S+)\n")
 VIEWS = [
     "v_cost_per_completion",
     "v_tenant_spend",
@@ -56,7 +61,7 @@ def test_the_sql_doc_covers_every_view():
         assert any(view in body for body in sql), f"no example query reads {view}"
 
 
-def test_every_query_of_the_sql_doc_answers_as_written(cli_env, settings):
+def test_every_query_of_the_sql_doc_answers_as_written(cli_env, settings, logins: Logins):
     text = DOC.read_text(encoding="utf-8")
     found = blocks(text)
     (setup,) = [body for lang, body, _ in found if lang == "bash"]
@@ -73,6 +78,13 @@ def test_every_query_of_the_sql_doc_answers_as_written(cli_env, settings):
     engine = create_engine(settings.database_url)
     queries = [(body, end) for lang, body, end in found if lang == "sql"]
     assert len(queries) >= len(VIEWS)
+    tenant_logins: dict[str, str] = {}
+    for body, _ in queries:
+        if (m := AS_TENANT.match(body)) and m.group(1) not in tenant_logins:
+            role = logins.name(f"doc_{m.group(1)}")
+            cli(cli_env, "roles", "grant-tenant", m.group(1), role)
+            tenant_logins[m.group(1)] = role
+    assert tenant_logins, "the roles section has no example run as a tenant"
     try:
         raw = engine.raw_connection()
         conn = raw.driver_connection
@@ -80,6 +92,9 @@ def test_every_query_of_the_sql_doc_answers_as_written(cli_env, settings):
         conn.execute("SET TimeZone = 'UTC'")
         for sql, end in queries:
             want = answer_after(text, end)
+            if m := AS_TENANT.match(sql):
+                who: Any = pgsql.Identifier(tenant_logins[m.group(1)])
+                conn.execute(pgsql.SQL("SET SESSION AUTHORIZATION {}").format(who))
             cur = conn.execute(sql)
             assert cur.description is not None and cur.pgresult is not None, sql
             header = [d.name for d in cur.description]
@@ -92,6 +107,7 @@ def test_every_query_of_the_sql_doc_answers_as_written(cli_env, settings):
                 for r in range(result.ntuples)
             ]
             assert [header, *rows] == want, f"\n{sql}\ngot:  {[header, *rows]}\nwant: {want}"
+            conn.execute("RESET SESSION AUTHORIZATION")
         raw.close()
     finally:
         engine.dispose()

@@ -192,3 +192,53 @@ def test_0008_moves_an_existing_ledger_exactly_and_back(empty_db_url):
     command.upgrade(cfg, "head")
     assert snapshot()[0] == before[0]
     engine.dispose()
+
+
+GROUPS = "('inferledger_writer', 'inferledger_reader', 'inferledger_tenant')"
+# what this database grants the group roles: its objects' privileges and policies (pg_shdepend)
+# and its own privileges (pg_database's ACL, shared)
+GRANTED = f"""
+SELECT (SELECT count(*) FROM pg_shdepend
+        WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND refobjid IN (SELECT oid FROM pg_roles WHERE rolname IN {GROUPS}))
+     + (SELECT count(*) FROM pg_database d, aclexplode(d.datacl) a
+        WHERE d.datname = current_database()
+          AND a.grantee IN (SELECT oid FROM pg_roles WHERE rolname IN {GROUPS}))
+"""
+
+
+def test_downgrading_the_roles_revokes_this_databases_grants_and_keeps_the_roles(db_url):
+    cfg = alembic_config(db_url)
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        assert conn.execute(text(GRANTED)).scalar_one() > 50
+    command.downgrade(cfg, "0008")
+    with engine.connect() as conn:
+        assert conn.execute(text(GRANTED)).scalar_one() == 0
+        assert conn.execute(text("SELECT count(*) FROM pg_policy")).scalar_one() == 0
+        assert not conn.execute(
+            text(
+                "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace "
+                "AND (relrowsecurity OR reloptions IS NOT NULL)"
+            )
+        ).all()
+        assert conn.execute(text("SELECT to_regclass('tenant_logins')")).scalar_one() is None
+        # other databases use the roles (they are the server's): they stay
+        assert (
+            conn.execute(
+                text(f"SELECT count(*) FROM pg_roles WHERE rolname IN {GROUPS}")
+            ).scalar_one()
+            == 3
+        )
+        # the budget spend function is everyone's again, as before 0009
+        assert conn.execute(
+            text(
+                "SELECT has_function_privilege('public', "
+                "'inferledger_budget_spend(text, timestamptz, timestamptz)', 'EXECUTE')"
+            )
+        ).scalar_one()
+    command.upgrade(cfg, "head")
+    command.check(cfg)
+    with engine.connect() as conn:
+        assert conn.execute(text(GRANTED)).scalar_one() > 50
+    engine.dispose()

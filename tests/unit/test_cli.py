@@ -81,6 +81,7 @@ def test_every_command_is_still_there():
         "proxy",
         "replay",
         "report",
+        "roles",
         "run",
         "up",
     }
@@ -88,3 +89,10 @@ def test_every_command_is_still_there():
     assert subcommands("replay") == {"fleet", "azure-trace"}
     assert subcommands("dlq") == {"list", "replay"}
     assert subcommands("budget") == {"set", "list", "delete", "test-webhook"}
+    assert subcommands("roles") == {
+        "grant-tenant",
+        "grant-reader",
+        "grant-writer",
+        "revoke",
+        "list",
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -32,3 +33,27 @@ def test_compose_has_the_production_stack_with_pinned_images_and_healthchecks():
         assert svc["command"][:2] == ["inferledger", "run"]
         assert env["INFERLEDGER_METRICS_LISTEN"]  # /healthz: 503 while a dependency fails
         assert "/healthz" in " ".join(svc["healthcheck"]["test"])
+
+
+def test_migrations_run_as_the_owner_and_the_processors_as_a_writer_login():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    owner = services["postgres"]["environment"]["POSTGRES_USER"]
+    assert owner == "postgres"
+    assert f"-U {owner}" in " ".join(services["postgres"]["healthcheck"]["test"])
+    for name in ("migrate", "writer-login"):
+        svc = services[name]
+        assert urlsplit(svc["environment"]["INFERLEDGER_DATABASE_URL"]).username == owner, name
+        assert svc["restart"] == "no"
+    login = services["writer-login"]
+    command = login["command"]
+    assert command[:3] == ["inferledger", "roles", "grant-writer"]
+    writer = command[3]
+    # the password from the environment, never on the command line
+    assert command[4:] == ["--password-env", "INFERLEDGER_WRITER_PASSWORD"]
+    assert login["environment"]["INFERLEDGER_WRITER_PASSWORD"]
+    assert login["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    for name in ("attribution", "ledger", "alerts"):
+        svc = services[name]
+        url = urlsplit(svc["environment"]["INFERLEDGER_DATABASE_URL"])
+        assert url.username == writer and writer != owner, name
+        assert svc["depends_on"]["writer-login"]["condition"] == "service_completed_successfully"
