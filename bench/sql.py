@@ -12,6 +12,8 @@ trigger, row hashes), a month per statement, as the writer would: each resource 
 per bucket for its idle time and one per tenant it served in that bucket (one to six tenants,
 from the twenty that use its model). Each resource serves one model; each tenant uses two.
 
+The queries run as the database's owner, and some as a tenant's login and a reader login (made
+with `inferledger roles`'s code, dropped at the end), so row-level security is measured too.
 Each query runs once to warm the cache, then five times; the report gives the median wall time
 of the query as a client sees it, and the planning and execution time Postgres reports in
 EXPLAIN ANALYZE, with the plan. Results go to bench/results/sql-<time>.json and .md.
@@ -20,6 +22,7 @@ EXPLAIN ANALYZE, with the plan. Results go to bench/results/sql-<time>.json and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -113,7 +116,69 @@ QUERIES = (
         "SELECT * FROM v_cost_per_completion_with_idle WHERE tenant_id = :tenant "
         "AND day >= :first AND day < :next ORDER BY day, model",
     ),
+    (
+        "as the tenant's login: v_cost_per_completion, one month (row-level security)",
+        1.0,
+        "SELECT * FROM v_cost_per_completion WHERE day >= :first AND day < :next "
+        "ORDER BY day, model",
+    ),
+    (
+        "as the tenant's login: v_my_tenant_spend, one month",
+        None,
+        "SELECT * FROM v_my_tenant_spend WHERE day >= :first AND day < :next ORDER BY day",
+    ),
+    (
+        "as a reader login: v_tenant_spend, every tenant, one month",
+        2.0,
+        "SELECT tenant_id, currency, sum(amount) AS amount, sum(idle_share) AS idle_share, "
+        "sum(amount_with_idle) AS amount_with_idle FROM v_tenant_spend "
+        "WHERE day >= :first AND day < :next GROUP BY tenant_id, currency ORDER BY 1, 2",
+    ),
 )
+TENANT = "tenant-0042"
+KINDS = ("tenant", "reader")
+
+
+def logins(url: str) -> dict[str, str]:
+    """The bench's logins, named after its database (roles are the server's, not the
+    database's: two benchmarks on one server must not share them)."""
+    database = make_url(url).database
+    return {kind: f"{database}_{kind}" for kind in KINDS}
+
+
+def login_url(url: str, name: str) -> str:
+    """Which login runs a query: the database's owner, or the bench's tenant or reader login."""
+    for kind, role in logins(url).items():
+        if name.startswith(f"as {'a' if kind == 'reader' else 'the'} {kind}"):
+            return make_url(url).set(username=role, password=None).render_as_string(False)
+    return url
+
+
+def make_logins(url: str) -> None:
+    from services.ledger.roles import grant
+
+    engine = create_engine(url)
+    try:
+        grant(engine, "tenant", logins(url)["tenant"], tenant=TENANT)
+        grant(engine, "reader", logins(url)["reader"])
+    finally:
+        engine.dispose()
+
+
+def drop_logins(url: str) -> None:
+    """The logins are the server's, not the database's: revoked, then dropped."""
+    from services.ledger.roles import revoke
+
+    engine = create_engine(url)
+    try:
+        for role in logins(url).values():
+            with contextlib.suppress(Exception):
+                revoke(engine, role)
+            with engine.begin() as conn:
+                conn.execute(text(f'DROP OWNED BY "{role}"'))
+                conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+    finally:
+        engine.dispose()
 
 
 def bucket_seconds(entries: int, resources: int, days: int) -> int:
@@ -186,15 +251,19 @@ def time_queries(url: str, runs: int) -> list[dict[str, Any]]:
         last = conn.execute(text("SELECT max(day) FROM ledger_daily")).scalar_one()
     month = (first + (last - first) / 2).replace(day=1)  # the month in the middle
     params = {
-        "tenant": "tenant-0042",
+        "tenant": TENANT,
         "resource": "gpu-0017",
         "first": month,
         "next": (month + timedelta(days=32)).replace(day=1),
     }
     out = []
+    engines = {url: engine}
     for name, target, sql in QUERIES:
         walls, plans = [], []
-        with engine.connect() as conn:
+        who = login_url(url, name)
+        if who not in engines:
+            engines[who] = create_engine(who)
+        with engines[who].connect() as conn:
             rows = conn.execute(text(sql), params).all()  # warm
             for _ in range(runs):
                 t0 = time.perf_counter()
@@ -223,7 +292,8 @@ def time_queries(url: str, runs: int) -> list[dict[str, Any]]:
             }
         )
         print(f"[query] {name}: {wall:.3f} s, {len(rows)} rows", file=sys.stderr)
-    engine.dispose()
+    for e in engines.values():
+        e.dispose()
     return out
 
 
@@ -313,7 +383,11 @@ def main() -> None:
                 migrate(url)
                 report["build"] = build(url, args)
             report["ledger"] = describe(url)
-            report["queries"] = time_queries(url, args.runs)
+            make_logins(url)
+            try:
+                report["queries"] = time_queries(url, args.runs)
+            finally:
+                drop_logins(url)
             if not args.no_audit:
                 report["audit_rollup"] = audit_rollup(url)
         finally:

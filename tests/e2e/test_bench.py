@@ -111,7 +111,7 @@ def test_the_sql_benchmark_builds_a_ledger_and_times_the_views(cli_env, settings
     assert report["ledger"]["resources"] == 20 and report["ledger"]["models"] == 4
     assert report["audit_rollup"]["differences"] == 0
     queries = {q["query"]: q for q in report["queries"]}
-    assert len(queries) == 4
+    assert len(queries) == 7
     for q in queries.values():
         assert q["rows"] > 0 and q["wall_s"] > 0 and "Execution Time" in q["plan"], q["query"]
     assert name not in bench_databases(settings.database_url)
