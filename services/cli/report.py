@@ -53,7 +53,16 @@ def migrate(ctx: click.Context) -> None:
     help="add each row's share of idle GPU cost (v_cost_per_completion_with_idle); idle cost no "
     "tenant used is its own row, so the amounts with idle add up to the ledger's",
 )
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json", "html"]), default="table"
+)
+@click.option(
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="html: write the page to this file (and print its path) instead of stdout",
+)
 @click.option(
     "--alerts",
     "with_alerts",
@@ -71,12 +80,15 @@ def report(
     until: Any,
     idle_share: bool,
     fmt: str,
+    output: str | None,
     with_alerts: bool,
 ) -> None:
     """Cost per completion per tenant and model, or per period, tenant, model or resource
     (from v_cost_per_completion; with the idle share from v_cost_per_completion_with_idle; per
     resource from ledger_daily); then, when budgets exist, their current period
-    (v_budget_status) and the latest 20 alerts. docs/report.md says what each column holds."""
+    (v_budget_status) and the latest 20 alerts. docs/report.md says what each column holds.
+    --format html: one self-contained page with charts (spend over time, idle, cost per
+    completion, GPU busy fraction, provisional versus billed, budgets), to stdout or --output."""
     from services.ledger.budgets import RECENT_ALERTS, budget_status, has_budgets, recent_alerts
     from services.ledger.db import make_engine
     from services.ledger.report import (
@@ -94,6 +106,16 @@ def report(
         total_lines,
     )
 
+    if output is not None and fmt != "html":
+        raise click.ClickException("--output is for --format html")
+    if fmt == "html":
+        if group_by or with_alerts:
+            raise click.ClickException(
+                "--format html has its own groupings and shows budgets and alerts: drop "
+                "--group-by and --alerts"
+            )
+        _html(ctx, tenant, model, day(since), day(until), output)
+        return
     if with_alerts and fmt != "json":
         raise click.ClickException(
             "--alerts is for --format json (the table shows budgets and alerts already)"
@@ -169,6 +191,44 @@ def report(
             for a in alerts
         ]
         _section(shown_alerts, f"recent alerts (latest {RECENT_ALERTS}, newest first)")
+
+
+def _html(
+    ctx: click.Context,
+    tenant: str | None,
+    model: str | None,
+    since: Any,
+    until: Any,
+    output: str | None,
+) -> None:
+    """The self-contained HTML report (services.ledger.htmlreport) of the selection, to
+    ``output`` or stdout."""
+    from pathlib import Path
+
+    from services.ledger.db import make_engine
+    from services.ledger.htmlreport import render_html
+    from services.ledger.overview import collect
+    from services.ledger.report import ReportError, report_spec
+
+    try:
+        spec = report_spec((), tenant, model, since, until, True)
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
+    with local_stack(settings_of(ctx), need_broker=False) as s, ledger_required():
+        assert s.database_url
+        engine = make_engine(s.database_url)
+        try:
+            data = collect(engine, spec)
+        finally:
+            engine.dispose()
+    page = render_html(data)
+    if output is None:
+        click.echo(page, nl=False)
+        return
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    click.echo(str(path.resolve()))
 
 
 def _section(rows: list[dict[str, Any]], title: str) -> None:

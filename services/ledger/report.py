@@ -10,11 +10,18 @@ import json
 import shutil
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Engine, text
+
+# the report's rounding, re-exported (explicitly: `import X as X`)
+from services.ledger.rounding import MINOR_UNITS as MINOR_UNITS
+from services.ledger.rounding import UNIT_COST_DIGITS as UNIT_COST_DIGITS
+from services.ledger.rounding import minor_units as minor_units
+from services.ledger.rounding import round_money as round_money
+from services.ledger.rounding import round_unit_cost as round_unit_cost
 
 # -- inferledger report: what to group by, where it is read from ----------------------------
 
@@ -230,48 +237,6 @@ def cost_per_completion(
 
 
 # -- inferledger report: how the table shows it ---------------------------------------------
-
-MINOR_UNITS = {
-    "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0, "PYG": 0,
-    "RWF": 0, "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
-    "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
-    "CLF": 4, "UYW": 4,
-}  # fmt: skip
-"""ISO 4217 minor units of the currencies that do not have 2 (every other code has 2)."""
-UNIT_COST_DIGITS = 6
-"""Significant digits of a cost per completion or per 1k tokens in the table."""
-
-
-def minor_units(currency: str) -> int:
-    """Decimal places of the currency's minor unit (ISO 4217): JPY 0, USD 2, KWD 3."""
-    return MINOR_UNITS.get(currency.upper(), 2)
-
-
-def _quantized(value: Decimal, places: int) -> str:
-    shown = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    return format(shown.copy_abs() if shown.is_zero() else shown, "f")  # never "-0.00"
-
-
-def round_money(value: Decimal, currency: str) -> str:
-    """An amount as the table shows it: rounded half away from zero (as Postgres' round) to
-    the currency's minor unit."""
-    return _quantized(value, minor_units(currency))
-
-
-def round_unit_cost(value: Decimal, currency: str, digits: int = UNIT_COST_DIGITS) -> str:
-    """A cost per unit (completion, 1k tokens) as the table shows it: rounded half away from
-    zero to ``digits`` significant digits, with at least the currency's minor unit and at most
-    the ledger's 12 decimals: 0.0833977, 0.277992, 0.138610, 12.3457, 123456.79 in USD. A
-    value shown exactly drops its trailing zeros down to the minor unit (0.10, not 0.100000;
-    411.5 JPY): trailing zeros are left only where a value was rounded."""
-    minor = minor_units(currency)
-    places = minor if value.is_zero() else max(minor, digits - 1 - value.adjusted())
-    shown = _quantized(value, min(places, 12))
-    if "." in shown and Decimal(shown) == value:
-        whole, fraction = shown.split(".")
-        fraction = fraction.rstrip("0").ljust(minor, "0")
-        shown = f"{whole}.{fraction}" if fraction else whole
-    return shown
 
 
 def table_rows(report: Report) -> tuple[list[dict[str, Any]], list[str]]:
@@ -569,9 +534,18 @@ def _records(names: list[str], cells: list[list[str]], title: str) -> str:
     return "\n".join(blocks)
 
 
-def provisional_vs_billed(engine: Engine) -> list[dict[str, Any]]:
-    """Per tenant (idle as its own row): what provisional rates said, what the bill says."""
-    sql = """
+def provisional_vs_billed(
+    engine: Engine,
+    tenant: str | None = None,
+    model: str | None = None,
+    since: date | None = None,
+    until: date | None = None,
+) -> list[dict[str, Any]]:
+    """Per tenant (idle as its own row): what provisional rates said, what the bill says. With
+    ``tenant`` or ``model``, only those entries (idle is nobody's: left out); ``since`` and
+    ``until`` (exclusive) are UTC days of the buckets."""
+    where, params = journal_filter(tenant, model, since, until)
+    sql = f"""
         SELECT coalesce(tenant_id, '(idle)') AS tenant, currency,
                sum(amount) FILTER (WHERE entry_kind <> 'reconciliation') AS provisional,
                coalesce(sum(amount) FILTER (WHERE entry_kind = 'reconciliation'), 0)
@@ -580,8 +554,35 @@ def provisional_vs_billed(engine: Engine) -> list[dict[str, Any]]:
                sum(completions)::bigint AS completions,
                round(sum(amount) / nullif(sum(completions), 0), 12) AS billed_per_completion
         FROM ledger_entries
+        {where}
         GROUP BY tenant_id, currency
         ORDER BY tenant_id IS NULL, tenant_id, currency
     """
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(text(sql))]
+        return [dict(r._mapping) for r in conn.execute(text(sql), params)]
+
+
+def journal_filter(
+    tenant: str | None = None,
+    model: str | None = None,
+    since: date | None = None,
+    until: date | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """A ``WHERE`` clause on ``ledger_entries`` (empty when nothing is chosen) and its
+    parameters: that tenant, that model, buckets starting from UTC day ``since`` to ``until``
+    (exclusive): a range on ``bucket_start``, which reaches the month partitions."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    if tenant is not None:
+        clauses.append("tenant_id = :tenant")
+        params["tenant"] = tenant
+    if model is not None:
+        clauses.append("model = :model")
+        params["model"] = model
+    if since is not None:
+        clauses.append("bucket_start >= :since_ts")
+        params["since_ts"] = datetime(since.year, since.month, since.day, tzinfo=UTC)
+    if until is not None:
+        clauses.append("bucket_start < :until_ts")
+        params["until_ts"] = datetime(until.year, until.month, until.day, tzinfo=UTC)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params

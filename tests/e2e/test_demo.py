@@ -30,7 +30,11 @@ def test_demo_prints_the_table_and_writes_the_html_report(cli_env, settings, tmp
     assert "  threshold 50 %, spend " in out and "  threshold 80 %, spend " in out
     assert "reached 50 % of" in out and "reached 80 % of" in out and "100 %," not in out
     page = html.read_text()
-    assert "<svg" in page and "Idle cost per node" in page
+    # the HTML report is `report --format html`'s, with the demo's words on top
+    assert "inferledger demo: what each completion cost" in page
+    assert "Idle cost per resource" in page and 'data-chart="spend-USD"' in page
+    assert 'data-chart="utilization" data-series="6"' in page  # the six nodes
+    assert "Provisional (rates) versus billed" in page and "fleet daily (demo)" in page
 
     events = replay(Fleet.from_dict(default_fleet()), limit=1500)
     engine = create_engine(settings.database_url)

@@ -232,6 +232,57 @@ def test_the_worked_example_with_and_without_the_idle_share(cli_env, settings):
     assert shown[("acme", "llama-70b")]["cost_per_completion_with_idle"] == "0.667181"
     assert "total USD: amount_with_idle 1.20 = amount 0.50 + idle_share 0.70" in out
 
+    # the HTML report of the same ledger (the browser test looks at it in Chromium)
+    page = cli(env, "report", "--format", "html").stdout
+    assert 'data-total="total" data-currency="USD" data-exact="1.200000000000"' in page
+    assert 'data-total="idle" data-currency="USD" data-exact="0.700000000000"' in page
+    assert 'title="0.667181467181">0.667181</span>' in page  # acme / llama-70b with idle
+
+
+def test_html_report_to_a_file_or_stdout_with_filters_and_a_hostile_tenant(db_url, tmp_path):
+    env = hand_made(db_url)
+    hostile = "<script>alert(1)</script>"
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text(ENTRY), {
+            "id": uuid.uuid4().hex, "kind": "usage", "basis": P, "tenant": hostile,
+            "model": "llama-70b", "resource": "node-a", "at": MON, "amount": Decimal("0.01"),
+            "currency": "USD", "completions": 1, "prompt": 1, "completion": 1,
+        })  # fmt: skip
+    engine.dispose()
+    target = tmp_path / "out" / "report.html"
+    done = run(env, "--format", "html", "--output", str(target))
+    assert done.stdout.strip() == str(target.resolve())
+    page = target.read_text()
+    assert page == run(env, "--format", "html").stdout  # the same page on stdout
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "2026-02-28 .. 2026-03-02 (UTC days, both included" in page
+    # two currencies are never added: a chart and a total of each
+    for chart in ("spend-USD", "spend-EUR", "idle-USD", "idle-EUR", "cost-per-completion-EUR"):
+        assert f'data-chart="{chart}"' in page, chart
+    assert 'data-total="total" data-currency="EUR" data-exact="1.400000000000"' in page
+    assert 'data-total="total" data-currency="USD" data-exact="2.590000000000"' in page
+    assert 'data-unpriced="2"' in page and "<b>unpriced</b>" in page  # node-d's Sunday
+    assert "steps of 1 hour" in page  # Saturday 10:00 to Monday 10:01: two days
+
+    acme = run(env, "--format", "html", "--tenant", "acme", "--since", "2026-03-01").stdout
+    assert "tenant acme, all models" in acme and "Idle GPU time belongs to no tenant" in acme
+    assert "2026-03-01 .. 2026-03-02 (UTC days, both included; the last day with data)" in acme
+    assert 'data-total="total" data-currency="USD" data-exact="0.200000000000"' in acme
+    assert "(idle)" not in acme and hostile not in acme and "beta" not in acme
+    assert "node-b" not in acme  # resources acme did not use are not shown
+    assert "steps of 1 hour" in acme  # Sunday 10:00 to Monday 10:01
+
+    for args, said in (
+        (["--format", "csv", "--output", "x.html"], "--output is for --format html"),
+        (["--format", "html", "--group-by", "day"], "drop --group-by and --alerts"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "services.cli.main", "report", *args],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode != 0 and said in out.stderr, (args, out.stderr)
+
 
 # -- a hand-made ledger ------------------------------------------------------------------------
 
