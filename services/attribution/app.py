@@ -19,6 +19,7 @@ from services.runtime.config import ALLOCATIONS, BILLING, EVENTS, RATES, Setting
 from services.runtime.faustapp import commit_offsets, crash_on_error, make_app, pause_fetching
 from services.runtime.health import kafka_errors, postgres_errors, retry_async, retry_sync
 from services.runtime.kafka import publish_end_markers
+from services.runtime.metrics import GaugesCollector, Sample
 
 log = logs.get(__name__)
 T = TypeVar("T")
@@ -247,4 +248,39 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
 
     app.inferledger_processor = proc  # type: ignore[attr-defined]
     app.inferledger_counters = proc.counters  # type: ignore[attr-defined]  # for /metrics
+    app.inferledger_collectors = [GaugesCollector(functools.partial(families, proc))]  # type: ignore[attr-defined]
     return app, done
+
+
+def families(proc: AttributionProcessor) -> dict[str, tuple[str, str, list[str], list[Sample]]]:
+    """The attribution processor's own metric families, read when Prometheus scrapes."""
+    component = "attribution"
+    topic = proc.events_topic
+    marks = proc.watermark.per_partition()
+    through = proc.closed_through_us
+    counters = proc.counters
+    return {
+        "inferledger_watermark_seconds": (
+            "gauge",
+            "per events partition: the latest finished_at seen minus allowed lateness (Unix "
+            "seconds), the event time up to which that partition lets buckets close",
+            ["component", "topic", "partition"],
+            [((component, topic, str(p)), us / 1e6) for p, us in sorted(marks.items())],
+        ),
+        "inferledger_closed_through_seconds": (
+            "gauge",
+            "event time (Unix seconds) through which this worker has closed buckets",
+            ["component"],
+            [] if through is None else [((component,), through / 1e6)],
+        ),
+        "inferledger_buckets_closed": (
+            "counter",
+            "bucket decisions published: close (a bucket's first: usage and idle entries) or "
+            "adjustment (a late event or a bill changed a closed bucket)",
+            ["component", "decision"],
+            [
+                ((component, "close"), float(counters["buckets.closed"])),
+                ((component, "adjustment"), float(counters["buckets.adjusted"])),
+            ],
+        ),
+    }

@@ -59,6 +59,7 @@ class _Unchecked:
 
 UNCHECKED = _Unchecked()
 _ADDED_KEY = {a: f"events.{a.value}" for a in Added}  # counter names, formatted once
+_FIRST_KINDS = frozenset(("usage", "idle"))  # entry kinds of a bucket's first decision
 
 
 ResourceLoader = Callable[[Book, list[str]], int]
@@ -483,8 +484,15 @@ class AttributionProcessor:
                 closed += self.book.flush(self._elsewhere())
                 self._flushed = True
         W = self.settings.bucket_seconds
+        counters = self.counters
         for c in closed:
-            self.counters["allocations"] += 1
+            counters["allocations"] += 1
+            # a bucket's first decision has usage or idle entries; a later one (a late event,
+            # a bill) only late_adjustment or reconciliation entries
+            if any(e.entry_kind in _FIRST_KINDS for e in c.entries):
+                counters["buckets.closed"] += 1
+            else:
+                counters["buckets.adjusted"] += 1
             for message in allocation_messages(c, W):
                 self._out.allocations.append((c.resource_id, message))
         self._out.state = self.book.take_dirty()
@@ -537,6 +545,11 @@ class AttributionProcessor:
     def ahead(self, partitions: set[int]) -> set[int]:
         """Events partitions to pause (see :meth:`Watermark.ahead`)."""
         return self.watermark.ahead(partitions, self._drained_events(partitions))
+
+    @property
+    def closed_through_us(self) -> int | None:
+        """Event time (µs) through which this worker has closed buckets, None before any."""
+        return None if self._closed_until == -(2**62) else self._closed_until
 
     def watermark_us(self, partitions: set[int]) -> int | None:
         """Event time up to which buckets may close (see :meth:`Watermark.of`)."""

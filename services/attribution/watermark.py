@@ -46,6 +46,11 @@ class Watermark:
         """The latest finish seen on ``partition`` (µs), None before its first event."""
         return self._latest.get(partition)
 
+    def per_partition(self) -> dict[int, int]:
+        """Per partition with events, its latest finish minus allowed lateness (µs): the event
+        time up to which that partition alone would let buckets close (for /metrics)."""
+        return {p: t - self.lateness_us for p, t in list(self._latest.items())}
+
     def saw(self, partition: int, latest_us: int) -> None:
         """``partition`` delivered events (accepted or not) finishing up to ``latest_us``."""
         self._latest[partition] = max(latest_us, self._latest.get(partition, latest_us))

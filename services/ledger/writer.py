@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -29,6 +30,7 @@ from services.runtime.config import ALLOCATIONS, BILLING, RATES, Settings
 from services.runtime.faustapp import commit_offsets, crash_on_error, make_app
 from services.runtime.health import kafka_errors, postgres_errors, retry_async
 from services.runtime.kafka import dead_letter
+from services.runtime.metrics import GaugesCollector, Histogram, HistogramCollector, Sample
 
 log = logs.get(__name__)
 GROUP = "inferledger-ledger"
@@ -46,6 +48,16 @@ class Batch:
     # the markers read on cost-allocations, stored with the batch (end_markers): those a
     # wait beside running processors looks for (input topics' markers are not stored)
     marked: list[tuple[str, int, str]] = field(default_factory=list)
+    # per allocation with entries: the end of its bucket (Unix seconds), and whether it is the
+    # bucket's first decision (usage and idle entries) or a later adjustment (for /metrics)
+    bucket_ends: list[tuple[float, bool]] = field(default_factory=list)
+
+
+FIRST_KINDS = frozenset(("usage", "idle"))  # entry kinds of a bucket's first decision
+#: upper bounds of inferledger_event_to_ledger_seconds' buckets: a first decision waits at
+#: least the allowed lateness (120 s by default) after its bucket's end
+LATENCY_BOUNDS = (1, 5, 15, 30, 60, 90, 120, 135, 150, 180, 240, 300, 600, 1800, 3600,
+                  4 * 3600, 24 * 3600, 7 * 24 * 3600)  # fmt: skip
 
 
 class LedgerDecoder:
@@ -107,6 +119,13 @@ class LedgerDecoder:
                 batch.bills.append(msg)
             else:
                 batch.entries.extend(entry_row(e) for e in msg.entries)
+                if msg.entries:
+                    batch.bucket_ends.append(
+                        (
+                            msg.bucket_start.timestamp() + msg.bucket_seconds,
+                            any(e.entry_kind in FIRST_KINDS for e in msg.entries),
+                        )
+                    )
                 if msg.counted_events:
                     batch.counted.append(
                         counted_set(msg.resource_id, msg.bucket_start, msg.counted_events)
@@ -125,6 +144,13 @@ class LedgerDecoder:
         if None in rows:
             return False
         batch.entries.extend(cast(list[tuple[Any, ...]], rows))
+        if a.entries:
+            batch.bucket_ends.append(
+                (
+                    a.bucket_start.timestamp() + a.bucket_seconds,
+                    any(e.entry_kind in FIRST_KINDS for e in a.entries),
+                )
+            )
         if a.counted_events:
             batch.counted.append(counted_set(a.resource_id, a.bucket_start, a.counted_events))
         return True
@@ -158,6 +184,7 @@ def build(
             done.set()
 
     pg_errors, kafka_errors_ = postgres_errors(), kafka_errors()
+    closes, adjustments = Histogram(LATENCY_BOUNDS), Histogram(LATENCY_BOUNDS)
 
     async def send_dead_letters(batch: Batch) -> None:
         for topic, value in batch.dead_letters:
@@ -228,6 +255,9 @@ def build(
                 new = await store_one_by_one(messages)
             if batch.offsets:  # written, so Kafka may move past it (a failed commit: later)
                 await commit_offsets(app, batch.offsets)
+            written_at = time.time()  # committed: the entries are in the ledger now
+            for end, first in batch.bucket_ends:
+                (closes if first else adjustments).observe(written_at - end)
             counters["entries.received"] += len(batch.entries)
             counters["entries.written"] += new
             counters["rates"] += len(batch.rates)
@@ -248,4 +278,35 @@ def build(
         progress.tick()
 
     app.inferledger_counters = counters  # type: ignore[attr-defined]
+    app.inferledger_collectors = [  # type: ignore[attr-defined]
+        HistogramCollector(
+            "inferledger_event_to_ledger_seconds",
+            "from the end of an allocation's bucket (the latest an event counted in it can "
+            "have finished) to the commit of its entries in Postgres; decision: close (the "
+            "bucket's first) or adjustment (a late event or a bill)",
+            "ledger",
+            "decision",
+            {"close": closes, "adjustment": adjustments},
+        ),
+        GaugesCollector(functools.partial(families, counters)),
+    ]
     return app, done
+
+
+def families(counters: Counter[str]) -> dict[str, tuple[str, str, list[str], list[Sample]]]:
+    """The ledger writer's own counters as metric families, read when Prometheus scrapes."""
+    return {
+        "inferledger_ledger_entries_written": (
+            "counter",
+            "ledger entries inserted into ledger_entries (re-delivered ones, already there, "
+            "are not counted)",
+            ["component"],
+            [(("ledger",), float(counters["entries.written"]))],
+        ),
+        "inferledger_ledger_entries_received": (
+            "counter",
+            "ledger entries read from cost-allocations, re-deliveries included",
+            ["component"],
+            [(("ledger",), float(counters["entries.received"]))],
+        ),
+    }

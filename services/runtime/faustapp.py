@@ -73,6 +73,8 @@ class _Transport(faust_aiokafka.Transport):
 
 class _App(faust.App):
     inferledger_fetch_max_wait_ms: int | None = None
+    #: the offsets :func:`commit_offsets` committed, {(topic, partition): offset} (for /metrics)
+    inferledger_committed: dict[tuple[str, int], int]
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
@@ -114,7 +116,25 @@ def make_app(settings: Settings, app_id: str, **overrides: Any) -> faust.App:
     conf.update(overrides)
     app = _App(app_id, **conf)
     app.inferledger_fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.inferledger_committed = {}
     return app
+
+
+def kafka_consumer(app: faust.App) -> Any:
+    """The app's aiokafka consumer, or None while it does not exist (for /metrics: read-only;
+    never creates the faust consumer from the metrics thread)."""
+    thread = getattr(getattr(app, "_consumer", None), "_thread", None)
+    return getattr(thread, "_consumer", None)
+
+
+def lag_collector(component: str, app: faust.App) -> Any:
+    """Consumer lag of ``app`` per topic and partition, for ``/metrics``."""
+    from services.runtime.metrics import ConsumerLagCollector
+
+    committed = getattr(app, "inferledger_committed", None)
+    if committed is None:
+        committed = {}
+    return ConsumerLagCollector(component, lambda: kafka_consumer(app), committed)
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -217,6 +237,10 @@ async def commit_offsets(app: faust.App, offsets: Mapping[tuple[str, int], int])
         }
         if mine:
             await consumer.commit(mine)
+            record = getattr(app, "inferledger_committed", None)
+            if record is not None:  # for /metrics: what a restart would read again
+                for tp, done in mine.items():
+                    record[tp.topic, tp.partition] = done.offset
 
     try:
         await thread.call_thread(apply)

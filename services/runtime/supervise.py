@@ -57,8 +57,9 @@ def run_one(
 ) -> None:
     """Run one processor in this process: until stopped, or to the end of a bounded run.
 
-    With ``metrics_listen`` it serves ``/metrics`` (the app's ``inferledger_counters``) and
-    ``/healthz``; with ``profile_dir`` it writes ``<component>.prof`` (cProfile)."""
+    With ``metrics_listen`` it serves ``/metrics`` (the app's ``inferledger_counters``, its
+    ``inferledger_collectors`` and its consumer's lag) and ``/healthz``; with ``profile_dir``
+    it writes ``<component>.prof`` (cProfile)."""
     from services.runtime.faustapp import run_until, tune_gc
 
     app, done = build(settings, run_id)
@@ -70,7 +71,11 @@ def run_one(
         if settings.database_url:
             HEALTH.add_probe("postgres", postgres_probe(settings.database_url))
         HEALTH.add_probe("kafka", kafka_probe(settings.kafka_bootstrap, settings.kafka_security()))
-        serve(settings.metrics_listen, component, app.inferledger_counters)
+        from services.runtime.faustapp import lag_collector
+
+        # the app's own families (watermarks, latency, ...) and its consumer's lag
+        collectors = [*getattr(app, "inferledger_collectors", ()), lag_collector(component, app)]
+        serve(settings.metrics_listen, component, app.inferledger_counters, collectors=collectors)
         log.info("metrics listening", listen=settings.metrics_listen, component=component)
     if settings.profile_dir is None:
         asyncio.run(run_until(app, done if until_idle else None))

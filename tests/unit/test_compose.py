@@ -57,3 +57,85 @@ def test_migrations_run_as_the_owner_and_the_processors_as_a_writer_login():
         url = urlsplit(svc["environment"]["INFERLEDGER_DATABASE_URL"])
         assert url.username == writer and writer != owner, name
         assert svc["depends_on"]["writer-login"]["condition"] == "service_completed_successfully"
+
+
+ROOT = COMPOSE.parent
+
+
+def _listen_port(svc: dict) -> int:
+    """The port a service serves /metrics on: INFERLEDGER_METRICS_LISTEN, or --listen."""
+    listen = svc.get("environment", {}).get("INFERLEDGER_METRICS_LISTEN")
+    if listen is None:
+        cmd = svc["command"]
+        listen = cmd[cmd.index("--listen") + 1]
+    return int(listen.rpartition(":")[2])
+
+
+def _scrape_targets() -> dict[str, set[tuple[str, int]]]:
+    """job -> {(host, port)} of deploy/prometheus/prometheus.yml."""
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    jobs: dict[str, set[tuple[str, int]]] = {}
+    for job in config["scrape_configs"]:
+        targets = jobs.setdefault(job["job_name"], set())
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, _, port = target.rpartition(":")
+                targets.add((host, int(port)))
+        for dns in job.get("dns_sd_configs", []):
+            assert dns["type"] == "A"  # every replica of a scaled service
+            targets.update((name, int(dns["port"])) for name in dns["names"])
+    return jobs
+
+
+def _mounts(svc: dict) -> dict[str, str]:
+    """container path -> host path (relative to the repository) of a service's bind mounts."""
+    out = {}
+    for volume in svc.get("volumes", []):
+        host, container, *_ = volume.split(":")
+        if host.startswith("./"):
+            out[container] = host[2:]
+    return out
+
+
+def test_prometheus_scrapes_every_processor_the_gateway_and_the_proxy_on_their_ports():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    prometheus = services["prometheus"]
+    assert prometheus["image"].startswith("prom/prometheus:")
+    mounts = _mounts(prometheus)
+    assert mounts["/etc/prometheus/prometheus.yml"] == "deploy/prometheus/prometheus.yml"
+    assert (ROOT / mounts["/etc/prometheus/prometheus.yml"]).is_file()
+    jobs = _scrape_targets()
+    for name in ("attribution", "ledger", "alerts", "gateway", "proxy"):
+        assert jobs.get(name) == {(name, _listen_port(services[name]))}, name
+    assert services["gateway"]["command"][:2] == ["inferledger", "gateway"]
+    assert services["proxy"]["command"][:2] == ["inferledger", "proxy"]
+    for name in ("gateway", "proxy"):  # /healthz on the port Prometheus scrapes
+        port = _listen_port(services[name])
+        assert f"127.0.0.1:{port}/healthz" in " ".join(services[name]["healthcheck"]["test"])
+
+
+def test_grafana_is_provisioned_from_the_repository_and_reads_the_ledger_as_the_reader():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    grafana = services["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:")
+    mounts = _mounts(grafana)
+    assert mounts["/etc/grafana/provisioning"] == "deploy/grafana/provisioning"
+    provisioning = ROOT / mounts["/etc/grafana/provisioning"]
+    providers = yaml.safe_load((provisioning / "dashboards" / "inferledger.yml").read_text())
+    (path,) = [p["options"]["path"] for p in providers["providers"]]
+    assert mounts[path] == "deploy/grafana/dashboards"
+    assert list((ROOT / mounts[path]).glob("*.json"))
+    (datasources,) = (provisioning / "datasources").glob("*.yml")
+    sources = {d["type"]: d for d in yaml.safe_load(datasources.read_text())["datasources"]}
+    pg = sources["grafana-postgresql-datasource"]
+    assert pg["user"] == "inferledger_grafana"  # a login of inferledger_reader, not the owner
+    postgres_env = services["postgres"]["environment"]
+    assert pg["user"] != postgres_env["POSTGRES_USER"]
+    assert (
+        pg["url"] == "postgres:5432" and pg["jsonData"]["database"] == postgres_env["POSTGRES_DB"]
+    )
+    password = pg["secureJsonData"]["password"]
+    assert password.startswith("$") and password[1:] in grafana["environment"]
+    assert sources["prometheus"]["url"] == "http://prometheus:9090"
+    assert "prometheus" in grafana["depends_on"] and "postgres" in grafana["depends_on"]
