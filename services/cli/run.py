@@ -200,13 +200,25 @@ def _follow(settings: Settings, up_pid: int | None, timeout: float) -> None:
 @click.command()
 @click.pass_context
 def up(ctx: click.Context) -> None:
-    """The local stack and all processors, until stopped (Ctrl-C)."""
-    from services.ledger.db import migrate as do_migrate
+    """The local stack and all processors, until stopped (Ctrl-C).
 
-    with local_stack(settings_of(ctx), publish_state=True) as s:
+    The processors serve /metrics on INFERLEDGER_METRICS_LISTEN (one port each, from that
+    one), else on free loopback ports; stack.json records their URLs for `inferledger top`."""
+    from services.ledger.db import migrate as do_migrate
+    from services.runtime.scrape import listen_urls
+    from services.runtime.stack import free_ports
+    from services.runtime.supervise import COMPONENTS
+
+    settings = settings_of(ctx)
+    if not settings.metrics_listen:
+        base = free_ports(len(COMPONENTS))
+        settings = settings.model_copy(update={"metrics_listen": f"127.0.0.1:{base}"})
+    urls = listen_urls(settings.metrics_listen, COMPONENTS)
+    with local_stack(settings, publish_state=True, metrics=urls) as s:
         assert s.database_url
         do_migrate(s.database_url)
         click.echo(f"INFERLEDGER_KAFKA_BOOTSTRAP={s.kafka_bootstrap}")
         click.echo(f"INFERLEDGER_DATABASE_URL={s.database_url}")
+        click.echo(f"# /metrics (inferledger top): {' '.join(urls.values())}")
         with contextlib.suppress(KeyboardInterrupt):
             _supervise(s, until_idle=False, progress=False)

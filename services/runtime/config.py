@@ -8,6 +8,7 @@ core's settings from them.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -158,8 +159,9 @@ class Settings(BaseSettings):
     dlq_payload_limit: int = Field(default=65_536, ge=256)
     metrics_listen: str = Field(
         default="",
-        description="host:port of a `run` processor's Prometheus /metrics (empty: none); with "
-        "`run all` the attribution processor takes this port and the ledger writer the next",
+        description="host:port of a `run` processor's Prometheus /metrics (empty: none; `up`: "
+        "free loopback ports); with `run all` and `up` the attribution processor takes this "
+        "port, the ledger writer the next, the alerts processor the one after",
     )
 
     webhook_secret: SecretStr | None = Field(
@@ -214,6 +216,13 @@ class Settings(BaseSettings):
     def group(self, name: str) -> str:
         prefix = self.topic_prefix if self.group_prefix is None else self.group_prefix
         return f"{prefix}{name}"
+
+
+def component_listens(listen: str, components: Sequence[str]) -> dict[str, str]:
+    """``host:port`` of the metrics of each component started on ``listen`` (``run all``,
+    ``up``): one port each, in order, from ``listen``'s port (no host: 127.0.0.1)."""
+    host, _, port = listen.rpartition(":")
+    return {c: f"{host or '127.0.0.1'}:{int(port) + n}" for n, c in enumerate(components)}
 
 
 def load_settings(**overrides: Any) -> Settings:

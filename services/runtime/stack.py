@@ -16,7 +16,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,14 +147,45 @@ def _state_file(settings: Settings) -> Path:
     return settings.data_dir / "stack.json"
 
 
-def running_stack(settings: Settings) -> dict[str, str] | None:
+def _running_state(settings: Settings) -> dict[str, object] | None:
     path = _state_file(settings)
     try:
         state = json.loads(path.read_text())
         os.kill(int(state["pid"]), 0)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return {k: str(v) for k, v in state.items()}
+    return dict(state)
+
+
+def running_stack(settings: Settings) -> dict[str, str] | None:
+    """The broker, database and pid of a running ``inferledger up`` (its stack.json)."""
+    state = _running_state(settings)
+    if state is None:
+        return None
+    return {k: str(v) for k, v in state.items() if not isinstance(v, dict | list)}
+
+
+def running_metrics(settings: Settings) -> dict[str, str]:
+    """The /metrics URLs of a running ``up``'s processors, per component (none: {})."""
+    metrics = (_running_state(settings) or {}).get("metrics")
+    if not isinstance(metrics, dict):
+        return {}
+    return {str(k): str(v) for k, v in metrics.items()}
+
+
+def free_ports(n: int) -> int:
+    """A loopback port p with p .. p+n-1 free now (``up`` gives its processors consecutive
+    metrics ports)."""
+    for _ in range(50):
+        base = free_port()
+        try:
+            for k in range(1, n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + k))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"found no {n} consecutive free loopback ports")
 
 
 @contextlib.contextmanager
@@ -164,8 +195,12 @@ def local_stack(
     need_broker: bool = True,
     need_database: bool = True,
     publish_state: bool = False,
+    metrics: Mapping[str, str] | None = None,
 ) -> Iterator[Settings]:
-    """Yield settings whose broker and database are reachable, starting what is missing."""
+    """Yield settings whose broker and database are reachable, starting what is missing.
+
+    With ``publish_state`` (``up``) it writes stack.json: the pid, broker and database, and
+    ``metrics``, the processors' /metrics URLs per component (what ``inferledger top`` reads)."""
     running = running_stack(settings) or {}
     updates: dict[str, object] = {}
     broker: EmbeddedBroker | None = None
@@ -194,6 +229,7 @@ def local_stack(
                     "pid": os.getpid(),
                     "kafka_bootstrap": resolved.kafka_bootstrap,
                     "database_url": resolved.database_url,
+                    "metrics": dict(metrics or {}),
                 }
             )
         )

@@ -20,8 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from services.runtime import logs
-from services.runtime.config import BILLING, EVENTS, RATES, Settings
-from services.runtime.metrics import parse_listen
+from services.runtime.config import BILLING, EVENTS, RATES, Settings, component_listens
 
 log = logs.get(__name__)
 
@@ -119,15 +118,17 @@ def run_processors(
     env["INFERLEDGER_DATABASE_URL"] = settings.database_url or ""
     env["INFERLEDGER_TOPIC_PREFIX"] = settings.topic_prefix
     commands: dict[str, tuple[list[str], dict[str, str]]] = {}
-    for n, component in enumerate(COMPONENTS):
+    listens = (
+        component_listens(settings.metrics_listen, COMPONENTS) if settings.metrics_listen else {}
+    )
+    for component in COMPONENTS:
         cmd = [*cli, "run", component, "--supervised"]  # not a second set beside `up`
         if run_id is not None:
             cmd += ["--until-idle"]
             if component != "alerts":
                 cmd += ["--run-id", run_id]
         if settings.metrics_listen:  # one port per process, in the order of COMPONENTS
-            host, port = parse_listen(settings.metrics_listen)
-            env["INFERLEDGER_METRICS_LISTEN"] = f"{host}:{port + n}"
+            env["INFERLEDGER_METRICS_LISTEN"] = listens[component]
         commands[component] = (cmd, dict(env))
     # bounded, the alerts processor runs once the ledger is complete (see below)
     after = commands.pop("alerts") if run_id is not None else None

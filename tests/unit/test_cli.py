@@ -83,6 +83,7 @@ def test_every_command_is_still_there():
         "report",
         "roles",
         "run",
+        "top",
         "up",
     }
     assert subcommands("ingest") == {"events", "rates", "billing"}
