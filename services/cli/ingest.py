@@ -1,8 +1,9 @@
-"""``inferledger ingest events|rates|billing``: publish files to the input topics."""
+"""``inferledger ingest events|rates|billing|prices``: publish files to the input topics."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import click
 
@@ -12,7 +13,7 @@ from services.runtime.stack import local_stack
 
 @click.group()
 def ingest() -> None:
-    """Publish events, rates or bills from files."""
+    """Publish events, rates, bills or prices from files."""
 
 
 @ingest.command("events")
@@ -45,6 +46,40 @@ def ingest_rates_cmd(ctx: click.Context, file: str, fmt: str) -> None:
         ensure_topics(s)
         with open_input(file) as stream:
             summary = ingest_rates(s, stream, fmt)
+    click.echo(json.dumps(summary.as_dict()))
+
+
+@ingest.command("prices")
+@click.argument("file", type=INPUT_FILE)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "jsonl", "csv", "litellm"]),
+    default="auto",
+    show_default=True,
+    help="Price JSONL or CSV (auto: by the first character), or the LiteLLM model price map",
+)
+@click.option(
+    "--effective-from",
+    type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d"]),
+    default=None,
+    help="UTC unless an offset is given; litellm: default now; jsonl/csv: for rows without one",
+)
+@click.pass_context
+def ingest_prices_cmd(
+    ctx: click.Context, file: str, fmt: str, effective_from: datetime | None
+) -> None:
+    """Publish prices (what tenants pay per million tokens) from a FILE (- for stdin)."""
+    from services.ingest.files import ingest_prices, open_input
+    from services.runtime.kafka import ensure_topics
+
+    if effective_from is not None and effective_from.tzinfo is None:
+        effective_from = effective_from.replace(tzinfo=UTC)
+    warn_ephemeral(settings_of(ctx))
+    with local_stack(settings_of(ctx), need_database=False) as s:
+        ensure_topics(s)
+        with open_input(file) as stream:
+            summary = ingest_prices(s, stream, fmt, effective_from)
     click.echo(json.dumps(summary.as_dict()))
 
 

@@ -296,6 +296,36 @@ class GpuRate(_Contract):
         return self
 
 
+class Price(_Contract):
+    """What a tenant pays for a model: per million tokens (uncached prompt, cached prompt,
+    completion) and optionally per completed request, in ``currency``, from ``effective_from``
+    until ``effective_to`` (open: until superseded). ``tenant_id`` null: the default list,
+    which a tenant's own price for the same model overrides (docs/sql.md#v_tenant_margin)."""
+
+    type: Literal["inferledger.price.v1"] = "inferledger.price.v1"
+    tenant_id: Id | None = None
+    model: Name
+    currency: Currency
+    prompt_per_million: InputMoney
+    cached_prompt_per_million: InputMoney
+    completion_per_million: InputMoney
+    per_request: InputMoney | None = None
+    effective_from: Timestamp
+    effective_to: Timestamp | None = None
+    source: Name = "list"
+
+    @model_validator(mode="after")
+    def _interval(self) -> Price:
+        for name in ("prompt_per_million", "cached_prompt_per_million", "completion_per_million",
+                     "per_request"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} is negative")
+        if self.effective_to is not None and self.effective_to <= self.effective_from:
+            raise ValueError("effective_to is not after effective_from")
+        return self
+
+
 class BillingLine(_Contract):
     """What the provider actually billed, hours or days later."""
 
@@ -446,6 +476,7 @@ MESSAGE_MODELS: dict[str, type[BaseModel]] = {
     "inference_event_batch.v1": InferenceEventBatch,
     "gpu_rate.v1": GpuRate,
     "billing_line.v1": BillingLine,
+    "price.v1": Price,
     "ledger_entry.v1": LedgerEntry,
     "cost_allocation.v1": CostAllocation,
     "budget_alert.v1": BudgetAlert,

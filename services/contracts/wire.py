@@ -6,7 +6,8 @@ Every decoder either returns a valid message (inside every limit of DESIGN.md se
 ``invalid_utf8``, ``invalid_json`` (malformed, empty, NaN/Infinity literals, lone surrogate
 escapes, numbers past 4,300 digits, or nested too deeply), ``invalid_message`` (not an object),
 ``unknown_type``, ``invalid_event``, ``invalid_batch``, ``invalid_rate``, ``invalid_billing_line``,
-``invalid_allocation``, ``invalid_control``, ``invalid_dead_letter``, and ``tombstone``: a Kafka
+``invalid_allocation``, ``invalid_price``, ``invalid_control``, ``invalid_dead_letter``, and
+``tombstone``: a Kafka
 message whose value is None raises :class:`Tombstone` (a ``DecodeError``) so that a caller can
 count and skip it, never dead-letter it (check :func:`is_tombstone` first, or catch
 ``Tombstone`` before ``DecodeError``).
@@ -39,6 +40,7 @@ from services.contracts.models import (
     InferenceEvent,
     InferenceEventBatch,
     Limits,
+    Price,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -54,6 +56,7 @@ _BATCH = "inferledger.inference_event_batch.v1"
 _RATE = "inferledger.gpu_rate.v1"
 _ALLOCATION = "inferledger.cost_allocation.v1"
 _BILLING = "inferledger.billing_line.v1"
+_PRICE = "inferledger.price.v1"
 _EOI = "inferledger.control.end_of_input.v1"
 
 
@@ -278,6 +281,10 @@ def _decode_one(
 
 def decode_rate(raw: bytes | str | None) -> GpuRate | EndOfInput:
     return _decode_one(raw, GpuRate, _RATE, "invalid_rate", "gpu-rates")
+
+
+def decode_price(raw: bytes | str | None) -> Price | EndOfInput:
+    return _decode_one(raw, Price, _PRICE, "invalid_price", "prices")
 
 
 def decode_allocation(raw: bytes | str | None) -> CostAllocation | EndOfInput:

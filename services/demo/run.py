@@ -9,15 +9,23 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from services.accounting.budgets import period_bounds
 from services.attribution.settings import accounting_settings
-from services.contracts import dumps
+from services.contracts import Price, dumps
 from services.ingest.files import batch_events, ingest_billing
 from services.ingest.trace.azure import TRACE
 from services.ingest.trace.bill import focus_bill, write_focus_csv
-from services.ingest.trace.fleet import Fleet, default_fleet, rates, rental_window, replay
+from services.ingest.trace.fleet import (
+    DEFAULT_FLEET_FILE,
+    Fleet,
+    default_fleet,
+    rates,
+    rental_window,
+    replay,
+)
 from services.ledger.audit import run_audit
 from services.ledger.budgets import create_budget, recent_alerts
 from services.ledger.completeness import scan_input
@@ -39,7 +47,7 @@ from services.ledger.report import (
 )
 from services.ledger.rounding import round_money
 from services.runtime import logs
-from services.runtime.config import EVENTS, RATES, Settings
+from services.runtime.config import EVENTS, PRICES, RATES, Settings
 from services.runtime.kafka import ensure_topics, make_producer
 from services.runtime.stack import local_stack, recreate_database
 from services.runtime.supervise import run_processors
@@ -60,6 +68,22 @@ def demo_budget_amount(fleet_rates: list[Any], start: datetime, end: datetime) -
     hours = Decimal(int((min(end, day_end) - max(start, day_start)).total_seconds())) / 3600
     cost = sum((Decimal(r.price_per_hour) for r in fleet_rates), Decimal(0)) * hours
     return max((cost / BUDGET_SHARE).quantize(Decimal("0.01"), "ROUND_CEILING"), Decimal("0.01"))
+
+
+#: what the demo's tenants pay: the LiteLLM list prices of hosted versions of its models
+#: (docs/demo.md#margin); hosted APIs are far cheaper than a mostly idle rented fleet
+DEMO_PRICES = Path(DEFAULT_FLEET_FILE).with_name("demo_prices.jsonl")
+
+
+def margin_per_tenant(engine: Any) -> list[dict[str, Any]]:
+    """Revenue, cost with the idle share and margin per tenant and currency (v_tenant_margin)."""
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(text(
+            "SELECT tenant_id, currency, sum(revenue) AS revenue, sum(cost_with_idle) AS "
+            "cost_with_idle, sum(margin_with_idle) AS margin_with_idle, round(sum("
+            "margin_with_idle) * 100 / nullif(sum(revenue), 0), 1) AS margin_pct_with_idle "
+            "FROM v_tenant_margin GROUP BY tenant_id, currency ORDER BY tenant_id, currency"
+        )).mappings()]  # fmt: skip
 
 
 def print_alerts(engine: Any) -> int:
@@ -158,6 +182,9 @@ def run_demo(
         try:
             for rate in fleet_rates:
                 producer.send(s.topic(RATES), key=rate.resource_id, value=dumps(rate))
+            for line in DEMO_PRICES.read_text().splitlines():  # the demo's price list
+                price = Price.model_validate_json(line)
+                producer.send(s.topic(PRICES), key=price.model, value=dumps(price))
             messages = 0
             for resource, value, _ in batch_events(
                 sorted(events, key=lambda e: e.finished_at), s.max_batch_events, s.max_message_bytes
@@ -212,6 +239,7 @@ def run_demo(
             )
         )
         print_alerts(engine)
+        click.echo(render(margin_per_tenant(engine), "table", "margin per tenant (demo prices)"))
         total = sum((n["cost"] for n in nodes), Decimal(0))
         idle = sum((n["idle_cost"] or Decimal(0) for n in nodes), Decimal(0))
         completions = sum(r["completions"] for r in table)

@@ -9,14 +9,29 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
 from pydantic import ValidationError
 
-from services.contracts import BillingLine, GpuRate, InferenceEvent, dumps, encode_event_batch
-from services.contracts.wire import BATCH_SEPARATOR, DecodeError, decode_events, load_json
-from services.runtime.config import BILLING, EVENTS, RATES, Settings
+from services.contracts import (
+    BillingLine,
+    GpuRate,
+    InferenceEvent,
+    Price,
+    dumps,
+    encode_event_batch,
+)
+from services.contracts.wire import (
+    BATCH_SEPARATOR,
+    DecodeError,
+    decode_events,
+    explain,
+    load_json,
+)
+from services.runtime.config import BILLING, EVENTS, PRICES, RATES, Settings
 from services.runtime.kafka import dead_letter, make_producer
 
 
@@ -182,6 +197,112 @@ def ingest_rates(
                 )
                 continue
             producer.send(topic, key=rate.resource_id, value=dumps(rate))
+            summary.published += 1
+            summary.messages += 1
+        producer.flush(60)
+    finally:
+        producer.close(10)
+    return summary
+
+
+PER_MILLION = Decimal(1_000_000)
+LITELLM_FIELDS = {
+    "prompt_per_million": "input_cost_per_token",
+    "cached_prompt_per_million": "cache_read_input_token_cost",
+    "completion_per_million": "output_cost_per_token",
+}
+
+
+def litellm_prices(data: bytes, effective_from: datetime) -> Iterator[tuple[str, bytes, Any]]:
+    """The LiteLLM model price map (``{model: {"input_cost_per_token": 1e-06, ...}}``, USD
+    per token) as price records of the default list: per million tokens = per token x 10^6,
+    exactly (the JSON numbers are read as decimals, never floats). A model without a cached
+    input price is charged its input price for cached tokens. Yields (where, raw, record or
+    the reason it is refused)."""
+    try:
+        doc = json.loads(data.decode("utf-8-sig"), parse_float=Decimal)
+    except (UnicodeDecodeError, ValueError) as exc:
+        yield "file", data[:2000], DecodeError("invalid_json", f"not a LiteLLM price map: {exc}")
+        return
+    if not isinstance(doc, dict):
+        yield "file", data[:2000], DecodeError("invalid_message", "not a JSON object of models")
+        return
+    for model, entry in doc.items():
+        where = f"model {model!r}"
+        raw = json.dumps({model: entry}, default=str).encode()
+        if model == "sample_spec":  # LiteLLM's documentation entry, not a model
+            continue
+        if not isinstance(entry, dict):
+            yield where, raw, DecodeError("invalid_price", "its entry is not an object")
+            continue
+        record: dict[str, Any] = {
+            "model": model,
+            "currency": "USD",
+            "effective_from": effective_from,
+            "source": "litellm",
+        }
+        for ours, theirs in LITELLM_FIELDS.items():
+            value = entry.get(theirs)
+            if value is None and ours == "cached_prompt_per_million":
+                value = entry.get("input_cost_per_token")
+            if isinstance(value, bool) or not isinstance(value, int | Decimal):
+                problem = "missing" if value is None else f"not a number: {value!r}"
+                yield where, raw, DecodeError("invalid_price", f"{theirs} is {problem}")
+                break
+            record[ours] = format((Decimal(value) * PER_MILLION).normalize(), "f")
+        else:
+            yield where, raw, record
+
+
+def _price_records(
+    stream: IO[bytes], fmt: str, effective_from: datetime | None
+) -> Iterator[tuple[str, bytes, Any]]:
+    data = stream.read()
+    if fmt == "litellm":
+        yield from litellm_prices(data, effective_from or datetime.now(UTC).replace(microsecond=0))
+        return
+    for n, raw, obj in _rate_records(io.BytesIO(data), fmt):
+        if effective_from is not None and isinstance(obj, dict):
+            obj.setdefault("effective_from", effective_from)
+        yield f"line {n}", raw, obj
+
+
+def ingest_prices(
+    settings: Settings,
+    stream: IO[bytes],
+    fmt: str = "auto",
+    effective_from: datetime | None = None,
+    source: str = "ingest",
+) -> IngestSummary:
+    """Publish prices (``Price`` JSONL or CSV, or the LiteLLM model price map) to ``prices``,
+    keyed by model; what cannot be a price goes to ``prices.dlq`` with its reason."""
+    summary = IngestSummary()
+    topic = settings.topic(PRICES)
+    producer = make_producer(settings)
+    try:
+        for where, raw, obj in _price_records(stream, fmt, effective_from):
+            summary.read += 1
+            try:
+                if isinstance(obj, DecodeError):
+                    raise obj
+                price = Price.model_validate(obj)
+            except (DecodeError, ValidationError) as exc:
+                reason = exc.reason if isinstance(exc, DecodeError) else "invalid_price"
+                detail = exc.detail if isinstance(exc, DecodeError) else explain(exc)
+                summary.rejected[reason] += 1
+                producer.send(
+                    f"{topic}.dlq",
+                    dead_letter(
+                        topic,
+                        reason,
+                        f"{where}: {detail}",
+                        raw,
+                        settings.dlq_payload_limit,
+                        source=source,
+                    ),
+                )
+                continue
+            producer.send(topic, key=price.model, value=dumps(price))
             summary.published += 1
             summary.messages += 1
         producer.flush(60)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, select, text
 from sqlalchemy.dialects.postgresql import insert
 
-from services.contracts import GpuRate, LedgerEntry
+from services.contracts import GpuRate, LedgerEntry, Price
 from services.contracts.fast import EntryRecord, money
 from services.contracts.ledger import LEDGER_ENTRY_COLUMNS, LEDGER_MONEY
 from services.contracts.ledger import entry_values as ledger_values
@@ -25,6 +26,7 @@ from services.ledger.schema import (
     end_markers,
     gpu_rates,
     ledger_entries,
+    prices,
     resources,
 )
 
@@ -88,6 +90,33 @@ def rate_row(r: GpuRate) -> dict[str, Any]:
         )
     )
     row["rate_id"] = hashlib.sha256(ident.encode()).hexdigest()[:32]
+    return row
+
+
+PRICE_IDENTITY = (
+    "tenant_id",
+    "model",
+    "currency",
+    "prompt_per_million",
+    "cached_prompt_per_million",
+    "completion_per_million",
+    "per_request",
+    "effective_from",
+    "effective_to",
+    "source",
+)
+
+
+def price_row(p: Price) -> dict[str, Any]:
+    """A price as a ``prices`` row; its id is a hash of its content (as a rate's is), so the
+    same price published twice is one row. Money as normalised decimal text: ``"2.50"`` and
+    ``"2.5"`` are the same price."""
+    row = p.model_dump(exclude={"type"})
+    ident = "\x1f".join(
+        "" if v is None else format(v.normalize(), "f") if isinstance(v, Decimal) else str(v)
+        for v in (row[k] for k in PRICE_IDENTITY)
+    )
+    row["price_id"] = hashlib.sha256(ident.encode()).hexdigest()[:32]
     return row
 
 
@@ -200,6 +229,10 @@ def write_batch(engine: Engine, group: str, batch: Any) -> int:
             conn.execute(insert(billing_lines).on_conflict_do_nothing(), brows)
         if batch.rates:
             _write_rates(conn, batch.rates)
+        new_prices = getattr(batch, "prices", None)
+        if new_prices:
+            prows = [price_row(p) for p in new_prices]
+            conn.execute(insert(prices).on_conflict_do_nothing(index_elements=["price_id"]), prows)
         markers = getattr(batch, "marked", None)  # those on cost-allocations: see writer
         if markers:
             mrows = [{"run_id": r, "topic": t, "partition": p} for t, p, r in markers]

@@ -127,6 +127,31 @@ gpu_rates = Table(
     Index("ix_gpu_rates_resource_from", "resource_id", "effective_from"),
 )
 
+prices = Table(
+    "prices",
+    metadata,
+    Column("price_id", String(64), primary_key=True),
+    Column("tenant_id", Text),
+    Column("model", Text, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("prompt_per_million", AMOUNT, nullable=False),
+    Column("cached_prompt_per_million", AMOUNT, nullable=False),
+    Column("completion_per_million", AMOUNT, nullable=False),
+    Column("per_request", AMOUNT),
+    Column("effective_from", DateTime(timezone=True), nullable=False),
+    Column("effective_to", DateTime(timezone=True)),
+    Column("source", Text, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency"),
+    CheckConstraint(
+        "prompt_per_million >= 0 AND cached_prompt_per_million >= 0 "
+        "AND completion_per_million >= 0 AND coalesce(per_request, 0) >= 0",
+        name="non_negative",
+    ),
+    CheckConstraint("effective_to IS NULL OR effective_to > effective_from", name="interval"),
+    Index("ix_prices_model_tenant_from", "model", "tenant_id", "effective_from"),
+)
+
 resources = Table(
     "resources",
     metadata,

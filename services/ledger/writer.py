@@ -19,14 +19,16 @@ from services.contracts import (
     DecodeError,
     EndOfInput,
     GpuRate,
+    Price,
     decode_allocation,
     decode_billing,
+    decode_price,
     decode_rate,
 )
 from services.contracts.fast import allocation_record
 from services.ledger.db import counted_set, entry_row, make_engine, record_row, write_batch
 from services.runtime import logs
-from services.runtime.config import ALLOCATIONS, BILLING, RATES, Settings
+from services.runtime.config import ALLOCATIONS, BILLING, PRICES, RATES, Settings
 from services.runtime.faustapp import commit_offsets, crash_on_error, make_app
 from services.runtime.health import kafka_errors, postgres_errors, retry_async
 from services.runtime.kafka import dead_letter
@@ -40,6 +42,7 @@ GROUP = "inferledger-ledger"
 class Batch:
     entries: list[tuple[Any, ...]] = field(default_factory=list)  # rows of ENTRY_COLUMNS
     rates: list[GpuRate] = field(default_factory=list)
+    prices: list[Price] = field(default_factory=list)
     bills: list[BillingLine] = field(default_factory=list)
     counted: list[tuple[Any, ...]] = field(default_factory=list)  # rows of COUNTED_COLUMNS
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -68,6 +71,7 @@ class LedgerDecoder:
         self.alloc_topic = settings.topic(ALLOCATIONS)
         self.rates_topic = settings.topic(RATES)
         self.billing_topic = settings.topic(BILLING)
+        self.prices_topic = settings.topic(PRICES)
         self.counters: Counter[str] = Counter()
 
     def decode(self, messages: list[tuple[str, int, int, bytes | None]]) -> Batch:
@@ -85,11 +89,14 @@ class LedgerDecoder:
                     msg = decode_allocation(raw)
                 elif topic == self.billing_topic:
                     msg = decode_billing(raw)
+                elif topic == self.prices_topic:
+                    msg = decode_price(raw)
                 else:
                     msg = decode_rate(raw)
             except DecodeError as exc:
-                if topic != self.alloc_topic:
-                    # the attribution processor owns the input dead letters; count only
+                if topic not in (self.alloc_topic, self.prices_topic):
+                    # the attribution processor owns the input dead letters (not of prices:
+                    # only this writer reads them); count only
                     self.counters[f"input.rejected.{exc.reason}"] += 1
                     continue
                 self.counters[f"dlq.{exc.reason}"] += 1
@@ -117,6 +124,8 @@ class LedgerDecoder:
                 batch.rates.append(msg)
             elif isinstance(msg, BillingLine):
                 batch.bills.append(msg)
+            elif isinstance(msg, Price):
+                batch.prices.append(msg)
             else:
                 batch.entries.extend(entry_row(e) for e in msg.entries)
                 if msg.entries:
@@ -165,7 +174,7 @@ def build(
     db = engine or make_engine(settings.database_url)
     decoder = LedgerDecoder(settings)
     alloc_name, rates_name = settings.topic(ALLOCATIONS), settings.topic(RATES)
-    billing_name = settings.topic(BILLING)
+    billing_name, prices_name = settings.topic(BILLING), settings.topic(PRICES)
     done = asyncio.Event()
     seen_markers: set[tuple[str, int]] = set()
     counters = decoder.counters
@@ -179,6 +188,7 @@ def build(
         needed = {(alloc_name, p) for p in assigned(alloc_name)}
         needed |= {(rates_name, p) for p in assigned(rates_name)}
         needed |= {(billing_name, p) for p in assigned(billing_name)}
+        needed |= {(prices_name, p) for p in assigned(prices_name)}
         if needed and needed <= seen_markers:
             log.info("ledger writer finished", **dict(counters))
             done.set()
@@ -232,7 +242,7 @@ def build(
 
     # offsets are committed here after each batch is written, never by faust's acknowledgements
     # (faust acknowledges a batch whose writing failed: see commit_offsets)
-    @app.agent(app.topic(alloc_name, rates_name, billing_name, acks=False))
+    @app.agent(app.topic(alloc_name, rates_name, billing_name, prices_name, acks=False))
     @crash_on_error(app)
     async def write(stream: Any) -> None:
         async for events in stream.take_events(settings.take_max, settings.take_within_seconds):
@@ -262,6 +272,7 @@ def build(
             counters["entries.written"] += new
             counters["rates"] += len(batch.rates)
             counters["billing_lines"] += len(batch.bills)
+            counters["prices"] += len(batch.prices)
             counters["counted_events"] += len(batch.counted)
             for topic, partition, marker_run in batch.markers:
                 if marker_run == run_id:

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 EVENTS = "inference-events"
 RATES = "gpu-rates"
 BILLING = "gpu-billing"
+PRICES = "prices"
 ALLOCATIONS = "cost-allocations"
 ALERTS = "budget-alerts"
 

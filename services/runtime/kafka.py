@@ -16,15 +16,16 @@ from kafka.serializer import Serializer
 
 from services.contracts import DeadLetter, EndOfInput, dumps, encode_dead_letter
 from services.runtime import logs
-from services.runtime.config import ALERTS, ALLOCATIONS, BILLING, EVENTS, RATES, Settings
+from services.runtime.config import ALERTS, ALLOCATIONS, BILLING, EVENTS, PRICES, RATES, Settings
 
 log = logs.get(__name__)
-TOPICS = (EVENTS, RATES, BILLING, ALLOCATIONS, ALERTS)
+TOPICS = (EVENTS, RATES, BILLING, ALLOCATIONS, ALERTS, PRICES)
 # Rates are a history, never compacted: compaction by resource_id would keep only each node's
 # latest rate and lose the prices of every earlier hour (DESIGN.md section 2). Keep everything.
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     RATES: {"cleanup.policy": "delete", "retention.ms": "-1"},
     BILLING: {"cleanup.policy": "delete", "retention.ms": "-1"},
+    PRICES: {"cleanup.policy": "delete", "retention.ms": "-1"},  # a history too
 }
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from services.runtime import logs
-from services.runtime.config import BILLING, EVENTS, RATES, Settings, component_listens
+from services.runtime.config import BILLING, EVENTS, PRICES, RATES, Settings, component_listens
 
 log = logs.get(__name__)
 
@@ -37,8 +37,13 @@ class ProcessFailed(RuntimeError):
 
 
 def input_topics(settings: Settings) -> list[str]:
-    """The topics a bounded run reads to their end: events, rates and bills."""
-    return [settings.topic(EVENTS), settings.topic(RATES), settings.topic(BILLING)]
+    """The topics a bounded run reads to their end: events, rates, bills and prices."""
+    return [
+        settings.topic(EVENTS),
+        settings.topic(RATES),
+        settings.topic(BILLING),
+        settings.topic(PRICES),
+    ]
 
 
 def start_bounded_run(settings: Settings) -> str:

@@ -282,7 +282,17 @@ def test_a_tenant_reads_its_own_rows_and_nothing_else(ledger, logins):
     assert rows(conn, "SELECT * FROM inferledger_tenant_budget_status(%s)", (beta,)) == []
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("SELECT inferledger_budget_spend('b-beta', now() - interval '1 year', now())")
-    hidden = ("billing_lines", "gpu_rates", "tenant_logins", "v_tenant_spend", "v_gpu_utilization")
+    hidden = (
+        "billing_lines",
+        "gpu_rates",
+        "tenant_logins",
+        "v_tenant_spend",
+        "v_gpu_utilization",
+        "prices",
+        "v_tenant_margin",
+        "v_tenant_revenue",
+        "v_api_equivalent",
+    )
     for rel in hidden:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(sql.SQL("SELECT 1 FROM {}").format(sql.Identifier(rel)))

@@ -86,7 +86,7 @@ def test_every_command_is_still_there():
         "top",
         "up",
     }
-    assert subcommands("ingest") == {"events", "rates", "billing"}
+    assert subcommands("ingest") == {"events", "rates", "billing", "prices"}
     assert subcommands("replay") == {"fleet", "azure-trace"}
     assert subcommands("dlq") == {"list", "replay"}
     assert subcommands("budget") == {"set", "list", "delete", "test-webhook"}
