@@ -29,6 +29,8 @@ VIEWS = [
     "v_budget_status",
     "v_unallocated_billing",
     "v_tenant_idle_share",
+    "v_goodput",
+    "v_waste",
 ]
 
 
