@@ -151,8 +151,10 @@ def workloads(draw):
     return reqs, Rate("node-1", T0, None, price, "USD")
 
 
-FIELDS = ("amount", "slo_miss_amount", "failed_amount", "cancelled_amount",
-          "completions", "completions_within_slo", "failed_requests", "cancelled_requests")  # fmt: skip
+FIELDS = (
+    "amount", "slo_miss_amount", "failed_amount", "cancelled_amount",
+    "completions", "completions_within_slo", "failed_requests", "cancelled_requests",
+)  # fmt: skip
 
 
 def run(reqs, rate, cfg=CFG):
@@ -187,11 +189,12 @@ def test_class_shares_sum_exactly_to_the_entry_amount(work):
             parts = (e.slo_miss_amount, e.failed_amount, e.cancelled_amount)
             inside = e.amount - sum(parts)
             assert all(p == p.quantize(QUANTUM) for p in parts)
-            # each part lies between 0 and the amount (on the amount's side of 0)
-            for p in (*parts, inside):
-                assert (0 <= p <= e.amount) or (e.amount <= p <= 0), (e, p)
-            assert 0 <= e.completions_within_slo <= e.completions
-            assert 0 <= e.cancelled_requests <= e.failed_requests
+            if e.entry_kind == "usage":  # (an adjustment carries differences, of any sign)
+                # each part lies between 0 and the amount (on the amount's side of 0)
+                for p in (*parts, inside):
+                    assert (0 <= p <= e.amount) or (e.amount <= p <= 0), (e, p)
+                assert 0 <= e.completions_within_slo <= e.completions
+                assert 0 <= e.cancelled_requests <= e.failed_requests
             if e.tenant_id is None:
                 assert parts == (0, 0, 0)
 
@@ -246,6 +249,10 @@ def test_late_events_adjust_to_the_exact_classes(work, rnd):
     got = positions(closed)
     want = positions(run(reqs, rate, cfg))
     assert got == want
+    for amount, *parts in (v[:4] for v in got.values()):  # the ledger's sums: exact parts
+        inside = amount - sum(parts)
+        for p in (*parts, inside):
+            assert (0 <= p <= amount) or (amount <= p <= 0)
 
 
 # -- persistence and the wire --------------------------------------------------------------
@@ -294,3 +301,31 @@ def test_slos_setting():
 
     with pytest.raises(ValueError):
         Settings(slos='{"m": {"ttft": 2}}')
+
+
+# -- the demo's service-time model: a hot node queues --------------------------------------
+def test_a_hot_node_queues_and_misses_its_objective():
+    from services.ingest.trace.fleet import Fleet, default_fleet, replay
+
+    d = default_fleet()
+    hot = replay(Fleet.from_dict(d), limit=3000)
+    for n in d["nodes"]:
+        n.pop("max_running")
+    free = replay(Fleet.from_dict(d), limit=3000)
+    assert [e.event_id for e in hot] == [e.event_id for e in free]
+    waits = [
+        (h.first_token_at - f.first_token_at).total_seconds()
+        for h, f in zip(hot, free, strict=True)
+    ]
+    assert min(waits) == 0 and max(waits) > 0.5  # some requests waited for a batch slot
+    assert all(
+        h.started_at == f.started_at for h, f in zip(hot, free, strict=True)
+    )  # arrival unchanged
+    slo = {"*": {"ttft_seconds": 1.0, "tpot_seconds": 0.05}}
+    assert Fleet.from_dict(default_fleet()).slos == slo
+    acc = AccountingSettings(slos={"*": Slo(S, S // 20)})
+    from services.attribution.encode import to_request
+
+    missed_hot = sum(acc.slo_class(to_request(e)) == SLO_MISS for e in hot)
+    missed_free = sum(acc.slo_class(to_request(e)) == SLO_MISS for e in free)
+    assert missed_hot > missed_free
