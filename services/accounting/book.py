@@ -410,7 +410,7 @@ class Book:
         buckets: list[int],
         kind: str,
         trigger: str,
-        add: tuple[Request, Any] | None = None,
+        add: tuple[Request, int, int] | None = None,
     ) -> list[ClosedBucket]:
         res = self._resources[resource_id]
         self._fetch(resource_id, buckets)

@@ -11,6 +11,7 @@ from services.accounting.facts import BucketFacts
 from services.accounting.model import AccountingSettings, Bill, Entry, Rate, Request
 from services.accounting.pricing import BucketCost, bucket_cost
 from services.accounting.shares import Position, PositionKey, positions
+from services.accounting.slo import slo_class
 
 
 def entry_id(*parts: object) -> str:
@@ -155,7 +156,7 @@ def allocate_bucket(
             req, settings.bucket_us
         ):
             facts.add(
-                req, request_work_nanos(req, settings), settings.bucket_us, settings.slo_class(req)
+                req, request_work_nanos(req, settings), settings.bucket_us, slo_class(settings, req)
             )
     b0 = bucket_start_us
     cost = bucket_cost(rates, bills, b0, b0 + settings.bucket_us, settings.default_currency)

@@ -78,12 +78,6 @@ class AccountingSettings:
     def resident_us(self) -> int:
         return self.resident_seconds * US_PER_SECOND
 
-    def slo_class(self, req: Request) -> int:
-        """The class of a request under these objectives (``services.accounting.slo``)."""
-        from services.accounting.slo import request_class
-
-        return request_class(req, self.slos, self.slos.get("*"))
-
     def weights_for(self, model: str) -> TokenWeights:
         return self.model_weights.get(model, self.default_weights)
 

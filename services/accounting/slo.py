@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.accounting.model import Request
+from services.accounting.model import AccountingSettings, Request
 
 WITHIN, SLO_MISS, FAILED, CANCELLED = 0, 1, 2, 3
 CLASSES = ("within_slo", "slo_miss", "failed", "cancelled")
@@ -70,3 +70,8 @@ def request_class(req: Request, slos: dict[str, Slo], default: Slo | None = None
     if status == "ok":
         return WITHIN if within(slos.get(req.model, default), req) else SLO_MISS
     return CANCELLED if status == "cancelled" else FAILED
+
+
+def slo_class(settings: AccountingSettings, req: Request) -> int:
+    """The class of a request under the settings' objectives (``*``: the default)."""
+    return request_class(req, settings.slos, settings.slos.get("*"))

@@ -40,7 +40,7 @@ class Column:
     """Money only: the value must lie strictly inside ``(-limit, limit)`` (the NUMERIC's)."""
 
 
-LEDGER_ENTRY: tuple[Column, ...] = (
+_LEDGER_ENTRY_BASE: tuple[Column, ...] = (
     Column("entry_id", "VARCHAR(64)", False, "text"),
     Column("entry_kind", "TEXT", False, "text"),
     Column("cost_basis", "TEXT", False, "text"),
@@ -76,7 +76,7 @@ their latency objective (a part of ``completions``), cancelled requests (a part 
 cancelled ones. The part that paid for requests within objective is ``amount`` minus the three,
 so the four parts add up to ``amount`` exactly. Not in the row hash (its form is frozen)."""
 
-LEDGER_ENTRY: tuple[Column, ...] = LEDGER_ENTRY + LEDGER_ENTRY_GOODPUT
+LEDGER_ENTRY: tuple[Column, ...] = _LEDGER_ENTRY_BASE + LEDGER_ENTRY_GOODPUT
 """Every column a ledger entry fills, in the contract's field order (the table's order but for
 :data:`LEDGER_TABLE_EXTRA`, which comes before the goodput columns there)."""
 
@@ -89,9 +89,7 @@ LEDGER_TABLE_EXTRA: tuple[Column, ...] = (
 )
 """The columns of ``ledger_entries`` after the entry's own: filled by Postgres and the writer."""
 
-LEDGER_TABLE: tuple[Column, ...] = (
-    LEDGER_ENTRY[: -len(LEDGER_ENTRY_GOODPUT)] + LEDGER_TABLE_EXTRA + LEDGER_ENTRY_GOODPUT
-)
+LEDGER_TABLE: tuple[Column, ...] = _LEDGER_ENTRY_BASE + LEDGER_TABLE_EXTRA + LEDGER_ENTRY_GOODPUT
 """Every column of ``ledger_entries``, in table order."""
 
 LEDGER_TABLE_COLUMNS: tuple[str, ...] = tuple(c.name for c in LEDGER_TABLE)

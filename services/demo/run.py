@@ -140,6 +140,7 @@ def run_demo(
         if fleet.slos and not s.slos:  # the fleet's latency objectives, unless set otherwise
             os.environ["INFERLEDGER_SLOS"] = json.dumps(fleet.slos)  # (the processors' too)
             s = s.model_copy(update={"slos": fleet.slos})
+        assert s.database_url
         events = replay(fleet, trace, limit)
         start, end = rental_window(events)
         fleet_rates = rates(fleet, start, end)

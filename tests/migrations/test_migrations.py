@@ -133,7 +133,7 @@ def test_the_audit_recomputes_the_rollup_as_its_trigger_adds_to_it():
 
     from services.ledger.rollup import DAILY_SUMS
 
-    def load(prefix: str):  # type: ignore[no-untyped-def]
+    def load(prefix: str):
         versions = Path(__file__).resolve().parents[2] / "migrations" / "versions"
         (path,) = versions.glob(f"{prefix}_*.py")
         spec = importlib.util.spec_from_file_location(f"m{prefix}", path)
