@@ -36,6 +36,7 @@ from services.accounting.model import (
 )
 from services.accounting.pricing import provisional_cost
 from services.accounting.shares import largest_remainder
+from services.accounting.slo import Slo, request_class
 
 __all__ = [
     "DEFAULT_RULES",
@@ -55,6 +56,7 @@ __all__ = [
     "Period",
     "Rate",
     "Request",
+    "Slo",
     "TokenWeights",
     "alert_id",
     "alert_text",
@@ -72,6 +74,7 @@ __all__ = [
     "period_bounds",
     "provisional_cost",
     "request_buckets",
+    "request_class",
     "request_work",
     "threshold_str",
     "thresholds_due",

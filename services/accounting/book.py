@@ -33,6 +33,7 @@ from services.accounting.seen import (
     pack,
 )
 from services.accounting.shares import Position, PositionKey, positions
+from services.accounting.slo import request_class
 
 
 class Added(Enum):
@@ -122,6 +123,10 @@ class Book:
         self._new_inputs: list[tuple[str, str, str, dict[str, Any]]] = []
         self._bucket_us = settings.bucket_us
         self._nano_weights: dict[str, tuple[int, int, int]] = {}  # per model
+        slos, default_slo = settings.slos, settings.slos.get("*")
+        self._slo_class: Callable[[Request], int] = lambda req: request_class(
+            req, slos, default_slo
+        )
         # every accepted event id, wherever its buckets lie (see add_request and _prune)
         self._seen = SeenIndex()
 
@@ -281,6 +286,7 @@ class Book:
                 self.settings.weights_for(req.model)
             )
         work = work_nanos(req, weights)
+        cls = self._slo_class(req)
         W = self._bucket_us
         open_ = res.open
         for b in buckets:
@@ -289,7 +295,7 @@ class Book:
             facts = open_.get(b)
             if facts is None:
                 facts = open_[b] = BucketFacts(b)
-            facts.add(req, work, W)
+            facts.add(req, work, W, cls)
         end = req.end_us
         if res.last_event_us is None or end > res.last_event_us:
             res.last_event_us = end
@@ -298,7 +304,7 @@ class Book:
         if not late:
             return Added.ACCEPTED, []
         changes = self._recompute(
-            req.resource_id, late, "late_adjustment", req.event_id, add=(req, work)
+            req.resource_id, late, "late_adjustment", req.event_id, add=(req, work, cls)
         )
         return Added.LATE, changes
 
@@ -404,7 +410,7 @@ class Book:
         buckets: list[int],
         kind: str,
         trigger: str,
-        add: tuple[Request, Any] | None = None,
+        add: tuple[Request, int, int] | None = None,
     ) -> list[ClosedBucket]:
         res = self._resources[resource_id]
         self._fetch(resource_id, buckets)
@@ -415,7 +421,7 @@ class Book:
                 state = Closed(BucketFacts(b), {})
             facts = state.facts  # updated in place: the old positions are kept below
             if add is not None:
-                facts.add(add[0], add[1], self.settings.bucket_us)
+                facts.add(add[0], add[1], self.settings.bucket_us, add[2])
             cost = self._cost(res, b)
             new = positions(facts, cost, self.settings)
             entries = adjustment_entries(

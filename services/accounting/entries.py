@@ -11,6 +11,7 @@ from services.accounting.facts import BucketFacts
 from services.accounting.model import AccountingSettings, Bill, Entry, Rate, Request
 from services.accounting.pricing import BucketCost, bucket_cost
 from services.accounting.shares import Position, PositionKey, positions
+from services.accounting.slo import slo_class
 
 
 def entry_id(*parts: object) -> str:
@@ -78,6 +79,11 @@ def make_entry(
         work_units=pos.work,
         busy_seconds=pos.busy,
         billing_line_ids=line_ids,
+        completions_within_slo=pos.within,
+        cancelled_requests=pos.cancelled,
+        slo_miss_amount=pos.slo_miss_amount,
+        failed_amount=pos.failed_amount,
+        cancelled_amount=pos.cancelled_amount,
     )
 
 
@@ -149,7 +155,9 @@ def allocate_bucket(
         if req.resource_id == resource_id and bucket_start_us in request_buckets(
             req, settings.bucket_us
         ):
-            facts.add(req, request_work_nanos(req, settings), settings.bucket_us)
+            facts.add(
+                req, request_work_nanos(req, settings), settings.bucket_us, slo_class(settings, req)
+            )
     b0 = bucket_start_us
     cost = bucket_cost(rates, bills, b0, b0 + settings.bucket_us, settings.default_currency)
     return initial_entries(resource_id, b0, settings, positions(facts, cost, settings), cost)

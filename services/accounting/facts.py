@@ -79,6 +79,13 @@ class GroupFacts:
     prompt: int = 0
     cached: int = 0
     completion: int = 0
+    within: int = 0  # completions within their objective (counted where they finish)
+    cancelled: int = 0  # cancelled requests (also counted in failed)
+    class_work: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    """Nano work units per request class (``services.accounting.slo``): sums to ``work``."""
+    class_time: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    """Microseconds of requests inside the bucket per class (summed, not merged): the class
+    weights of a group whose requests carry no token work at all."""
 
     def copy(self) -> GroupFacts:
         return GroupFacts(
@@ -89,6 +96,10 @@ class GroupFacts:
             self.prompt,
             self.cached,
             self.completion,
+            self.within,
+            self.cancelled,
+            list(self.class_work),
+            list(self.class_time),
         )
 
 
@@ -111,8 +122,9 @@ class BucketFacts:
             dict(self.finished),
         )
 
-    def add(self, req: Request, work_nanos: int, bucket_us: int) -> bool:
-        """Add a request's share of this bucket; False (and no change) for a known event_id."""
+    def add(self, req: Request, work_nanos: int, bucket_us: int, cls: int = 0) -> bool:
+        """Add a request's share of this bucket; False (and no change) for a known event_id.
+        ``cls`` is the request's class (``services.accounting.slo``; 0: within objective)."""
         event_ids = self.event_ids
         if req.event_id in event_ids:
             return False
@@ -136,15 +148,21 @@ class BucketFacts:
         if g is None:
             g = self.groups[key] = GroupFacts()
         g.work += work
+        g.class_work[cls] += work
         if hi > lo:
+            g.class_time[cls] += hi - lo
             merge_interval(g.intervals, lo, hi)
             merge_interval(self.busy, lo, hi)
         if b0 <= req.end_us < b1:
             self.finished[req.event_id] = req.status
             if req.status == "ok":
                 g.completions += 1
+                if cls == 0:
+                    g.within += 1
             else:
                 g.failed += 1
+                if req.status == "cancelled":
+                    g.cancelled += 1
             g.prompt += req.prompt_tokens
             g.cached += req.cached_prompt_tokens
             g.completion += req.completion_tokens
@@ -168,6 +186,10 @@ class BucketFacts:
                     g.prompt,
                     g.cached,
                     g.completion,
+                    g.within,
+                    g.cancelled,
+                    [str(from_nanos(w)) for w in g.class_work],
+                    g.class_time,
                 ]
                 for (t, m), g in sorted(self.groups.items())
             ],
@@ -175,10 +197,18 @@ class BucketFacts:
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> BucketFacts:
-        groups = {
-            (t, m): GroupFacts(to_nanos(Decimal(w)), [(a, b) for a, b in iv], c, f, p, ca, co)
-            for t, m, w, iv, c, f, p, ca, co in data["groups"]
-        }
+        groups = {}
+        for t, m, w, iv, c, f, p, ca, co, *more in data["groups"]:
+            g = GroupFacts(to_nanos(Decimal(w)), [(a, b) for a, b in iv], c, f, p, ca, co)
+            if more:
+                g.within, g.cancelled = more[0], more[1]
+                g.class_work = [to_nanos(Decimal(x)) for x in more[2]]
+                g.class_time = [int(x) for x in more[3]]
+            else:  # stored before classes existed: all within objective, as it was counted
+                g.within = c
+                g.class_work = [g.work, 0, 0, 0]
+                g.class_time = [length(g.intervals), 0, 0, 0]
+            groups[(t, m)] = g
         return cls(
             int(data["start"]),
             groups,

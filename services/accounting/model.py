@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 US_PER_SECOND = 1_000_000
 QUANTUM = Decimal("1e-12")
@@ -52,6 +52,9 @@ class AccountingSettings:
     late_horizon_seconds: int = 7 * 86_400
     billing_horizon_seconds: int = 62 * 86_400
     resident_seconds: int = 0
+    slos: dict[str, Any] = field(default_factory=dict)
+    """Latency objectives per model (``services.accounting.slo.Slo``); the key ``*`` is the
+    default of models without their own. No objective: every ok request is within it."""
     """How far behind the watermark a closed bucket stays in memory when the Book has a loader
     (older ones are evicted and loaded back when a late event or a bill touches them)."""
 
@@ -93,6 +96,7 @@ class Request(NamedTuple):
     completion_tokens: int
     status: str
     gpu_count: int = 1
+    first_token_us: int | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,11 @@ class Entry:
     work_units: Decimal = Decimal(0)
     busy_seconds: Decimal = Decimal(0)
     billing_line_ids: tuple[str, ...] = ()
+    completions_within_slo: int = 0
+    cancelled_requests: int = 0
+    slo_miss_amount: Decimal = Decimal(0)
+    failed_amount: Decimal = Decimal(0)
+    cancelled_amount: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,17 @@ _INTS = struct.Struct("<6q").pack
 def content_digest(req: Request, _crc: Any = zlib.crc32, _ints: Any = _INTS) -> int:
     """CRC-32 of everything of a request but its id (1..2**32-1; 0 means unknown): tenant,
     model, resource and status (UTF-8, NUL-separated), then the times, token counts and GPUs
-    as six little-endian signed 64-bit integers (decimal text if one does not fit)."""
-    _, t, m, r, s, e, p, c, co, st, g = req
+    as six little-endian signed 64-bit integers (decimal text if one does not fit), then, when
+    the event has one, the time of its first token (decimal text: an event without one digests
+    as it always did)."""
+    _, t, m, r, s, e, p, c, co, st, g, ft = req
     head = _crc(f"{t}\x00{m}\x00{r}\x00{st}".encode())
     try:
         d: int = _crc(_ints(s, e, p, c, co, g), head)
     except struct.error:
         d = _crc(f"{s} {e} {p} {c} {co} {g}".encode(), head)
+    if ft is not None:
+        d = _crc(f" first {ft}".encode(), d)
     return d or 1
 
 

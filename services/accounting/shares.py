@@ -51,8 +51,27 @@ class Position:
     completion: int = 0
     work: Decimal = Decimal(0)
     busy: Decimal = Decimal(0)
+    within: int = 0  # completions within their objective
+    cancelled: int = 0  # cancelled requests (a part of failed)
+    slo_miss_amount: Decimal = Decimal(0)  # the parts of amount per request class; the part
+    failed_amount: Decimal = Decimal(0)  # within objective is amount minus these three
+    cancelled_amount: Decimal = Decimal(0)
 
-    FIELDS = ("amount", "completions", "failed", "prompt", "cached", "completion", "work", "busy")
+    FIELDS = (
+        "amount",
+        "completions",
+        "failed",
+        "prompt",
+        "cached",
+        "completion",
+        "work",
+        "busy",
+        "within",
+        "cancelled",
+        "slo_miss_amount",
+        "failed_amount",
+        "cancelled_amount",
+    )
 
     def minus(self, other: Position) -> Position:
         return Position(*(getattr(self, f) - getattr(other, f) for f in self.FIELDS))
@@ -70,12 +89,36 @@ class Position:
             self.completion,
             str(self.work),
             str(self.busy),
+            self.within,
+            self.cancelled,
+            str(self.slo_miss_amount),
+            str(self.failed_amount),
+            str(self.cancelled_amount),
         ]
 
     @classmethod
     def from_data(cls, data: list[Any]) -> Position:
-        a, c, f, p, ca, co, w, b = data
-        return cls(Decimal(a), c, f, p, ca, co, Decimal(w), Decimal(b))
+        a, c, f, p, ca, co, w, b, *more = data
+        if not more:  # stored before request classes: what its ledger rows hold (0 of each)
+            return cls(Decimal(a), c, f, p, ca, co, Decimal(w), Decimal(b))
+        wi, cn, sm, fa, cc = more
+        return cls(
+            Decimal(a), c, f, p, ca, co, Decimal(w), Decimal(b),
+            wi, cn, Decimal(sm), Decimal(fa), Decimal(cc),
+        )  # fmt: skip
+
+
+def class_amounts(amount: Decimal, weights: Sequence[int]) -> list[Decimal]:
+    """``amount`` split over the request classes in proportion to ``weights`` (integers: nano
+    work units, or microseconds), rounded to 1e-12 by largest remainder so that the parts add
+    up to ``amount`` exactly (``amount`` itself a multiple of 1e-12). All to the first class
+    (within objective) when every weight is 0."""
+    total = sum(weights)
+    if total == 0 or amount == 0:
+        return [amount] + [Decimal(0)] * (len(weights) - 1)
+    with localcontext(CONTEXT):
+        raw = [amount * w / total for w in weights]
+    return largest_remainder(raw, amount)
 
 
 def positions(
@@ -106,6 +149,7 @@ def positions(
             first = n == 0  # counts once per bucket, on the first currency's positions
             for i, (tenant, model) in enumerate(keys):
                 g = groups[i]
+                parts = class_amounts(shares[i], g.class_work if g.work > 0 else g.class_time)
                 out[(tenant, model, currency)] = Position(
                     shares[i],
                     g.completions if first else 0,
@@ -117,6 +161,11 @@ def positions(
                     (group_busy[i] / US_PER_SECOND).quantize(_SECONDS_QUANTUM)
                     if first
                     else Decimal(0),
+                    g.within if first else 0,
+                    g.cancelled if first else 0,
+                    parts[1],
+                    parts[2],
+                    parts[3],
                 )
             out[(None, None, currency)] = Position(
                 shares[-1],

@@ -47,6 +47,7 @@ def to_request(event: InferenceEvent | EventRecord) -> Request:
         event.completion_tokens,
         event.status,
         event.gpu_count,
+        None if event.first_token_at is None else to_us(event.first_token_at),
     )
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from services.accounting import AccountingSettings, TokenWeights
+from services.accounting import AccountingSettings, Slo, TokenWeights
+from services.accounting.model import US_PER_SECOND
 from services.runtime.config import Settings
 
 
@@ -35,4 +36,17 @@ def accounting_settings(settings: Settings) -> AccountingSettings:
         late_horizon_seconds=settings.late_horizon_seconds,
         billing_horizon_seconds=settings.billing_horizon_seconds,
         resident_seconds=settings.resident_seconds,
+        slos=slos(settings),
     )
+
+
+def slos(settings: Settings) -> dict[str, Slo]:
+    """``INFERLEDGER_SLOS`` as the core's objectives (seconds to whole microseconds)."""
+
+    def us(seconds: float | None) -> int | None:
+        return None if seconds is None else round(Decimal(str(seconds)) * US_PER_SECOND)
+
+    return {
+        model: Slo(us(o.get("ttft_seconds")), us(o.get("tpot_seconds")))
+        for model, o in settings.slos.items()
+    }

@@ -209,6 +209,11 @@ class EntryRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     work_units: str = "0"
     busy_seconds: str = "0"
     billing_line_ids: list[str] = msgspec.field(default_factory=list)
+    completions_within_slo: Annotated[int, msgspec.Meta(ge=0, le=INT4_MAX)] = 0
+    cancelled_requests: Annotated[int, msgspec.Meta(ge=0, le=INT4_MAX)] = 0
+    slo_miss_amount: str = "0"
+    failed_amount: str = "0"
+    cancelled_amount: str = "0"
 
 
 class AllocationRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -40,7 +40,7 @@ class Column:
     """Money only: the value must lie strictly inside ``(-limit, limit)`` (the NUMERIC's)."""
 
 
-LEDGER_ENTRY: tuple[Column, ...] = (
+_LEDGER_ENTRY_BASE: tuple[Column, ...] = (
     Column("entry_id", "VARCHAR(64)", False, "text"),
     Column("entry_kind", "TEXT", False, "text"),
     Column("cost_basis", "TEXT", False, "text"),
@@ -60,7 +60,25 @@ LEDGER_ENTRY: tuple[Column, ...] = (
     Column("currency", "VARCHAR(3)", False, "text"),
     Column("billing_line_ids", "TEXT[]", False, "text_array"),
 )
-"""Every column a ledger entry fills, in table order (the contract's field order too)."""
+"""The columns of the first ledger (before migration 0011), in table order."""
+
+LEDGER_ENTRY_GOODPUT: tuple[Column, ...] = (
+    Column("completions_within_slo", "INTEGER", False, "count"),
+    Column("cancelled_requests", "INTEGER", False, "count"),
+    Column("slo_miss_amount", "NUMERIC(38, 12)", False, "money", AMOUNT_LIMIT),
+    Column("failed_amount", "NUMERIC(38, 12)", False, "money", AMOUNT_LIMIT),
+    Column("cancelled_amount", "NUMERIC(38, 12)", False, "money", AMOUNT_LIMIT),
+)
+"""Goodput and waste (migration 0011, after ``row_hash`` in the table): completions within
+their latency objective (a part of ``completions``), cancelled requests (a part of
+``failed_requests``, which counts every request whose status is not ok), and the parts of
+``amount`` that paid for ok requests outside their objective, for ``error`` requests and for
+cancelled ones. The part that paid for requests within objective is ``amount`` minus the three,
+so the four parts add up to ``amount`` exactly. Not in the row hash (its form is frozen)."""
+
+LEDGER_ENTRY: tuple[Column, ...] = _LEDGER_ENTRY_BASE + LEDGER_ENTRY_GOODPUT
+"""Every column a ledger entry fills, in the contract's field order (the table's order but for
+:data:`LEDGER_TABLE_EXTRA`, which comes before the goodput columns there)."""
 
 LEDGER_ENTRY_COLUMNS: tuple[str, ...] = tuple(c.name for c in LEDGER_ENTRY)
 """The names of :data:`LEDGER_ENTRY`, in order: the fields of ``LedgerEntry``."""
@@ -71,9 +89,10 @@ LEDGER_TABLE_EXTRA: tuple[Column, ...] = (
 )
 """The columns of ``ledger_entries`` after the entry's own: filled by Postgres and the writer."""
 
-LEDGER_TABLE_COLUMNS: tuple[str, ...] = LEDGER_ENTRY_COLUMNS + tuple(
-    c.name for c in LEDGER_TABLE_EXTRA
-)
+LEDGER_TABLE: tuple[Column, ...] = _LEDGER_ENTRY_BASE + LEDGER_TABLE_EXTRA + LEDGER_ENTRY_GOODPUT
+"""Every column of ``ledger_entries``, in table order."""
+
+LEDGER_TABLE_COLUMNS: tuple[str, ...] = tuple(c.name for c in LEDGER_TABLE)
 """Every column of ``ledger_entries``, in table order."""
 
 LEDGER_COUNTS: tuple[str, ...] = tuple(c.name for c in LEDGER_ENTRY if c.kind == "count")

@@ -377,6 +377,12 @@ class LedgerEntry(_Contract):
     amount: Annotated[Money, Field(gt=-AMOUNT_LIMIT, lt=AMOUNT_LIMIT)]
     currency: Currency
     billing_line_ids: list[Text] = Field(default_factory=list)
+    # goodput and waste (services/contracts/ledger.py); absent in older messages: 0
+    completions_within_slo: int = Field(default=0, ge=0, le=INT4_MAX)
+    cancelled_requests: int = Field(default=0, ge=0, le=INT4_MAX)
+    slo_miss_amount: Annotated[Money, Field(gt=-AMOUNT_LIMIT, lt=AMOUNT_LIMIT)] = Decimal(0)
+    failed_amount: Annotated[Money, Field(gt=-AMOUNT_LIMIT, lt=AMOUNT_LIMIT)] = Decimal(0)
+    cancelled_amount: Annotated[Money, Field(gt=-AMOUNT_LIMIT, lt=AMOUNT_LIMIT)] = Decimal(0)
 
 
 class CostAllocation(_Contract):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from datetime import datetime
 from decimal import Decimal
@@ -44,6 +46,7 @@ from services.ledger.report import (
     fleet_summary,
     provisional_vs_billed,
     render,
+    waste_per_tenant,
 )
 from services.ledger.rounding import round_money
 from services.runtime import logs
@@ -158,6 +161,10 @@ def run_demo(
                 )
         ensure_topics(s)
 
+        if fleet.slos and not s.slos:  # the fleet's latency objectives, unless set otherwise
+            os.environ["INFERLEDGER_SLOS"] = json.dumps(fleet.slos)  # (the processors' too)
+            s = s.model_copy(update={"slos": fleet.slos})
+        assert s.database_url
         events = replay(fleet, trace, limit)
         start, end = rental_window(events)
         fleet_rates = rates(fleet, start, end)
@@ -223,6 +230,14 @@ def run_demo(
         nodes = fleet_summary(engine)
         click.echo(render(table, "table", "cost per completion, per tenant and model"))
         click.echo(render(nodes, "table", "fleet: cost, busy fraction and idle cost per node"))
+        waste = waste_per_tenant(engine)
+        click.echo(
+            render(
+                waste,
+                "table",
+                "goodput and waste per tenant: failed, cancelled and objective-missing cost",
+            )
+        )
         recon = provisional_vs_billed(engine)
         click.echo(render(recon, "table", "provisional (rates) versus billed (FOCUS bill)"))
         unallocated = unallocated_summary(engine)

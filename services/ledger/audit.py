@@ -243,11 +243,13 @@ ROLLUP_DIFF = f"""
      AND d.tenant_id IS NOT DISTINCT FROM j.tenant_id AND d.model IS NOT DISTINCT FROM j.model
     WHERE (j.entries, j.unpriced_entries, j.billed_entries, j.completions, j.failed_requests,
            j.prompt_tokens, j.cached_prompt_tokens, j.completion_tokens, j.work_units,
-           j.busy_seconds, j.amount)
+           j.busy_seconds, j.amount, j.completions_within_slo, j.cancelled_requests,
+           j.slo_miss_amount, j.failed_amount, j.cancelled_amount)
           IS DISTINCT FROM
           (d.entries, d.unpriced_entries, d.billed_entries, d.completions, d.failed_requests,
            d.prompt_tokens, d.cached_prompt_tokens, d.completion_tokens, d.work_units,
-           d.busy_seconds, d.amount)
+           d.busy_seconds, d.amount, d.completions_within_slo, d.cancelled_requests,
+           d.slo_miss_amount, d.failed_amount, d.cancelled_amount)
     ORDER BY 1, 2, 3, 4, 5
     LIMIT 50
 """

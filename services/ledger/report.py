@@ -393,6 +393,33 @@ def fleet_summary(engine: Engine) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in conn.execute(text(sql))]
 
 
+WASTE_PER_TENANT = """
+WITH g AS (
+    SELECT tenant_id, currency, sum(completions) AS completions,
+           sum(completions_within_slo) AS within_slo
+    FROM v_goodput GROUP BY tenant_id, currency
+), w AS (
+    SELECT tenant_id, currency, sum(amount) AS amount, sum(failed_cost) AS failed,
+           sum(cancelled_cost) AS cancelled, sum(slo_miss_cost) AS slo_miss,
+           sum(waste_cost) AS waste
+    FROM v_waste GROUP BY tenant_id, currency
+)
+SELECT w.tenant_id, w.currency, g.completions, g.within_slo, w.amount, w.failed, w.cancelled,
+       w.slo_miss, w.waste,
+       round(w.waste / nullif(w.amount, 0), 6) AS waste_share,
+       round(w.amount / nullif(g.within_slo, 0), 12) AS cost_per_completion_within_slo
+FROM w JOIN g USING (tenant_id, currency)
+ORDER BY w.tenant_id, w.currency
+"""
+
+
+def waste_per_tenant(engine: Engine) -> list[dict[str, Any]]:
+    """Goodput and waste per tenant over the whole ledger (v_goodput and v_waste): completions,
+    those within objective, the busy cost, its failed, cancelled and objective-missing parts."""
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(text(WASTE_PER_TENANT))]
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Decimal):
         return format(value, "f")

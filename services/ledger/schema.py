@@ -36,6 +36,8 @@ metadata = MetaData(
 )
 
 AMOUNT = Numeric(38, 12)
+GOODPUT_COUNTS = ("completions_within_slo", "cancelled_requests")
+GOODPUT_AMOUNTS = ("slo_miss_amount", "failed_amount", "cancelled_amount")
 
 # Partitioned by month of bucket_start (migration 0008): ledger_entries_yYYYYmMM partitions and
 # ledger_entries_default, which migrations/env.py leaves out of ``alembic check``.
@@ -62,6 +64,12 @@ ledger_entries = Table(
     Column("billing_line_ids", ARRAY(Text), nullable=False, server_default=text("'{}'")),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("row_hash", String(64), nullable=False, server_default=text("''")),
+    # goodput and waste (migration 0011; services/contracts/ledger.py LEDGER_ENTRY_GOODPUT)
+    Column("completions_within_slo", Integer, nullable=False, server_default=text("0")),
+    Column("cancelled_requests", Integer, nullable=False, server_default=text("0")),
+    Column("slo_miss_amount", AMOUNT, nullable=False, server_default=text("0")),
+    Column("failed_amount", AMOUNT, nullable=False, server_default=text("0")),
+    Column("cancelled_amount", AMOUNT, nullable=False, server_default=text("0")),
     CheckConstraint(
         "entry_kind IN ('usage', 'idle', 'late_adjustment', 'reconciliation')", name="entry_kind"
     ),
@@ -102,6 +110,9 @@ ledger_daily = Table(
     Column("work_units", Numeric, nullable=False),
     Column("busy_seconds", Numeric, nullable=False),
     Column("amount", Numeric, nullable=False),
+    # goodput and waste (migration 0011)
+    *(Column(name, BigInteger, nullable=False) for name in GOODPUT_COUNTS),
+    *(Column(name, Numeric, nullable=False) for name in GOODPUT_AMOUNTS),
     UniqueConstraint(
         "day", "resource_id", "currency", "tenant_id", "model", postgresql_nulls_not_distinct=True
     ),

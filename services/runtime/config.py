@@ -152,6 +152,12 @@ class Settings(BaseSettings):
         description='per-model weights, JSON: {"llama-70b": {"prompt": "1", "cached": "0.1", '
         '"completion": "4"}}; the key "*" sets the default',
     )
+    slos: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description='latency objectives per model, JSON: {"llama-70b": {"ttft_seconds": 2, '
+        '"tpot_seconds": 0.1}}; the key "*" sets the default; a model with neither has no '
+        "objective (its ok requests count as within objective); either limit may be left out",
+    )
 
     take_max: int = Field(default=500, ge=1, description="messages per processing batch")
     take_within_seconds: float = Field(default=0.2, gt=0)
@@ -191,7 +197,18 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field(default="auto", description="auto, json or console")
 
-    @field_validator("token_weights", mode="before")
+    @field_validator("slos")
+    @classmethod
+    def _slo_keys(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for model, slo in value.items():
+            unknown = set(slo) - {"ttft_seconds", "tpot_seconds"}
+            if unknown:
+                raise ValueError(f"objective of {model}: unknown keys {sorted(unknown)}")
+            if any(not (v >= 0 and v < 10**9) for v in slo.values()):
+                raise ValueError(f"objective of {model}: limits must be >= 0 seconds")
+        return value
+
+    @field_validator("token_weights", "slos", mode="before")
     @classmethod
     def _json(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value

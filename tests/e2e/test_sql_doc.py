@@ -31,6 +31,8 @@ VIEWS = [
     "v_tenant_idle_share",
     "v_tenant_margin",
     "v_api_equivalent",
+    "v_goodput",
+    "v_waste",
 ]
 
 

@@ -55,6 +55,13 @@ def journal_views(conn: Any) -> None:
     ):
         sql = sql.replace("CREATE VIEW v_", "CREATE TEMP VIEW j_")
         conn.execute(text(sql.replace("FROM v_tenant_idle_share", "FROM j_tenant_idle_share")))
+    # goodput and waste (0011): the same views over the journal grouped as the rollup groups it
+    m11 = migration("0011")
+    grouped = f"FROM (SELECT {m11.DAILY_SUMS} FROM ledger_entries GROUP BY 1, 2, 3, 4, 5) daily"
+    for sql in (m11.V_GOODPUT, m11.V_WASTE):
+        sql = sql.replace("CREATE VIEW v_", "CREATE TEMP VIEW j_")
+        sql = sql.replace(" WITH (security_invoker = true)", "")
+        conn.execute(text(sql.replace("FROM ledger_daily", grouped)))
 
 
 @dataclass
@@ -81,6 +88,12 @@ def row(
         "completion_tokens": 20 * completions, "work_units": Decimal("1.5") * completions,
         "busy_seconds": Decimal("0.25") * completions, "amount": amount, "currency": currency,
         "billing_line_ids": [],
+        # goodput and waste (migration 0011): parts of the counts and of the amount
+        "completions_within_slo": completions // 2,
+        "cancelled_requests": completions % 2 if completions % 4 == 1 else 0,
+        "slo_miss_amount": (amount / 4).quantize(Decimal("1e-12")),
+        "failed_amount": (amount / 8).quantize(Decimal("1e-12")),
+        "cancelled_amount": (amount / 16).quantize(Decimal("1e-12")),
     }  # fmt: skip
     return entry_values(*(values[c] for c in ENTRY_COLUMNS[:-1]))
 
@@ -131,6 +144,8 @@ def test_the_rollup_views_answer_what_the_journal_views_answer(db_url):
             ("tenant_idle_share", "day, resource_id, tenant_id, currency"),
             ("tenant_spend", "day, tenant_id, currency"),
             ("cost_per_completion_with_idle", "day, tenant_id, model, currency"),
+            ("goodput", "day, tenant_id, model, currency"),
+            ("waste", "day, tenant_id, model, resource_id, currency"),
         ):
             got = conn.execute(text(f"SELECT * FROM v_{view} ORDER BY {order}")).all()
             want = conn.execute(text(f"SELECT * FROM j_{view} ORDER BY {order}")).all()

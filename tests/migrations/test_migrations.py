@@ -126,20 +126,30 @@ def test_the_budget_and_spend_views_are_empty_on_an_empty_ledger(db_url):
 
 
 def test_the_audit_recomputes_the_rollup_as_its_trigger_adds_to_it():
-    """Migration 0008 keeps its own copy of the rollup's sums (migrations are frozen history);
-    the audit's copy (services/ledger/rollup.py) must stay the same text."""
+    """Migration 0011 keeps its own copy of the rollup's sums (migrations are frozen history),
+    0008's extended; the audit's copy (services/ledger/rollup.py) must stay the same text."""
     import importlib.util
     from pathlib import Path
 
     from services.ledger.rollup import DAILY_SUMS
 
-    (path,) = (Path(__file__).resolve().parents[2] / "migrations" / "versions").glob("0008_*.py")
-    spec = importlib.util.spec_from_file_location("m0008", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.DAILY_SUMS == DAILY_SUMS
-    assert DAILY_SUMS in module.DAILY_TRIGGER
+    def load(prefix: str):
+        versions = Path(__file__).resolve().parents[2] / "migrations" / "versions"
+        (path,) = versions.glob(f"{prefix}_*.py")
+        spec = importlib.util.spec_from_file_location(f"m{prefix}", path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    m8, m11 = load("0008"), load("0011")
+    assert m11.DAILY_SUMS == DAILY_SUMS
+    assert DAILY_SUMS in m11.DAILY_FUNCTION
+    assert DAILY_SUMS.startswith(m8.DAILY_SUMS + ",")
+    assert m8.DAILY_SUMS in m8.DAILY_TRIGGER
+    # the same hardening as 0008's function
+    assert "SECURITY DEFINER SET search_path = pg_catalog, pg_temp" in m11.DAILY_FUNCTION
+    assert "REVOKE ALL ON FUNCTION ledger_daily_add() FROM PUBLIC" in m11.DAILY_FUNCTION
 
 
 def test_0008_moves_an_existing_ledger_exactly_and_back(empty_db_url):
@@ -166,14 +176,21 @@ def test_0008_moves_an_existing_ledger_exactly_and_back(empty_db_url):
                     FROM generate_series(1, 600) g""")
         )
 
+    from services.contracts.ledger import LEDGER_ENTRY_GOODPUT, LEDGER_TABLE_COLUMNS
+
+    # the columns 0008 knew (0011 adds the goodput ones, 0 on these rows)
+    old = ", ".join(
+        c for c in LEDGER_TABLE_COLUMNS if c not in {g.name for g in LEDGER_ENTRY_GOODPUT}
+    )
+
     def snapshot() -> list[list[tuple[str, ...]]]:
         with engine.connect() as conn:
             return [
-                [tuple(map(str, r)) for r in conn.execute(text(f"SELECT * FROM {q}"))]
+                [tuple(map(str, r)) for r in conn.execute(text(f"SELECT {q}"))]
                 for q in (
-                    "ledger_entries ORDER BY entry_id",
-                    "v_cost_per_completion_with_idle ORDER BY 1, 2, 3, 4",
-                    "v_tenant_spend ORDER BY 1, 2, 3",
+                    f"{old} FROM ledger_entries ORDER BY entry_id",
+                    "* FROM v_cost_per_completion_with_idle ORDER BY 1, 2, 3, 4",
+                    "* FROM v_tenant_spend ORDER BY 1, 2, 3",
                 )
             ]
 

@@ -1,9 +1,13 @@
 """A simulated GPU fleet, and the deterministic replay of a trace's requests on it.
 
-Service-time model (stated, simple, deterministic): a request is admitted at its trace arrival
-time (continuous batching, no queueing); its time to first token is
-``0.02 s + uncached_prompt_tokens / prefill_tps``, then it decodes at ``decode_tps`` tokens per
-second: ``finished_at = first_token_at + completion_tokens / decode_tps``. Tenant, model, node,
+Service-time model (stated, simple, deterministic): a request arrives at its trace arrival time
+(``started_at``). A node runs at most ``max_running`` requests at once (continuous batching up to
+its batch slots; absent: no limit): a request that arrives when every slot is busy waits in the
+node's queue (first come, first served) until the earliest running request finishes, so a node
+running hot gives long times to first token (real latency objective misses). Once it runs, its
+time to first token is ``0.02 s + uncached_prompt_tokens / prefill_tps`` after it got its slot,
+then it decodes at ``decode_tps`` tokens per second:
+``finished_at = first_token_at + completion_tokens / decode_tps``. Tenant, model, node,
 prefix-cache hits and status come from a seeded SHA-256 of the row number, so every run of the
 same trace and seed gives the same events and the same ledger.
 
@@ -41,6 +45,7 @@ class Node:
     gpu_count: int
     price_per_hour: Decimal
     models: tuple[str, ...]
+    max_running: int | None = None  # batch slots: requests beyond them queue (None: no limit)
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class Fleet:
     provider: str = "AWS"
     region: str = "us-east-1"
     extra: dict[str, Any] = field(default_factory=dict)
+    slos: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The latency objectives the demo judges its requests by (``INFERLEDGER_SLOS``'s form)."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Fleet:
@@ -103,6 +110,8 @@ class Fleet:
             unknown = set(n.models) - {m.name for m in self.models}
             if unknown:
                 raise FleetError(f"node {n.resource_id} serves unknown models {sorted(unknown)}")
+            if n.max_running is not None and n.max_running < 1:
+                raise FleetError(f"node {n.resource_id}: max_running must be >= 1")
         if len({n.resource_id for n in self.nodes}) != len(self.nodes):
             raise FleetError("node resource_ids must be unique")
 
@@ -119,6 +128,7 @@ class Fleet:
                     int(n["gpu_count"]),
                     Decimal(str(n["price_per_hour"])),
                     tuple(n.get("models", ())),
+                    None if n.get("max_running") is None else int(n["max_running"]),
                 )
                 for n in d["nodes"]
             ),
@@ -145,6 +155,7 @@ class Fleet:
             cancel_rate=float(d.get("cancel_rate", 0.005)),
             provider=d.get("provider", "AWS"),
             region=d.get("region", "us-east-1"),
+            slos={str(k): dict(v) for k, v in d.get("slos", {}).items()},
         )
 
     @classmethod
@@ -193,6 +204,8 @@ def simulate(
     model_shares = [m.share for m in fleet.models]
     serving = {m: [n for n in fleet.nodes if m in n.models] for m in model_names}
     seed = fleet.seed
+    # per node: when each of its busy batch slots frees (a min-heap), for nodes with a limit
+    slots: dict[str, list[datetime]] = {n.resource_id: [] for n in fleet.nodes}
     for row, (arrival, prompt, completion) in enumerate(read_trace(trace, limit)):
         tenant = _pick(tenants, tenant_shares, _u(seed, row, "t"))
         model = models[_pick(model_names, model_shares, _u(seed, row, "m"))]
@@ -207,9 +220,18 @@ def simulate(
             status, completion = "error", 0
         elif s < fleet.error_rate + fleet.cancel_rate:
             status, completion = "cancelled", completion // 2
+        running = slots[node.resource_id]
+        admitted = arrival
+        if node.max_running is not None:
+            while running and running[0] <= arrival:  # finished before this arrival
+                heapq.heappop(running)
+            if len(running) >= node.max_running:  # every slot busy: wait for the first free
+                admitted = heapq.heappop(running)
         ttft = 0.02 + (prompt - cached) / model.prefill_tps
-        first = arrival + timedelta(seconds=ttft)
+        first = admitted + timedelta(seconds=ttft)
         finished = first + timedelta(seconds=completion / model.decode_tps)
+        if node.max_running is not None:
+            heapq.heappush(running, finished)
         yield InferenceEvent(
             event_id=f"{id_prefix}-{row:06d}",
             tenant_id=tenant.tenant_id,
