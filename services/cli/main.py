@@ -2,15 +2,15 @@
 
 The root group loads the settings and configures logging; each command group lives in its own
 module of this package (``ingest``, ``run``, ``report``, ``replay``, ``dlq``, ``budget``,
-``roles``, ``serve``, ``demo``, ``top``) and is registered here. ``python -m services.cli.main``
-is the same CLI (the supervisor starts the processors that way).
+``roles``, ``serve``, ``demo``, ``top``, ``export``) and is registered here.
+``python -m services.cli.main`` is the same CLI (the supervisor starts the processors that way).
 """
 
 from __future__ import annotations
 
 import click
 
-from services.cli import budget, demo, dlq, ingest, replay, report, roles, run, serve, top
+from services.cli import budget, demo, dlq, export, ingest, replay, report, roles, run, serve, top
 from services.runtime import logs
 from services.runtime.config import load_settings
 
@@ -32,6 +32,7 @@ for command in (
     report.migrate,
     report.report,
     report.audit,
+    export.export,
     replay.replay,
     dlq.dlq,
     budget.budget,

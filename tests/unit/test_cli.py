@@ -75,6 +75,7 @@ def test_every_command_is_still_there():
         "budget",
         "demo",
         "dlq",
+        "export",
         "gateway",
         "ingest",
         "migrate",
@@ -89,6 +90,7 @@ def test_every_command_is_still_there():
     assert subcommands("ingest") == {"events", "rates", "billing", "prices"}
     assert subcommands("replay") == {"fleet", "azure-trace"}
     assert subcommands("dlq") == {"list", "replay"}
+    assert subcommands("export") == {"focus"}
     assert subcommands("budget") == {"set", "list", "delete", "test-webhook"}
     assert subcommands("roles") == {
         "grant-tenant",
