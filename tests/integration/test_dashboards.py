@@ -156,6 +156,10 @@ def entry(
         "completion_tokens": 150 * completions, "work_units": Decimal(1500 * completions),
         "busy_seconds": Decimal(busy), "amount": Decimal(amount), "currency": "USD",
         "billing_line_ids": ["bill-1"] if basis == "billed" else [],
+        # goodput and waste (migration 0011): every completion within objective, no waste
+        "completions_within_slo": completions, "cancelled_requests": 0,
+        "slo_miss_amount": Decimal(0), "failed_amount": Decimal(0),
+        "cancelled_amount": Decimal(0),
     }  # fmt: skip
     return entry_values(*(values[c] for c in ENTRY_COLUMNS[:-1]))
 
