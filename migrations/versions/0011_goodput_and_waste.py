@@ -15,7 +15,8 @@ entry's amount over the classes exactly (services/accounting/shares.py).
   services/ledger/rollup.py keeps the audit's copy, held equal by tests).
 - ``v_goodput`` and ``v_waste`` read ``ledger_daily`` (security_invoker).
 
-Ends with ``SELECT inferledger_apply_privileges()`` (0009).
+Ends by re-creating 0009's ``inferledger_apply_privileges()`` with ``v_goodput`` and ``v_waste``
+among the views tenants read as invoker (their own rows, by row-level security), and applying it.
 
 Revision ID: 0011
 Revises: 0010
@@ -149,6 +150,22 @@ def upgrade() -> None:
     op.execute(DAILY_FUNCTION.format(schema=_schema()))
     op.execute(V_GOODPUT)
     op.execute(V_WASTE)
+    # tenants read their own rows of both (security_invoker: row-level security applies; they
+    # need no other tenant's rows and no idle row, unlike the idle-sharing views)
+    _privileges(TENANT_VIEWS)
+
+
+TENANT_VIEWS = ('v_goodput', 'v_waste')
+
+
+def _privileges(added_invoker_views: tuple[str, ...]) -> None:
+    """0009's privilege function with 0010's writer list and, after 0011, these views among
+    those tenants read as invoker; then applied."""
+    m9, m10 = _earlier('0009'), _earlier('0010')
+    m9.WRITER_WRITES = {**m9.WRITER_WRITES, **m10.ADDED_WRITES}
+    m9.INVOKER_VIEWS = (*m9.INVOKER_VIEWS, *added_invoker_views)
+    schema, name = m9._schema()
+    op.execute(m9._apply_privileges(schema, name))
     op.execute('SELECT inferledger_apply_privileges()')
 
 
@@ -162,4 +179,4 @@ def downgrade() -> None:
     for name in (*COUNTS, *AMOUNTS):
         op.execute(f'ALTER TABLE ledger_daily DROP COLUMN {name}')
         op.execute(f'ALTER TABLE ledger_entries DROP COLUMN {name}')
-    op.execute('SELECT inferledger_apply_privileges()')
+    _privileges(())

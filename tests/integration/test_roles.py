@@ -31,6 +31,8 @@ TENANT_READS = {
     "v_my_cost_per_completion_with_idle",
     "v_my_tenant_idle_share",
     "v_my_budget_status",
+    "v_goodput",  # migration 0011: its own rows, by row-level security
+    "v_waste",
 }
 MY_VIEWS = {r for r in TENANT_READS if r.startswith("v_my_")}
 # what acme's login must never see, in any cell: beta's rows, the all-tenants budget and its
