@@ -7,14 +7,14 @@ import io
 import json
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from services.contracts import (
     BillingLine,
@@ -168,41 +168,63 @@ def _rate_records(stream: IO[bytes], fmt: str) -> Iterator[tuple[int, bytes, Any
                 yield n, line, exc
 
 
-def ingest_rates(
-    settings: Settings, stream: IO[bytes], fmt: str = "auto", source: str = "ingest"
+M = TypeVar("M", bound=BaseModel)
+
+
+def _publish_valid(
+    settings: Settings,
+    topic_name: str,
+    records: Iterable[tuple[str, bytes, Any]],
+    model: type[M],
+    key: Callable[[M], str],
+    invalid: str,
+    describe: Callable[[DecodeError | ValidationError], str],
+    source: str,
 ) -> IngestSummary:
+    """Validate each ``(where, raw, obj)`` record as ``model`` and publish it to the topic
+    under ``key``; a record that cannot be one goes to ``<topic>.dlq`` with its reason
+    (``invalid`` for a validation error) and ``where: describe(error)``."""
     summary = IngestSummary()
-    topic = settings.topic(RATES)
+    topic = settings.topic(topic_name)
     producer = make_producer(settings)
     try:
-        for n, raw, obj in _rate_records(stream, fmt):
+        for where, raw, obj in records:
             summary.read += 1
             try:
                 if isinstance(obj, DecodeError):
                     raise obj
-                rate = GpuRate.model_validate(obj)
+                item = model.model_validate(obj)
             except (DecodeError, ValidationError) as exc:
-                reason = exc.reason if isinstance(exc, DecodeError) else "invalid_rate"
+                reason = exc.reason if isinstance(exc, DecodeError) else invalid
                 summary.rejected[reason] += 1
                 producer.send(
                     f"{topic}.dlq",
                     dead_letter(
                         topic,
                         reason,
-                        f"line {n}: {exc}",
+                        f"{where}: {describe(exc)}",
                         raw,
                         settings.dlq_payload_limit,
                         source=source,
                     ),
                 )
                 continue
-            producer.send(topic, key=rate.resource_id, value=dumps(rate))
+            producer.send(topic, key=key(item), value=dumps(item))
             summary.published += 1
             summary.messages += 1
         producer.flush(60)
     finally:
         producer.close(10)
     return summary
+
+
+def ingest_rates(
+    settings: Settings, stream: IO[bytes], fmt: str = "auto", source: str = "ingest"
+) -> IngestSummary:
+    records = ((f"line {n}", raw, obj) for n, raw, obj in _rate_records(stream, fmt))
+    return _publish_valid(
+        settings, RATES, records, GpuRate, lambda r: r.resource_id, "invalid_rate", str, source
+    )
 
 
 PER_MILLION = Decimal(1_000_000)
@@ -276,39 +298,16 @@ def ingest_prices(
 ) -> IngestSummary:
     """Publish prices (``Price`` JSONL or CSV, or the LiteLLM model price map) to ``prices``,
     keyed by model; what cannot be a price goes to ``prices.dlq`` with its reason."""
-    summary = IngestSummary()
-    topic = settings.topic(PRICES)
-    producer = make_producer(settings)
-    try:
-        for where, raw, obj in _price_records(stream, fmt, effective_from):
-            summary.read += 1
-            try:
-                if isinstance(obj, DecodeError):
-                    raise obj
-                price = Price.model_validate(obj)
-            except (DecodeError, ValidationError) as exc:
-                reason = exc.reason if isinstance(exc, DecodeError) else "invalid_price"
-                detail = exc.detail if isinstance(exc, DecodeError) else explain(exc)
-                summary.rejected[reason] += 1
-                producer.send(
-                    f"{topic}.dlq",
-                    dead_letter(
-                        topic,
-                        reason,
-                        f"{where}: {detail}",
-                        raw,
-                        settings.dlq_payload_limit,
-                        source=source,
-                    ),
-                )
-                continue
-            producer.send(topic, key=price.model, value=dumps(price))
-            summary.published += 1
-            summary.messages += 1
-        producer.flush(60)
-    finally:
-        producer.close(10)
-    return summary
+    return _publish_valid(
+        settings,
+        PRICES,
+        _price_records(stream, fmt, effective_from),
+        Price,
+        lambda p: p.model,
+        "invalid_price",
+        lambda exc: exc.detail if isinstance(exc, DecodeError) else explain(exc),
+        source,
+    )
 
 
 def ingest_billing(

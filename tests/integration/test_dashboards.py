@@ -15,7 +15,6 @@ import json
 import re
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -29,6 +28,7 @@ from sqlalchemy import create_engine, text
 from services.contracts import BillingLine
 from services.ledger.db import ENTRY_COLUMNS, write_batch
 from services.ledger.hashing import entry_values
+from services.ledger.writer import Batch  # the writer's own batch
 from services.runtime.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,15 +133,6 @@ def expand(sql: str, variables: dict[str, list[str]]) -> str:
         sql = sql.replace(f"${{{name}}}", quoted(values)).replace(f"${name}", quoted(values))
     assert "$" not in sql, f"unexpanded macro or variable: {sql}"
     return sql
-
-
-@dataclass
-class Batch:
-    entries: list[tuple[Any, ...]] = field(default_factory=list)
-    rates: list[Any] = field(default_factory=list)
-    bills: list[Any] = field(default_factory=list)
-    counted: list[Any] = field(default_factory=list)
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 def entry(

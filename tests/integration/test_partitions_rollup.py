@@ -15,7 +15,6 @@ import importlib.util
 import random
 import threading
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -30,6 +29,7 @@ from services.accounting.model import AccountingSettings
 from services.ledger.audit import run_audit
 from services.ledger.db import ENTRY_COLUMNS, write_batch
 from services.ledger.hashing import entry_values
+from services.ledger.writer import Batch  # the writer's own batch
 
 VERSIONS = Path(__file__).resolve().parents[2] / "migrations" / "versions"
 START = datetime(2026, 1, 30, tzinfo=UTC)
@@ -62,15 +62,6 @@ def journal_views(conn: Any) -> None:
         sql = sql.replace("CREATE VIEW v_", "CREATE TEMP VIEW j_")
         sql = sql.replace(" WITH (security_invoker = true)", "")
         conn.execute(text(sql.replace("FROM ledger_daily", grouped)))
-
-
-@dataclass
-class Batch:
-    entries: list[tuple[Any, ...]] = field(default_factory=list)
-    rates: list[Any] = field(default_factory=list)
-    bills: list[Any] = field(default_factory=list)
-    counted: list[Any] = field(default_factory=list)
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 def row(
