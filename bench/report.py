@@ -34,21 +34,20 @@ def markdown(report: dict[str, Any]) -> str:
             f"{rss.get('ledger', '?')} |"
         )
     lines.append(
-        "\n| case | CPU s from first message to last row: attribution / ledger / broker /"
-        " Postgres | 40 % of raw as wall s | cores that CPU needs in that time |"
-        " the same without attribution |\n|---|---|---|---|---|"
+        "\n| case | events/msg | pipeline ev/s of plain faust ev/s | CPU µs per event: pipeline |"
+        " attribution / ledger / broker / Postgres | CPU s |\n|---|---|---|---|---|---|"
     )
     for c in report["cases"]:
-        need = c.get("cpu_for_40_percent")
-        if need:
-            cpu = need["cpu_seconds_in_measured_run"]
+        cpu = c.get("cpu_per_event")
+        if cpu:
+            per = cpu["us_per_event"]
             parts = " / ".join(
-                str(cpu.get(k, "?")) for k in ("attribution", "ledger", "broker", "postgres")
+                str(per.get(k, "?")) for k in ("attribution", "ledger", "broker", "postgres")
             )
             lines.append(
-                f"| {c['case']} | {parts} | {need['wall_seconds_at_40_percent']} | "
-                f"{need['cores_needed']} of {need['cores']} | "
-                f"{need['cores_needed_without_attribution']} |"
+                f"| {c['case']} | {c['events'] / c['messages']:,.1f} | "
+                f"{c['pipeline'].get('ratio_to_faust_events_per_s', 0):.1%} | "
+                f"{cpu['pipeline_us_per_event']} | {parts} | {cpu['pipeline_cpu_seconds']} |"
             )
     cap = report.get("ledger_write_capacity")
     if cap:

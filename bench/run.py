@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=20)
     parser.add_argument("--batch", type=int, default=500, help="most events per batch message")
     parser.add_argument(
-        "--cases", default="batched,batched-10s,single", help=f"of {', '.join(CASES)}"
+        "--cases", default="batched,batched-4,batched-10s,single", help=f"of {', '.join(CASES)}"
     )
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument(

@@ -29,7 +29,14 @@ from services.contracts.fast import allocation_record
 from services.ledger.db import counted_set, entry_row, make_engine, record_row, write_batch
 from services.runtime import logs
 from services.runtime.config import ALLOCATIONS, BILLING, PRICES, RATES, Settings
-from services.runtime.faustapp import commit_offsets, crash_on_error, make_app
+from services.runtime.faustapp import (
+    Records,
+    commit_offsets,
+    crash_on_error,
+    make_app,
+    read_batches,
+    read_in_batches,
+)
 from services.runtime.health import kafka_errors, postgres_errors, retry_async
 from services.runtime.kafka import dead_letter
 from services.runtime.metrics import GaugesCollector, Histogram, HistogramCollector, Sample
@@ -242,43 +249,56 @@ def build(
 
     # offsets are committed here after each batch is written, never by faust's acknowledgements
     # (faust acknowledges a batch whose writing failed: see commit_offsets)
-    @app.agent(app.topic(alloc_name, rates_name, billing_name, prices_name, acks=False))
+    topics = (alloc_name, rates_name, billing_name, prices_name)
+    read_in_batches(app, app.topic(*topics, acks=False))
+
+    async def take(fetched: list[tuple[Any, Records]]) -> None:
+        """Write one fetched batch (every topic), ``take_max`` messages a transaction."""
+        messages = [(tp.topic, tp.partition, r.offset, r.value) for tp, rs in fetched for r in rs]
+        for start in range(0, len(messages), settings.take_max):
+            await write(messages[start : start + settings.take_max])
+
+    # the topics are read in whole fetched batches, not through a faust stream (read_batches)
+    @app.task  # type: ignore[untyped-decorator]
     @crash_on_error(app)
-    async def write(stream: Any) -> None:
-        async for events in stream.take_events(settings.take_max, settings.take_within_seconds):
-            messages = [
-                (e.message.topic, e.message.partition, e.message.offset, e.value) for e in events
-            ]
-            batch = decoder.decode(messages)
-            # an outage of Postgres or the broker is waited out here (backoff, /healthz
-            # unhealthy): the batch is not acknowledged until it is written, and writing it
-            # again is idempotent
-            if batch.dead_letters:
-                await retry_async(
-                    "kafka", functools.partial(send_dead_letters, batch), kafka_errors_
-                )
-            try:
-                new = await store(batch)
-            except refused as exc:  # a value Postgres will not take: find it, write the rest
-                log.error("a batch was refused by Postgres; writing it message by message",
-                          error=repr(exc)[:500], messages=len(messages))  # fmt: skip
-                new = await store_one_by_one(messages)
-            if batch.offsets:  # written, so Kafka may move past it (a failed commit: later)
-                await commit_offsets(app, batch.offsets)
-            written_at = time.time()  # committed: the entries are in the ledger now
-            for end, first in batch.bucket_ends:
-                (closes if first else adjustments).observe(written_at - end)
-            counters["entries.received"] += len(batch.entries)
-            counters["entries.written"] += new
-            counters["rates"] += len(batch.rates)
-            counters["billing_lines"] += len(batch.bills)
-            counters["prices"] += len(batch.prices)
-            counters["counted_events"] += len(batch.counted)
-            for topic, partition, marker_run in batch.markers:
-                if marker_run == run_id:
-                    seen_markers.add((topic, partition))
-            check_done()
-            # leaving the loop body acknowledges the batch: Kafka may commit past it now
+    async def reader() -> None:
+        await read_batches(
+            app,
+            set(topics),
+            take,
+            max_records=settings.take_max,
+            timeout=settings.take_within_seconds,
+        )
+
+    async def write(messages: list[tuple[str, int, int, bytes | None]]) -> None:
+        """Write ``messages`` in one transaction, then commit their offsets."""
+        batch = decoder.decode(messages)
+        # an outage of Postgres or the broker is waited out here (backoff, /healthz
+        # unhealthy): its offsets are not committed until it is written, and writing it
+        # again is idempotent
+        if batch.dead_letters:
+            await retry_async("kafka", functools.partial(send_dead_letters, batch), kafka_errors_)
+        try:
+            new = await store(batch)
+        except refused as exc:  # a value Postgres will not take: find it, write the rest
+            log.error("a batch was refused by Postgres; writing it message by message",
+                      error=repr(exc)[:500], messages=len(messages))  # fmt: skip
+            new = await store_one_by_one(messages)
+        if batch.offsets:  # written, so Kafka may move past it (a failed commit: later)
+            await commit_offsets(app, batch.offsets)
+        written_at = time.time()  # committed: the entries are in the ledger now
+        for end, first in batch.bucket_ends:
+            (closes if first else adjustments).observe(written_at - end)
+        counters["entries.received"] += len(batch.entries)
+        counters["entries.written"] += new
+        counters["rates"] += len(batch.rates)
+        counters["billing_lines"] += len(batch.bills)
+        counters["prices"] += len(batch.prices)
+        counters["counted_events"] += len(batch.counted)
+        for topic, partition, marker_run in batch.markers:
+            if marker_run == run_id:
+                seen_markers.add((topic, partition))
+        check_done()
 
     progress = logs.Progress("inferledger.ledger", counters)
 

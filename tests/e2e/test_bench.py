@@ -34,7 +34,7 @@ def test_the_benchmark_runs_every_case_and_writes_its_results(cli_env, settings,
             "--events",
             "3000",
             "--cases",
-            "batched,single",
+            "batched,batched-4,single",
             "--stream-rate",
             "0",
             "--no-profile",
@@ -52,19 +52,24 @@ def test_the_benchmark_runs_every_case_and_writes_its_results(cli_env, settings,
     assert proc.returncode == 0, proc.stderr[-4000:]
     (report_file,) = tmp_path.glob("2*.json")
     report = json.loads(report_file.read_text())
-    assert [c["case"] for c in report["cases"]] == ["batched", "single"]
+    assert [c["case"] for c in report["cases"]] == ["batched", "batched-4", "single"]
     for case in report["cases"]:
         assert case["events"] == 3000 and "warning" not in case, case
         pipeline = case["pipeline"]
         assert pipeline["requests_counted"] == 3000
         assert pipeline["ledger_rows"] > 0 and pipeline["events_per_s"] > 0
         assert case["raw_ceiling"]["events"] == case["faust_baseline"]["events"] == 3000
-        cpu = case["cpu_for_40_percent"]
+        cpu = case["cpu_per_event"]
         assert set(cpu["cpu_seconds_in_measured_run"]) >= {"attribution", "ledger", "postgres"}
-    assert report["cases"][0]["messages"] < report["cases"][1]["messages"] == 3000
+        per_event = sum(cpu["us_per_event"][k] for k in ("attribution", "ledger", "postgres"))
+        assert 0 < per_event <= cpu["pipeline_us_per_event"] + 0.3  # rounded per process
+        assert pipeline["ratio_to_faust_events_per_s"] > 0
+    batched, four, single = report["cases"]
+    assert batched["messages"] < four["messages"] < single["messages"] == 3000
+    assert four["messages"] >= 750  # at most 4 events a message
     assert report["ledger_write_capacity"]["rows"] == 2000
     table = (tmp_path / "latest.md").read_text()
-    assert "| batched | 3,000 |" in table and "cores that CPU needs" in table
+    assert "| batched | 3,000 |" in table and "CPU µs per event" in table
     assert bench_databases(settings.database_url) == before  # scratch databases dropped
 
 
