@@ -35,9 +35,7 @@ def _committed(settings: Settings, group: str, topic: str) -> dict[int, int | No
 
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group)
     try:
-        return {
-            p: consumer.committed(TopicPartition(topic, p)) for p in range(settings.partitions)
-        }
+        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(settings.partitions)}
     finally:
         consumer.close()
 
@@ -70,9 +68,10 @@ def test_every_message_once_in_order_several_partitions_a_batch_nothing_committe
             await asyncio.sleep(0.1)
         done.set()
 
-    @app.task  # type: ignore[untyped-decorator]
+    @app.task
     async def reader() -> None:
-        original = app.consumer._getmany
+        consumer: Any = app.consumer
+        original = consumer._getmany
 
         async def spy(active_partitions: Any, timeout: float) -> Any:
             records = await original(active_partitions, timeout)
@@ -80,7 +79,7 @@ def test_every_message_once_in_order_several_partitions_a_batch_nothing_committe
             seen_by_faust.extend(tp for tp in records if tp.topic == topic)
             return records
 
-        app.consumer._getmany = spy  # faust's own fetch: must never return the batch topic
+        consumer._getmany = spy  # faust's own fetch: must never return the batch topic
         asyncio.ensure_future(finish())
         await read_batches(app, {topic}, take, max_records=100, timeout=0.2)
 
