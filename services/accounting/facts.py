@@ -151,8 +151,17 @@ class BucketFacts:
         g.class_work[cls] += work
         if hi > lo:
             g.class_time[cls] += hi - lo
-            merge_interval(g.intervals, lo, hi)
-            merge_interval(self.busy, lo, hi)
+            # merge_interval's common case inline (per event): after everything so far
+            iv = g.intervals
+            if iv and lo <= iv[-1][1]:
+                merge_interval(iv, lo, hi)
+            else:
+                iv.append((lo, hi))
+            iv = self.busy
+            if iv and lo <= iv[-1][1]:
+                merge_interval(iv, lo, hi)
+            else:
+                iv.append((lo, hi))
         if b0 <= req.end_us < b1:
             self.finished[req.event_id] = req.status
             if req.status == "ok":
@@ -170,19 +179,19 @@ class BucketFacts:
 
     # -- persistence (plain JSON-able data; the caller chooses the storage) -------------
     def to_data(self) -> dict[str, Any]:
-        """The facts as plain data, format 2 (``"v": 2``): times inside the bucket as
-        :func:`pack_intervals` gives them, work as integer nano units (an int, or its decimal
-        text beyond 64 bits), and a group's work and time per request class as None and one
-        number when all of it is in the first class. :meth:`from_data` still reads the first
-        format (state stored before)."""
+        """The facts as plain data, format 2 (``busy2`` and ``groups2``): times inside the
+        bucket as :func:`pack_intervals` gives them, work as integer nano units (an int, or its
+        decimal text beyond 64 bits), and a group's work and time per request class as None and
+        one number when all of it is in the first class. :meth:`from_data` still reads the
+        first format (``busy`` and ``groups``: state stored before). The keys differ so that
+        an older version of this code fails loudly on format 2 instead of misreading it."""
         b0 = self.start_us
         return {
-            "v": 2,
             "start": b0,
-            "busy": pack_intervals(self.busy, b0),
+            "busy2": pack_intervals(self.busy, b0),
             "events": sorted(self.event_ids),
             "finished": sorted(self.finished.items()),
-            "groups": [
+            "groups2": [
                 [
                     t,
                     m,
@@ -206,7 +215,7 @@ class BucketFacts:
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> BucketFacts:
         b0 = int(data["start"])
-        if data.get("v") == 2:
+        if "groups2" in data:
             groups = {
                 (t, m): GroupFacts(
                     int(w),
@@ -221,9 +230,9 @@ class BucketFacts:
                     [int(w), 0, 0, 0] if cw is None else [int(x) for x in cw],
                     [int(ct), 0, 0, 0] if isinstance(ct, int) else [int(x) for x in ct],
                 )
-                for t, m, w, iv, c, f, p, ca, co, wi, cn, cw, ct in data["groups"]
+                for t, m, w, iv, c, f, p, ca, co, wi, cn, cw, ct in data["groups2"]
             }
-            busy = unpack_intervals(data["busy"], b0)
+            busy = unpack_intervals(data["busy2"], b0)
         else:  # the first format: absolute [start, end] pairs, work as decimal text
             groups = {}
             for t, m, w, iv, c, f, p, ca, co, *more in data["groups"]:

@@ -83,26 +83,30 @@ def _iso(us: int) -> str:
 
 
 # the Entry's attribute for each column (bucket_start: the core keeps it as µs), read in one
-# call per entry; and each column's conversion: 0 as is, 1 money, 2 text array, 3 the start
+# call per entry; where the money, the start and the text arrays are; the nullable columns
 _ATTRS = attrgetter(*("bucket_start_us" if k == "timestamp" else n for n, k in _PLAN))
-_HOW = tuple((n, {"money": 1, "text_array": 2, "timestamp": 3}.get(k, 0)) for n, k in _PLAN)
+_NAMES = tuple(n for n, _ in _PLAN)
+_MONEY_AT = tuple(i for i, (_, k) in enumerate(_PLAN) if k == "money")
+_START_AT = tuple(i for i, (_, k) in enumerate(_PLAN) if k == "timestamp")
+_ARRAY_AT = tuple(i for i, (_, k) in enumerate(_PLAN) if k == "text_array")
+_NULLABLE = tuple(c.name for c in LEDGER_ENTRY if c.nullable)
 
 
 def _entry_dict(e: Entry, start: str) -> dict[str, Any]:
     """An entry in the field order and form of ``LedgerEntry``'s JSON (None left out), field
-    by field as the one column definition (``contracts/ledger.py``) lists them."""
-    d: dict[str, Any] = {}
-    for (name, how), value in zip(_HOW, _ATTRS(e), strict=True):
-        if how == 0:
-            if value is not None:
-                d[name] = value
-        elif how == 1:
-            if value is not None:
-                d[name] = format(value, "f")
-        elif how == 3:
-            d[name] = start
-        elif value is not None:
-            d[name] = list(value)
+    by field as the one column definition (``contracts/ledger.py``) lists them (the columns
+    that are not nullable are never None in an Entry)."""
+    v = list(_ATTRS(e))
+    for i in _MONEY_AT:
+        v[i] = format(v[i], "f")
+    for i in _START_AT:
+        v[i] = start
+    for i in _ARRAY_AT:
+        v[i] = list(v[i])
+    d = dict(zip(_NAMES, v, strict=True))
+    for name in _NULLABLE:
+        if d[name] is None:
+            del d[name]
     return d
 
 
