@@ -18,7 +18,13 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from bench.measure import ROOT, PeakMemory, busy_cpu_seconds, profile_shares
+from bench.measure import (
+    ROOT,
+    PeakMemory,
+    busy_cpu_seconds,
+    profile_shares,
+    service_cpu_seconds,
+)
 from bench.workload import Workload, encode_batches
 from services.ledger.db import migrate
 from services.runtime.config import EVENTS, RATES, Settings
@@ -324,6 +330,7 @@ def ledger_write_capacity(
         for i in range(rows)
     ]
     started = time.monotonic()
+    cpu0, pg0 = time.process_time(), service_cpu_seconds()["postgres"]
     written = 0
     for i in range(0, rows, batch):
         chunk = SimpleNamespace(
@@ -335,10 +342,14 @@ def ledger_write_capacity(
         )
         written += write_batch(engine, "bench", chunk)
     seconds = time.monotonic() - started
+    cpu = time.process_time() - cpu0
+    pg = service_cpu_seconds()["postgres"] - pg0  # (every Postgres process of this machine)
     engine.dispose()
     return {
         "rows": written,
         "batch": batch,
         "seconds": round(seconds, 2),
         "rows_per_s": round(written / seconds, 1),
+        "writer_cpu_us_per_row": round(cpu * 1e6 / max(written, 1), 2),
+        "postgres_cpu_us_per_row": round(pg * 1e6 / max(written, 1), 2),
     }

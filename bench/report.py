@@ -54,6 +54,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"\nLedger writer transaction fed directly: {cap['rows']:,} rows in batches "
             f"of {cap['batch']:,}: {cap['rows_per_s']:,.0f} rows/s"
+            + (
+                f"; CPU per row: writer {cap['writer_cpu_us_per_row']} µs, Postgres "
+                f"{cap['postgres_cpu_us_per_row']} µs"
+                if "writer_cpu_us_per_row" in cap
+                else ""
+            )
         )
     lat = report.get("streaming")
     if lat:

@@ -33,7 +33,13 @@ from services.accounting.seen import (
     pack,
 )
 from services.accounting.shares import Position, PositionKey, positions
-from services.accounting.slo import request_class
+from services.accounting.slo import CANCELLED, FAILED, WITHIN, request_class
+
+
+def _class_without_objectives(req: Request) -> int:
+    """:func:`request_class` when no model has an objective: by status alone (per event)."""
+    status = req.status
+    return WITHIN if status == "ok" else CANCELLED if status == "cancelled" else FAILED
 
 
 class Added(Enum):
@@ -124,8 +130,10 @@ class Book:
         self._bucket_us = settings.bucket_us
         self._nano_weights: dict[str, tuple[int, int, int]] = {}  # per model
         slos, default_slo = settings.slos, settings.slos.get("*")
-        self._slo_class: Callable[[Request], int] = lambda req: request_class(
-            req, slos, default_slo
+        self._slo_class: Callable[[Request], int] = (
+            (lambda req: request_class(req, slos, default_slo))
+            if slos
+            else _class_without_objectives
         )
         # every accepted event id, wherever its buckets lie (see add_request and _prune)
         self._seen = SeenIndex()

@@ -151,8 +151,17 @@ class BucketFacts:
         g.class_work[cls] += work
         if hi > lo:
             g.class_time[cls] += hi - lo
-            merge_interval(g.intervals, lo, hi)
-            merge_interval(self.busy, lo, hi)
+            # merge_interval's common case inline (per event): after everything so far
+            iv = g.intervals
+            if iv and lo <= iv[-1][1]:
+                merge_interval(iv, lo, hi)
+            else:
+                iv.append((lo, hi))
+            iv = self.busy
+            if iv and lo <= iv[-1][1]:
+                merge_interval(iv, lo, hi)
+            else:
+                iv.append((lo, hi))
         if b0 <= req.end_us < b1:
             self.finished[req.event_id] = req.status
             if req.status == "ok":
@@ -170,17 +179,24 @@ class BucketFacts:
 
     # -- persistence (plain JSON-able data; the caller chooses the storage) -------------
     def to_data(self) -> dict[str, Any]:
+        """The facts as plain data, format 2 (``busy2`` and ``groups2``): times inside the
+        bucket as :func:`pack_intervals` gives them, work as integer nano units (an int, or its
+        decimal text beyond 64 bits), and a group's work and time per request class as None and
+        one number when all of it is in the first class. :meth:`from_data` still reads the
+        first format (``busy`` and ``groups``: state stored before). The keys differ so that
+        an older version of this code fails loudly on format 2 instead of misreading it."""
+        b0 = self.start_us
         return {
-            "start": self.start_us,
-            "busy": self.busy,
+            "start": b0,
+            "busy2": pack_intervals(self.busy, b0),
             "events": sorted(self.event_ids),
             "finished": sorted(self.finished.items()),
-            "groups": [
+            "groups2": [
                 [
                     t,
                     m,
-                    str(from_nanos(g.work)),
-                    g.intervals,
+                    _int_data(g.work),
+                    pack_intervals(g.intervals, b0),
                     g.completions,
                     g.failed,
                     g.prompt,
@@ -188,8 +204,9 @@ class BucketFacts:
                     g.completion,
                     g.within,
                     g.cancelled,
-                    [str(from_nanos(w)) for w in g.class_work],
-                    g.class_time,
+                    # per class: None for the common case, all of it within objective
+                    None if not any(g.class_work[1:]) else [_int_data(w) for w in g.class_work],
+                    g.class_time[0] if not any(g.class_time[1:]) else g.class_time,
                 ]
                 for (t, m), g in sorted(self.groups.items())
             ],
@@ -197,22 +214,76 @@ class BucketFacts:
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> BucketFacts:
-        groups = {}
-        for t, m, w, iv, c, f, p, ca, co, *more in data["groups"]:
-            g = GroupFacts(to_nanos(Decimal(w)), [(a, b) for a, b in iv], c, f, p, ca, co)
-            if more:
-                g.within, g.cancelled = more[0], more[1]
-                g.class_work = [to_nanos(Decimal(x)) for x in more[2]]
-                g.class_time = [int(x) for x in more[3]]
-            else:  # stored before classes existed: all within objective, as it was counted
-                g.within = c
-                g.class_work = [g.work, 0, 0, 0]
-                g.class_time = [length(g.intervals), 0, 0, 0]
-            groups[(t, m)] = g
+        b0 = int(data["start"])
+        if "groups2" in data:
+            groups = {
+                (t, m): GroupFacts(
+                    int(w),
+                    unpack_intervals(iv, b0),
+                    c,
+                    f,
+                    p,
+                    ca,
+                    co,
+                    wi,
+                    cn,
+                    [int(w), 0, 0, 0] if cw is None else [int(x) for x in cw],
+                    [int(ct), 0, 0, 0] if isinstance(ct, int) else [int(x) for x in ct],
+                )
+                for t, m, w, iv, c, f, p, ca, co, wi, cn, cw, ct in data["groups2"]
+            }
+            busy = unpack_intervals(data["busy2"], b0)
+        else:  # the first format: absolute [start, end] pairs, work as decimal text
+            groups = {}
+            for t, m, w, iv, c, f, p, ca, co, *more in data["groups"]:
+                g = GroupFacts(to_nanos(Decimal(w)), [(a, b) for a, b in iv], c, f, p, ca, co)
+                if more:
+                    g.within, g.cancelled = more[0], more[1]
+                    g.class_work = [to_nanos(Decimal(x)) for x in more[2]]
+                    g.class_time = [int(x) for x in more[3]]
+                else:  # stored before classes existed: all within objective, as it was counted
+                    g.within = c
+                    g.class_work = [g.work, 0, 0, 0]
+                    g.class_time = [length(g.intervals), 0, 0, 0]
+                groups[(t, m)] = g
+            busy = [(a, b) for a, b in data["busy"]]
         return cls(
-            int(data["start"]),
+            b0,
             groups,
-            [(a, b) for a, b in data["busy"]],
+            busy,
             set(data["events"]),
             {e: s for e, s in data.get("finished", [])},
         )
+
+
+_INT64 = 2**63
+
+
+def _int_data(n: int) -> int | str:
+    """An integer as JSON data: a number within 64 bits, else its decimal text (``int()``
+    reads both back)."""
+    return n if -_INT64 < n < _INT64 else str(n)
+
+
+def pack_intervals(intervals: list[tuple[int, int]], origin: int) -> list[int]:
+    """Sorted disjoint intervals as one flat list of differences: the first start from
+    ``origin`` (the bucket's start), then each length and each gap to the next start. The
+    numbers stay below the bucket's length instead of full Unix microseconds."""
+    out: list[int] = []
+    at = origin
+    for a, b in intervals:
+        out.append(a - at)
+        out.append(b - a)
+        at = b
+    return out
+
+
+def unpack_intervals(packed: list[int], origin: int) -> list[tuple[int, int]]:
+    """The intervals :func:`pack_intervals` packed."""
+    out: list[tuple[int, int]] = []
+    at = origin
+    for i in range(0, len(packed), 2):
+        a = at + int(packed[i])
+        at = a + int(packed[i + 1])
+        out.append((a, at))
+    return out

@@ -13,6 +13,7 @@ from services.accounting.pricing import BucketCost
 
 _SECONDS_QUANTUM = Decimal("1e-6")
 _WORK_QUANTUM = Decimal("1e-6")
+_ZERO_QUANTUM = Decimal(0).quantize(QUANTUM)  # 0E-12, as a zero share quantized to 1e-12
 
 
 def largest_remainder(
@@ -29,9 +30,10 @@ def largest_remainder(
         units = int((total - sum(floors, Decimal(0))) / quantum)
         if units < 0 or units > len(raw):
             raise ArithmeticError(f"cannot distribute {units} units over {len(raw)} items")
-        order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - floors[i]), i))
-        for i in order[:units]:
-            floors[i] += quantum
+        if units:  # (often none: every value already a multiple of the quantum)
+            order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - floors[i]), i))
+            for i in order[:units]:
+                floors[i] += quantum
     return floors
 
 
@@ -116,6 +118,10 @@ def class_amounts(amount: Decimal, weights: Sequence[int]) -> list[Decimal]:
     total = sum(weights)
     if total == 0 or amount == 0:
         return [amount] + [Decimal(0)] * (len(weights) - 1)
+    if weights[0] == total and amount > 0:  # the common case: all within objective
+        # exactly what largest_remainder gives then: the amount, and zeros at the quantum
+        first = amount.quantize(QUANTUM, ROUND_FLOOR, CONTEXT)
+        return [first] + [_ZERO_QUANTUM] * (len(weights) - 1)
     with localcontext(CONTEXT):
         raw = [amount * w / total for w in weights]
     return largest_remainder(raw, amount)

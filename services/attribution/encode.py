@@ -8,6 +8,8 @@ the core's :class:`Entry` names them the same, but for ``bucket_start`` (``bucke
 
 from __future__ import annotations
 
+from datetime import timedelta
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -33,21 +35,27 @@ _PLAIN: tuple[str, ...] = tuple(
 )
 
 
+_EPOCH = from_us(0)
+_ONE_US = timedelta(microseconds=1)
+
+
 def to_request(event: InferenceEvent | EventRecord) -> Request:
-    # positional: a NamedTuple built from keywords costs three times as much (per event)
+    # positional: a NamedTuple built from keywords costs three times as much (per event);
+    # times as to_us() gives them, inline (a naive time cannot be subtracted from the epoch)
+    first = event.first_token_at
     return Request(
         event.event_id,
         event.tenant_id,
         event.model,
         event.resource_id,
-        to_us(event.started_at),
-        to_us(event.finished_at),
+        (event.started_at - _EPOCH) // _ONE_US,
+        (event.finished_at - _EPOCH) // _ONE_US,
         event.prompt_tokens,
         event.cached_prompt_tokens,
         event.completion_tokens,
         event.status,
         event.gpu_count,
-        None if event.first_token_at is None else to_us(event.first_token_at),
+        None if first is None else (first - _EPOCH) // _ONE_US,
     )
 
 
@@ -74,22 +82,31 @@ def _iso(us: int) -> str:
     return from_us(us).isoformat().replace("+00:00", "Z")
 
 
+# the Entry's attribute for each column (bucket_start: the core keeps it as µs), read in one
+# call per entry; where the money, the start and the text arrays are; the nullable columns
+_ATTRS = attrgetter(*("bucket_start_us" if k == "timestamp" else n for n, k in _PLAN))
+_NAMES = tuple(n for n, _ in _PLAN)
+_MONEY_AT = tuple(i for i, (_, k) in enumerate(_PLAN) if k == "money")
+_START_AT = tuple(i for i, (_, k) in enumerate(_PLAN) if k == "timestamp")
+_ARRAY_AT = tuple(i for i, (_, k) in enumerate(_PLAN) if k == "text_array")
+_NULLABLE = tuple(c.name for c in LEDGER_ENTRY if c.nullable)
+
+
 def _entry_dict(e: Entry, start: str) -> dict[str, Any]:
     """An entry in the field order and form of ``LedgerEntry``'s JSON (None left out), field
-    by field as the one column definition (``contracts/ledger.py``) lists them."""
-    d: dict[str, Any] = {}
-    for name, kind in _PLAN:
-        if kind == "timestamp":  # bucket_start: the core keeps it as µs
-            d[name] = start
-            continue
-        value = getattr(e, name)
-        if value is None:
-            continue
-        if kind == "money":
-            value = format(value, "f")
-        elif kind == "text_array":
-            value = list(value)
-        d[name] = value
+    by field as the one column definition (``contracts/ledger.py``) lists them (the columns
+    that are not nullable are never None in an Entry)."""
+    v = list(_ATTRS(e))
+    for i in _MONEY_AT:
+        v[i] = format(v[i], "f")
+    for i in _START_AT:
+        v[i] = start
+    for i in _ARRAY_AT:
+        v[i] = list(v[i])
+    d = dict(zip(_NAMES, v, strict=True))
+    for name in _NULLABLE:
+        if d[name] is None:
+            del d[name]
     return d
 
 

@@ -142,6 +142,10 @@ class AttributionProcessor:
         self._out = Output()
         # (release when closed through, seq, partition, offset, token)
         self._held: list[tuple[int, int, int, int, Any]] = []
+        # per events partition: a heap of the offsets held, and the offsets released from
+        # _held but not yet popped from that heap (the oldest held offset without a scan)
+        self._held_offsets: dict[int, list[int]] = {}
+        self._released: dict[int, Counter[int]] = {}
         self._next_offset: dict[int, int] = {}  # per events partition: after the latest read
         self._emitted: dict[int, int] = {}  # per events partition: the latest offset to commit
         # claims resources in Postgres (fencing) and names this worker's attribution_progress
@@ -294,6 +298,7 @@ class AttributionProcessor:
         else:  # held until the bucket its latest counts go to has closed
             until = newest - newest % W + W
             heapq.heappush(self._held, (until, next(self._seq), partition, offset, token))
+            heapq.heappush(self._held_offsets.setdefault(partition, []), offset)
 
     def _reroute(self, raw: bytes | str, resource_id: str, key: bytes | None | _Unchecked) -> bool:
         """Publish a mis-keyed message again under its resource id (all events of a message
@@ -388,6 +393,8 @@ class AttributionProcessor:
         for p in parts:
             self._next_offset.pop(p, None)
             self._emitted.pop(p, None)
+            self._held_offsets.pop(p, None)
+            self._released.pop(p, None)
         self.watermark.forget(parts)
         self.counters["resources.handed_over"] += len(gone)
         self.counters["resources.owned"] = len(self._owner)
@@ -570,9 +577,22 @@ class AttributionProcessor:
         """Per events partition, the offset up to which every message was released: the
         oldest held message's, or the one after the latest read when nothing is held."""
         safe = {p: o for p, o in self._next_offset.items() if p in partitions}
-        for _, _, p, offset, _ in self._held:
-            if p in safe and offset < safe[p]:
-                safe[p] = offset
+        for p in safe:
+            heap = self._held_offsets.get(p)
+            if not heap:
+                continue
+            released = self._released.get(p)
+            while heap and released:  # drop the released offsets from the top
+                n = released.get(heap[0])
+                if not n:
+                    break
+                if n == 1:
+                    del released[heap[0]]
+                else:
+                    released[heap[0]] = n - 1
+                heapq.heappop(heap)
+            if heap and heap[0] < safe[p]:
+                safe[p] = heap[0]
         new = {p: o for p, o in safe.items() if o > self._emitted.get(p, -1)}
         self._emitted.update(new)
         return new
@@ -588,7 +608,9 @@ class AttributionProcessor:
             until, _, _, _, token = self._held[0]
             if not self._closed_through(until):
                 break
-            heapq.heappop(self._held)
+            _, _, partition, offset, _ = heapq.heappop(self._held)
+            if partition in self._held_offsets:
+                self._released.setdefault(partition, Counter())[offset] += 1
             self._out.release.append(token)
 
     def _closed_through(self, until_us: int) -> bool:

@@ -176,15 +176,26 @@ def to_builtins(e: EventRecord) -> Any:
     return msgspec.to_builtins(e)
 
 
+_MONEY_SEEN: dict[str, Decimal] = {}  # text -> value: zeros and prices repeat in every entry
+
+
 def money(text: str) -> Decimal | None:
     """A decimal string as the models read it (``Money``), or None when they might not."""
+    value = _MONEY_SEEN.get(text)
+    if value is not None:
+        return value
     if text.strip() is not text:
         return None
     try:
         value = Decimal(text)
     except InvalidOperation:
         return None
-    return value if value.is_finite() else None
+    if not value.is_finite():
+        return None
+    if len(_MONEY_SEEN) >= 4096:  # bounded: amounts mostly differ, the zeros stay
+        _MONEY_SEEN.clear()
+    _MONEY_SEEN[text] = value
+    return value
 
 
 class EntryRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from services.contracts import GpuRate, LedgerEntry, Price
 from services.contracts.fast import EntryRecord, money
-from services.contracts.ledger import LEDGER_ENTRY_COLUMNS, LEDGER_MONEY
+from services.contracts.ledger import LEDGER_ENTRY, LEDGER_ENTRY_COLUMNS, LEDGER_MONEY
 from services.contracts.ledger import entry_values as ledger_values
 from services.ledger.hashing import entry_values
 from services.ledger.schema import (
@@ -122,6 +122,25 @@ def price_row(p: Price) -> dict[str, Any]:
 
 ENTRY_COLUMNS = (*LEDGER_ENTRY_COLUMNS, "row_hash")
 """The columns the writer copies into ``ledger_entries``: the entry's and its row hash."""
+
+
+def _copy_type(sql_type: str) -> str:
+    """The type name a binary COPY sends a column's values as."""
+    base = sql_type.split("(")[0].strip().upper()
+    names = {
+        "VARCHAR": "varchar",
+        "TEXT": "text",
+        "TEXT[]": "text[]",
+        "INTEGER": "int4",
+        "BIGINT": "int8",
+        "NUMERIC": "numeric",
+        "TIMESTAMP WITH TIME ZONE": "timestamptz",
+    }
+    return names[base]
+
+
+ENTRY_TYPES = (*(_copy_type(c.sql) for c in LEDGER_ENTRY), "varchar")
+"""The binary COPY types of :data:`ENTRY_COLUMNS` (``row_hash`` is a VARCHAR(64))."""
 _MONEY_AT = tuple(
     (LEDGER_ENTRY_COLUMNS.index(c.name), c.limit) for c in LEDGER_MONEY if c.limit is not None
 )
@@ -146,12 +165,14 @@ def copy_insert(
     columns: Sequence[str],
     rows: Sequence[Sequence[Any]],
     conflict: str,
+    types: Sequence[str] | None = None,
 ) -> int:
     """COPY rows into a session-local staging table, then one INSERT ... SELECT with
     ``conflict`` (idempotent), in the caller's transaction. Returns the rows inserted.
 
     Much cheaper than multi-row INSERTs for thousands of rows: no giant statement to build,
-    send and parse."""
+    send and parse. With ``types`` (Postgres type names, one per column), the COPY is binary:
+    no numbers or times written out as text and parsed again by Postgres."""
     if not rows:
         return 0
     cols = ", ".join(columns)
@@ -163,7 +184,10 @@ def copy_insert(
             f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
         cursor.execute(f"TRUNCATE {stage}")
-        with cursor.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
+        binary = " (FORMAT BINARY)" if types is not None else ""
+        with cursor.copy(f"COPY {stage} ({cols}) FROM STDIN{binary}") as copy:
+            if types is not None:
+                copy.set_types(types)
             for row in rows:
                 copy.write_row(row)
         cursor.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} {conflict}")
@@ -215,6 +239,7 @@ def write_batch(engine: Engine, group: str, batch: Any) -> int:
                 ENTRY_COLUMNS,
                 batch.entries,
                 "ON CONFLICT (entry_id, bucket_start) DO NOTHING",
+                ENTRY_TYPES,
             )
         if batch.counted:
             copy_insert(
