@@ -50,6 +50,21 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{need['cores_needed']} of {need['cores']} | "
                 f"{need['cores_needed_without_attribution']} |"
             )
+    workers = [(c["case"], w) for c in report["cases"] for w in c.get("workers", [])]
+    if workers:
+        lines.append(
+            "\n| case | attribution worker | events partitions | events processed |"
+            " CPU s, first message to last row | CPU µs per event | CPU s, whole process |"
+            " peak RSS MB |\n|---|---|---|---|---|---|---|---|"
+        )
+        for case, w in workers:
+            per_event = w["cpu_us_per_event"]
+            lines.append(
+                f"| {case} | {w['worker']} | {','.join(map(str, w['partitions']))} | "
+                f"{w['events_processed']:,} | {w['cpu_seconds_measured']} | "
+                f"{'?' if per_event is None else per_event} | {w['cpu_seconds']} | "
+                f"{w['peak_rss_mb']} |"
+            )
     cap = report.get("ledger_write_capacity")
     if cap:
         lines.append(
