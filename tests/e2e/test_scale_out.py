@@ -158,3 +158,40 @@ def test_a_worker_taking_partitions_over_after_their_markers_decides_from_commit
         [GpuRate.model_validate(r) for r in rates],
     )
     assert {r[0]: tuple(r[1:]) for r in got} == core
+
+
+FAKE_CLI = """
+import json, sys, time
+args = sys.argv[1:]
+with open({log!r}, "a") as f:
+    f.write(json.dumps(args) + "\\n")
+if args[1] == "attribution" and args[args.index("--worker") + 1] == "2":
+    time.sleep(600)  # never given a partition: it would wait for ever
+sys.exit(0)
+"""
+
+
+def test_a_bounded_run_stops_a_worker_left_waiting_once_the_ledger_is_complete(
+    settings, tmp_path: Path
+):
+    """`run all --until-idle` with two workers: the supervisor passes each the run, the
+    offsets of its markers and its name; once the ledger writer is done (the run's markers
+    cover every events partition) a worker still waiting is stopped, and the run succeeds."""
+    import time
+
+    from services.runtime.supervise import run_processors
+
+    log = tmp_path / "calls.jsonl"
+    fake = [sys.executable, "-c", FAKE_CLI.format(log=str(log))]
+    started = time.monotonic()
+    run_processors(settings.model_copy(update={"attribution_workers": 2}), True, cli=fake)
+    assert time.monotonic() - started < 60
+    calls = {(c[1], c[c.index("--worker") + 1] if "--worker" in c else ""): c
+             for c in map(json.loads, log.read_text().splitlines())}  # fmt: skip
+    assert set(calls) == {("attribution", "1"), ("attribution", "2"), ("ledger", ""),
+                          ("alerts", "")}  # fmt: skip
+    for k in ("1", "2"):
+        c = calls["attribution", k]
+        markers = c[c.index("--run-markers") + 1]
+        assert [p.split(":")[0] for p in markers.split(",")] == ["0", "1", "2", "3"]
+        assert c[c.index("--run-id") + 1] == calls["ledger", ""][-1]
