@@ -468,10 +468,11 @@ class AttributionProcessor:
         """A bounded run: events partitions this worker has just been given, with the offsets
         the consumer group committed for them. A committed offset past the run's end marker
         (``marker_offsets``) says that a worker read the partition to its marker and released
-        every message before it (their buckets closed and published, or decided from storage
-        before), so the partition counts as drained here without reading it again; at or
-        before the marker, the marker is still to come and this worker reads on to it.
-        Returns the partitions drained so."""
+        every message before it (a message is released once its buckets closed and their
+        allocations were published, and only released messages are committed past), so the
+        partition counts as drained here without reading it again; at or before the marker,
+        the marker is still to come and this worker reads on to it. Returns the partitions
+        drained so."""
         done = set()
         for p, offset in committed.items():
             marker = self.marker_offsets.get(p)
