@@ -155,3 +155,15 @@ def test_what_a_finished_worker_reads_after_its_flush_is_not_released_nor_commit
     out = proc.step({0}, {0}, {0})
     assert out.finished  # it does not keep the run from ending
     assert "late-input" not in out.release and out.commit == {} and counted(out) == set()
+
+
+def test_further_workers_take_metrics_ports_after_the_components():
+    from services.runtime.config import component_listens
+    from services.runtime.supervise import process_names
+
+    assert process_names(Settings()) == ["attribution", "ledger", "alerts"]
+    names = process_names(Settings(attribution_workers=3))
+    assert names == ["attribution", "ledger", "alerts", "attribution-2", "attribution-3"]
+    ports = component_listens("127.0.0.1:9100", names)
+    assert ports["attribution"] == "127.0.0.1:9100" and ports["alerts"] == "127.0.0.1:9102"
+    assert ports["attribution-3"] == "127.0.0.1:9104"
