@@ -137,8 +137,9 @@ def faust_baseline(settings: Settings, messages: int) -> dict[str, Any]:
     return result
 
 
-def run_pipeline(settings: Settings, profile_dir: Path | None) -> dict[str, Any]:
-    """``run all --until-idle`` as a user runs it; py-spy samples it when ``profile_dir``."""
+def run_pipeline(settings: Settings, profile_dir: Path | None, workers: int = 1) -> dict[str, Any]:
+    """``run all --until-idle`` as a user runs it, with ``workers`` attribution workers; py-spy
+    samples it when ``profile_dir``."""
     env = dict(
         os.environ,
         INFERLEDGER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap or "",
@@ -148,7 +149,16 @@ def run_pipeline(settings: Settings, profile_dir: Path | None) -> dict[str, Any]
     )
     started = time.time()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "run", "all", "--until-idle"],
+        [
+            sys.executable,
+            "-m",
+            "services.cli.main",
+            "run",
+            "all",
+            "--until-idle",
+            "--attribution-workers",
+            str(workers),
+        ],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
@@ -171,6 +181,12 @@ def run_pipeline(settings: Settings, profile_dir: Path | None) -> dict[str, Any]
         (x["at"] for x in logs if x.get("event") == "first message consumed"), default=started
     )
     finished = {x["event"]: x for x in logs if x.get("event", "").endswith("finished")}
+    # each attribution worker's own counters ("attribution" alone, else "attribution-<n>")
+    worker_counters = {
+        "attribution" + (f"-{x['worker']}" if "worker" in x else ""): x
+        for x in logs
+        if x.get("event") == "attribution finished"
+    }
     return {
         "wall_seconds": time.time() - started,
         "first_consumed_at": first,
@@ -186,6 +202,7 @@ def run_pipeline(settings: Settings, profile_dir: Path | None) -> dict[str, Any]
             "whole machine": round(machine_busy, 1),
         },
         "counters": finished,
+        "worker_counters": worker_counters,
         "memory": memory,
     }
 
@@ -213,9 +230,53 @@ def ledger_stats(db_url: str) -> dict[str, Any]:
 CASES = {  # name: (most events per message, emitter linger in event-time seconds)
     "batched": (500, 1.0),  # an emitter flushing every second: about 20 events per message
     "batched-4": (4, 1.0),  # the same, at most 4 events per message (a sparser node's emitter)
+    "batched-2w": (500, 1.0),  # the same with two attribution workers (WORKERS)
     "batched-10s": (500, 10.0),  # flushing every 10 s: about 128 events per message
     "single": (1, 0.0),
 }
+WORKERS = {"batched-2w": 2}  # attribution workers of a case (1 if not named here)
+#: the attribution counters of events fed to the accounting core, whatever it decided
+EVENT_COUNTERS = tuple(f"events.{a}" for a in ("accepted", "late", "duplicate", "conflict",
+                                              "too_late"))  # fmt: skip
+
+
+def per_worker(
+    counters: dict[str, dict[str, Any]],
+    cpu_whole: dict[str, float],
+    cpu_measured: dict[str, float],
+    peak_rss_mb: dict[str, float],
+) -> list[dict[str, Any]]:
+    """Per attribution worker: the events partitions its end markers covered, the events it
+    processed, and its CPU seconds (whole process, and from the first message consumed to the
+    last ledger row) per event. Flat per-worker CPU per event as workers are added means
+    throughput grows with cores and partitions."""
+    out = []
+    for name in sorted(counters):
+        c = counters[name]
+        events = sum(int(c.get(k, 0)) for k in EVENT_COUNTERS)
+        measured = cpu_measured.get(name)
+        out.append(
+            {
+                "worker": name,
+                "partitions": c.get("covers", []),
+                "events_processed": events,
+                "cpu_seconds": cpu_whole.get(name),
+                "cpu_seconds_measured": measured,
+                "cpu_us_per_event": round(measured * 1e6 / events, 1)
+                if measured is not None and events
+                else None,
+                "peak_rss_mb": peak_rss_mb.get(name),
+            }
+        )
+    return out
+
+
+def _sum_workers(values: dict[str, float], combine: Any = sum) -> dict[str, float]:
+    """Several workers' values also as one "attribution" value (for the all-process sums)."""
+    workers = [v for k, v in values.items() if k.startswith("attribution-")]
+    if not workers or "attribution" in values:
+        return values
+    return {**values, "attribution": round(combine(workers), 1)}
 
 
 def run_case(
@@ -225,6 +286,7 @@ def run_case(
     per_message: int,
     linger_s: float,
     profiles: Path | None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     db_url = fresh_database(base, f"bench_{prefix[5:-1]}")
@@ -238,10 +300,17 @@ def run_case(
     baseline = faust_baseline(settings, produced["messages"])
     print(f"[{name}] pipeline ...", file=sys.stderr)
     profile_dir = profiles / name if profiles else None
-    pipe = run_pipeline(settings, profile_dir)
+    pipe = run_pipeline(settings, profile_dir, workers)
     stats = ledger_stats(db_url)
     seconds = stats["last_at"] - pipe["first_consumed_at"]
-    measured_cpu = pipe.pop("memory").cpu_between(pipe["first_consumed_at"], stats["last_at"])
+    memory = pipe.pop("memory")
+    measured_cpu = memory.cpu_between(pipe["first_consumed_at"], stats["last_at"])
+    workers_result = per_worker(
+        pipe["worker_counters"], memory.cpu_seconds, measured_cpu, pipe["peak_rss_mb"]
+    )
+    measured_cpu = _sum_workers(measured_cpu)
+    pipe["cpu_seconds"] = _sum_workers(pipe["cpu_seconds"])
+    pipe["peak_rss_mb"] = _sum_workers(pipe["peak_rss_mb"], max)
     events_per_s = produced["events"] / seconds
     result = {
         "case": name,
@@ -249,6 +318,7 @@ def run_case(
         "messages": produced["messages"],
         "max_events_per_message": per_message,
         "linger_seconds": linger_s,
+        "attribution_workers": workers,
         "produce_seconds": round(produced["seconds"], 2),
         "raw_ceiling": {k: round(v, 1) if isinstance(v, float) else v for k, v in raw.items()},
         "faust_baseline": baseline,
@@ -274,9 +344,11 @@ def run_case(
             "cpu_seconds": pipe["cpu_seconds"],
             "wall_seconds": round(pipe["wall_seconds"], 2),
         },
+        "workers": workers_result,
         "time_share": {
             which: profile_shares(profile_dir / f"{which}.txt")
-            for which in ("attribution", "ledger")
+            for which in sorted(memory.samplers)
+            if which != "alerts"
         }
         if profile_dir
         else {},

@@ -91,6 +91,8 @@ class PeakMemory(threading.Thread):
                 continue
             if ppid == self.root_pid and b"run" in cmd:
                 which = cmd[cmd.index(b"run") + 1].decode() if b"run" in cmd else "?"
+                if b"--worker" in cmd[:-1]:  # one of several attribution workers
+                    which += "-" + cmd[cmd.index(b"--worker") + 1].decode()
                 out.append((int(entry.name), which))
         return out
 

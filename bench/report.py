@@ -49,6 +49,21 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{c['pipeline'].get('ratio_to_faust_events_per_s', 0):.1%} | "
                 f"{cpu['pipeline_us_per_event']} | {parts} | {cpu['pipeline_cpu_seconds']} |"
             )
+    workers = [(c["case"], w) for c in report["cases"] for w in c.get("workers", [])]
+    if workers:
+        lines.append(
+            "\n| case | attribution worker | events partitions | events processed |"
+            " CPU s, first message to last row | CPU µs per event | CPU s, whole process |"
+            " peak RSS MB |\n|---|---|---|---|---|---|---|---|"
+        )
+        for case, w in workers:
+            per_event = w["cpu_us_per_event"]
+            lines.append(
+                f"| {case} | {w['worker']} | {','.join(map(str, w['partitions']))} | "
+                f"{w['events_processed']:,} | {w['cpu_seconds_measured']} | "
+                f"{'?' if per_event is None else per_event} | {w['cpu_seconds']} | "
+                f"{w['peak_rss_mb']} |"
+            )
     cap = report.get("ledger_write_capacity")
     if cap:
         lines.append(

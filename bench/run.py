@@ -1,6 +1,7 @@
 """The inferledger benchmark: one command, real broker and Postgres, results in bench/results/.
 
-    ./dev bench                          # 1,000,000 events: batched (1 s and 10 s linger), then
+    ./dev bench                          # 1,000,000 events: batched (1 s linger, with one and
+                                         # with two attribution workers, and 10 s linger), then
                                          # one event per message, then streaming
     ./dev bench --events 200000 --cases batched --stream-rate 0
 
@@ -13,7 +14,9 @@ and where the processors spent their time: py-spy samples each process during th
 (sampling from outside, so the run is not slowed the way an in-process profiler slows it).
 Each case is also compared with a plain faust agent that only decodes: faust's per-message
 path bounds every faust consumer, so its events/s ratio to the raw ceiling is the most any faust
-pipeline can reach with that many events per message.
+pipeline can reach with that many events per message. The batched-2w case runs the batched
+workload with two attribution workers and reports, per worker, the events it processed and
+its CPU microseconds per event, next to the one worker of the batched case.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.cases import CASES, CREATED, drop_all, ledger_write_capacity, run_case
+from bench.cases import CASES, CREATED, WORKERS, drop_all, ledger_write_capacity, run_case
 from bench.measure import ROOT, machine
 from bench.report import markdown
 from bench.streaming import streaming_latency
@@ -52,7 +55,9 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=20)
     parser.add_argument("--batch", type=int, default=500, help="most events per batch message")
     parser.add_argument(
-        "--cases", default="batched,batched-4,batched-10s,single", help=f"of {', '.join(CASES)}"
+        "--cases",
+        default="batched,batched-2w,batched-4,batched-10s,single",
+        help=f"of {', '.join(CASES)} (batched-2w: batched with two attribution workers)",
     )
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument(
@@ -93,7 +98,8 @@ def main() -> None:
             n = args.events if per > 1 else (args.single_events or args.events)
             work = Workload(n, args.resources, args.tenants)
             per = min(per, args.batch)
-            report["cases"].append(run_case(s, case, work, per, linger, profiles))
+            workers = WORKERS.get(case, 1)
+            report["cases"].append(run_case(s, case, work, per, linger, profiles, workers))
             print(json.dumps(report["cases"][-1], indent=2), file=sys.stderr)
         print("[ledger write capacity] ...", file=sys.stderr)
         report["ledger_write_capacity"] = ledger_write_capacity(s, args.ledger_rows)

@@ -13,12 +13,14 @@ import faust
 
 from services.attribution import state
 from services.attribution.processor import AttributionProcessor, Output
+from services.contracts.markers import heartbeat_ids
 from services.ledger.db import make_engine
 from services.runtime import logs
 from services.runtime.config import ALLOCATIONS, BILLING, EVENTS, RATES, Settings
 from services.runtime.faustapp import (
     Records,
     commit_offsets,
+    committed_offsets,
     crash_on_error,
     make_app,
     pause_fetching,
@@ -33,8 +35,13 @@ log = logs.get(__name__)
 T = TypeVar("T")
 
 
-def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asyncio.Event]:
-    """The app, and an event set once a bounded run (``run_id``) has published everything."""
+def build(
+    settings: Settings, run_id: str | None = None, marker_offsets: dict[int, int] | None = None
+) -> tuple[faust.App, asyncio.Event]:
+    """The app, and an event set once a bounded run (``run_id``) has published everything.
+
+    ``marker_offsets`` (events partition -> offset of the run's end marker, from ``run all``)
+    let a worker of several decide a partition it takes over from its committed offset."""
     app = make_app(settings, settings.group("inferledger-attribution"))
     if not settings.database_url:
         raise ValueError("database_url is not resolved")
@@ -60,6 +67,7 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
         durably(state.pending),
         durably(state.progress_elsewhere),
         worker_id,
+        marker_offsets,
     )
     events_name, rates_name = settings.topic(EVENTS), settings.topic(RATES)
     billing_name = settings.topic(BILLING)
@@ -170,11 +178,26 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                 proc.ahead(set())  # nothing is paused after all
         paused.intersection_update(parts)  # a revoked partition is no longer ours to resume
 
+    known: set[int] = set()  # the events partitions of the previous step
+
+    async def take_over(parts: set[int]) -> None:
+        """A bounded run: partitions new to this worker are decided from their committed
+        offsets (see AttributionProcessor.taken_over); asked again next step if that fails."""
+        nonlocal known
+        new = parts - known
+        if new and run_id is not None and proc.marker_offsets:
+            committed = await committed_offsets(app, events_name, new)
+            if committed is None:
+                return
+            proc.taken_over(committed)
+        known = parts
+
     async def step() -> None:
         async with lock:
             parts = assigned(events_name)
             if not parts:
                 return
+            await take_over(parts)
             await align(parts)
             out = proc.step(parts, assigned(rates_name), assigned(billing_name))
             if (
@@ -203,14 +226,17 @@ def build(settings: Settings, run_id: str | None = None) -> tuple[faust.App, asy
                 return
             proc.saved(out.state)
             if out.finished and run_id is not None and not done.is_set():
-                await retry_async(
-                    "kafka",
-                    functools.partial(
-                        asyncio.to_thread, publish_end_markers, settings, [alloc_name], run_id
-                    ),
-                    kafka_errors_,
-                )
-                log.info("attribution finished", **dict(proc.counters))
+                # end markers that name the events partitions this worker accounted for: the
+                # writer is done once the run's markers together cover every events partition
+                for marker in heartbeat_ids(run_id, out.covers):
+                    await retry_async(
+                        "kafka",
+                        functools.partial(
+                            asyncio.to_thread, publish_end_markers, settings, [alloc_name], marker
+                        ),
+                        kafka_errors_,
+                    )
+                log.info("attribution finished", covers=sorted(out.covers), **dict(proc.counters))
                 done.set()
 
     first_seen = False

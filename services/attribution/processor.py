@@ -95,6 +95,8 @@ class Output:
     # (worker id, event time) this worker has closed buckets through, stored with the state
     progress: tuple[str, datetime] | None = None
     finished: bool = False
+    # a bounded run, finished: the events partitions this worker's end markers speak for
+    covers: set[int] = field(default_factory=set)
     # streaming: runs whose end markers this worker has closed through (heartbeats, see
     # EndOfInput): pass their markers on to cost-allocations once this output is published
     followed: list[str] = field(default_factory=list)
@@ -112,6 +114,7 @@ class AttributionProcessor:
         outbox_loader: OutboxLoader | None = None,
         progress_loader: Callable[[str], int | None] | None = None,
         worker_id: str | None = None,
+        marker_offsets: dict[int, int] | None = None,
     ) -> None:
         self.settings = settings
         self._outbox_loader = outbox_loader
@@ -156,7 +159,11 @@ class AttributionProcessor:
         self._seq = itertools.count()
         self._markers: set[tuple[str, int]] = set()
         self._events_marker = run_id  # the end marker that drains the events topic
+        # a bounded run: events partition -> the offset of the run's end marker on it (from
+        # `run all`), to decide partitions taken over from another worker (see taken_over)
+        self.marker_offsets = dict(marker_offsets or {})
         self._flushed = False
+        self._flush_seq = -1  # messages held before the latest flush (lower seq) it released
         self._closed_until = -(2**62)
         # streaming: run id -> (heartbeat time µs, the input partitions its markers were seen on)
         self._heartbeats: dict[str, tuple[int, set[tuple[str, int]]]] = {}
@@ -379,7 +386,11 @@ class AttributionProcessor:
         to another worker). Their held messages are never acknowledged here: the new owner
         reads them again from the last committed offset, restores the resources from storage
         and decides the same entries (same ids), so the ledger counts nothing twice. Keeping
-        them would close their buckets here too, as idle, beside the new owner's usage."""
+        them would close their buckets here too, as idle, beside the new owner's usage.
+
+        A bounded run also forgets the end markers it read on those partitions: should one
+        come back, what it holds is decided again (read to the marker, or :meth:`taken_over`)."""
+        self._markers = {m for m in self._markers if m[0] != self.events_topic or m[1] in assigned}
         gone = {r for r, p in self._owner.items() if p not in assigned}
         if not gone:
             return
@@ -460,6 +471,28 @@ class AttributionProcessor:
             due.append((run_id, (through // W) * W))
         return due
 
+    def taken_over(self, committed: dict[int, int | None]) -> set[int]:
+        """A bounded run: events partitions this worker has just been given, with the offsets
+        the consumer group committed for them. A committed offset past the run's end marker
+        (``marker_offsets``) says that a worker read the partition to its marker and released
+        every message before it (a message is released once its buckets closed and their
+        allocations were published, and only released messages are committed past), so the
+        partition counts as drained here without reading it again; at or before the marker,
+        the marker is still to come and this worker reads on to it. Returns the partitions
+        drained so."""
+        done = set()
+        for p, offset in committed.items():
+            marker = self.marker_offsets.get(p)
+            if offset is not None and marker is not None and offset > marker:
+                self._markers.add((self.events_topic, p))
+                done.add(p)
+        if done:
+            self.counters["partitions.taken_over_drained"] += len(done)
+            log.info("partitions taken over after the run's end marker: accounted for already",
+                     partitions=sorted(done), committed={p: committed[p] for p in sorted(done)},
+                     markers={p: self.marker_offsets[p] for p in sorted(done)})  # fmt: skip
+        return done
+
     # -- progress ----------------------------------------------------------------------
     def drained(self, topic: str, partitions: set[int]) -> bool:
         return all((topic, p) in self._markers for p in partitions)
@@ -473,6 +506,10 @@ class AttributionProcessor:
         """Close what may close, and hand over everything to publish, persist and release."""
         self._hand_over(events_partitions)
         bounded = self.run_id is not None
+        if self._flushed and not self.drained(self.events_topic, events_partitions):
+            # a rebalance gave this worker a partition whose marker is still to come: its
+            # input is accounted by flushing again once it is drained
+            self._flushed = False
         rates_ready = not bounded or (
             self.drained(self.rates_topic, rates_partitions)
             and self.drained(self.billing_topic, billing_partitions or set())
@@ -490,6 +527,7 @@ class AttributionProcessor:
             if bounded and self.drained(self.events_topic, events_partitions):
                 closed += self.book.flush(self._elsewhere())
                 self._flushed = True
+                self._flush_seq = next(self._seq)
         W = self.settings.bucket_seconds
         counters = self.counters
         for c in closed:
@@ -518,7 +556,11 @@ class AttributionProcessor:
         self._release_closed()
         self._out.commit = self._safe_offsets(events_partitions)
         out, self._out = self._out, Output()
-        out.finished = self._flushed and not self._held
+        # messages still held now were read after the flush: past the run's end markers, they
+        # are left to the next run (not committed), and do not keep this one from finishing
+        out.finished = self._flushed
+        if out.finished:
+            out.covers = set(events_partitions)
         return out
 
     def saved(self, items: list[tuple[str, str, str, dict[str, Any]]]) -> None:
@@ -604,14 +646,24 @@ class AttributionProcessor:
                 del self._emitted[p]
 
     def _release_closed(self) -> None:
+        if self._flushed:
+            # the flush closed every bucket of what was read before it; a message read since
+            # (after the run's end markers) waits for a bucket the flush did not close
+            keep = []
+            for held in self._held:
+                if held[1] < self._flush_seq or self._closed_until >= held[0]:
+                    self._out.release.append(held[4])
+                else:
+                    keep.append(held)
+            if len(keep) < len(self._held):
+                heapq.heapify(keep)
+                self._held = keep
+            return
         while self._held:
             until, _, _, _, token = self._held[0]
-            if not self._closed_through(until):
+            if self._closed_until < until:
                 break
             _, _, partition, offset, _ = heapq.heappop(self._held)
             if partition in self._held_offsets:
                 self._released.setdefault(partition, Counter())[offset] += 1
             self._out.release.append(token)
-
-    def _closed_through(self, until_us: int) -> bool:
-        return self._flushed or self._closed_until >= until_us

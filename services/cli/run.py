@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import click
 
 from services.cli.common import ledger_required, require_broker, settings_of
+from services.runtime import logs
 from services.runtime.config import Settings
 from services.runtime.stack import local_stack
 from services.runtime.supervise import (
@@ -21,12 +23,27 @@ from services.runtime.supervise import (
 )
 
 
-def _build(which: str) -> Build:
+def _build(which: str, marker_offsets: dict[int, int] | None = None) -> Build:
     if which == "attribution":
-        from services.attribution.app import build
-    else:
-        from services.ledger.writer import build
-    return build
+        from services.attribution.app import build as attribution
+
+        return functools.partial(attribution, marker_offsets=marker_offsets)
+    from services.ledger.writer import build as ledger
+
+    return ledger
+
+
+def _marker_offsets(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> dict[int, int] | None:
+    from services.runtime.supervise import parse_marker_offsets
+
+    if value is None:
+        return None
+    try:
+        return parse_marker_offsets(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"partition:offset pairs, comma-separated ({exc})") from None
 
 
 def _supervise(settings: Settings, until_idle: bool, progress: bool) -> None:
@@ -58,7 +75,22 @@ def _supervise(settings: Settings, until_idle: bool, progress: bool) -> None:
     show_default=True,
     help="beside running processors: seconds to wait for them",
 )
+@click.option(
+    "--attribution-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="with `all`: attribution processes in one consumer group, sharing the events "
+    "partitions [default: INFERLEDGER_ATTRIBUTION_WORKERS, 1]",
+)
 @click.option("--supervised", is_flag=True, hidden=True, help="started by `run all` or `up`")
+@click.option(
+    "--run-markers",
+    default=None,
+    hidden=True,
+    callback=_marker_offsets,
+    help="set by `run all`: the offsets of the run's end markers on the events partitions",
+)
+@click.option("--worker", default=None, hidden=True, help="set by `run all`: names the worker")
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -67,7 +99,10 @@ def run(
     run_id: str | None,
     follow: bool,
     timeout: float,
+    attribution_workers: int | None,
     supervised: bool,
+    run_markers: dict[int, int] | None,
+    worker: str | None,
 ) -> None:
     """Run processors: attribution, ledger (writer), alerts, or all.
 
@@ -76,6 +111,15 @@ def run(
     --until-idle` starts no processors: it asks `up`'s to close everything fed so far, and
     waits for them (`--follow` does the same for processors that run elsewhere)."""
     settings = settings_of(ctx)
+    if attribution_workers is not None:
+        if which != "all":
+            raise click.UsageError(
+                "--attribution-workers goes with `run all` (streaming, start `run attribution` "
+                "as often as you want workers)"
+            )
+        settings = settings.model_copy(update={"attribution_workers": attribution_workers})
+    if worker:
+        logs.bind(worker=worker)
     require_broker(settings, "run")
     # the attribution processor keeps its durable state in Postgres too
     with local_stack(settings) as s:
@@ -122,10 +166,10 @@ def run(
                     "`run ledger --until-idle` needs the --run-id of the "
                     "attribution run it follows (or use `run all`)"
                 )
-            from services.runtime.supervise import start_bounded_run
+            from services.runtime.supervise import begin_bounded_run
 
-            run_id = start_bounded_run(s)
-        run_one(s, which, _build(which), until_idle, run_id)
+            run_id, run_markers = begin_bounded_run(s)
+        run_one(s, which, _build(which, run_markers), until_idle, run_id)
 
 
 def _up_running(settings: Settings, resolved: Settings) -> int | None:
@@ -207,13 +251,14 @@ def up(ctx: click.Context) -> None:
     from services.ledger.db import migrate as do_migrate
     from services.runtime.scrape import listen_urls
     from services.runtime.stack import free_ports
-    from services.runtime.supervise import COMPONENTS
+    from services.runtime.supervise import process_names
 
     settings = settings_of(ctx)
+    names = process_names(settings)  # the components, then any further attribution workers
     if not settings.metrics_listen:
-        base = free_ports(len(COMPONENTS))
+        base = free_ports(len(names))
         settings = settings.model_copy(update={"metrics_listen": f"127.0.0.1:{base}"})
-    urls = listen_urls(settings.metrics_listen, COMPONENTS)
+    urls = listen_urls(settings.metrics_listen, names)
     with local_stack(settings, publish_state=True, metrics=urls) as s:
         assert s.database_url
         do_migrate(s.database_url)

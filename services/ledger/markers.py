@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -35,9 +35,17 @@ def uncovered(
                 end_markers.c.run_id.startswith(f"{run_id}.", autoescape=True),
             )
         ).all()
+    return not_covered([(int(p), str(m)) for p, m in rows], run_id, partitions, events)
+
+
+def not_covered(
+    markers: Iterable[tuple[int, str]], run_id: str, partitions: set[int], events: set[int]
+) -> set[int]:
+    """Of ``partitions``, those on which the markers read there (``(partition, marker id)``)
+    of ``run_id`` do not together cover every events partition in ``events``."""
     covered: dict[int, set[int]] = {}
-    for partition, marker_id in rows:
-        covered.setdefault(int(partition), set()).update(heartbeat_coverage(marker_id, run_id))
+    for partition, marker_id in markers:
+        covered.setdefault(partition, set()).update(heartbeat_coverage(marker_id, run_id))
     return {p for p in partitions if not events <= covered.get(p, set())}
 
 

@@ -27,8 +27,9 @@ from services.contracts import (
 )
 from services.contracts.fast import allocation_record
 from services.ledger.db import counted_set, entry_row, make_engine, record_row, write_batch
+from services.ledger.markers import uncovered
 from services.runtime import logs
-from services.runtime.config import ALLOCATIONS, BILLING, PRICES, RATES, Settings
+from services.runtime.config import ALLOCATIONS, BILLING, EVENTS, PRICES, RATES, Settings
 from services.runtime.faustapp import (
     Records,
     commit_offsets,
@@ -37,7 +38,7 @@ from services.runtime.faustapp import (
     read_batches,
     read_in_batches,
 )
-from services.runtime.health import kafka_errors, postgres_errors, retry_async
+from services.runtime.health import kafka_errors, postgres_errors, retry_async, retry_sync
 from services.runtime.kafka import dead_letter
 from services.runtime.metrics import GaugesCollector, Histogram, HistogramCollector, Sample
 
@@ -189,14 +190,37 @@ def build(
     def assigned(topic: str) -> set[int]:
         return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
 
+    # a bounded run: the events partitions (every one must be covered by the attribution
+    # workers' end markers on every cost-allocations partition), and when coverage was last read
+    events_partitions: set[int] = set()
+    if run_id is not None:
+        events_name = settings.topic(EVENTS)
+        events_partitions = retry_sync(
+            "kafka", lambda: _partitions(settings, events_name), kafka_errors()
+        )
+    covered_at = [0.0]
+
     def check_done() -> None:
         if run_id is None or done.is_set():
             return
-        needed = {(alloc_name, p) for p in assigned(alloc_name)}
-        needed |= {(rates_name, p) for p in assigned(rates_name)}
+        needed = {(rates_name, p) for p in assigned(rates_name)}
         needed |= {(billing_name, p) for p in assigned(billing_name)}
         needed |= {(prices_name, p) for p in assigned(prices_name)}
-        if needed and needed <= seen_markers:
+        allocs = assigned(alloc_name)
+        if not allocs or not needed <= seen_markers:
+            return
+        # the workers' markers (services/contracts/markers.py) are stored in end_markers in
+        # the transaction of the entries before them: read at most every 0.5 s
+        now = time.monotonic()
+        if now - covered_at[0] < 0.5:
+            return
+        covered_at[0] = now
+        try:
+            missing = uncovered(db, run_id, alloc_name, allocs, events_partitions)
+        except pg_errors as exc:  # an outage: the write path waits it out; look again later
+            log.warning("reading the run's end markers failed", error=repr(exc)[:300])
+            return
+        if not missing:
             log.info("ledger writer finished", **dict(counters))
             done.set()
 
@@ -322,6 +346,20 @@ def build(
         GaugesCollector(functools.partial(families, counters)),
     ]
     return app, done
+
+
+def _partitions(settings: Settings, topic: str) -> set[int]:
+    """The partitions ``topic`` has, as the broker tells now."""
+    from services.runtime.kafka import make_producer
+
+    producer = make_producer(settings)
+    try:
+        found = set(producer.partitions_for(topic) or set())
+    finally:
+        producer.close(10)
+    if not found:
+        raise RuntimeError(f"the broker knows no partitions of {topic}")
+    return found
 
 
 def families(counters: Counter[str]) -> dict[str, tuple[str, str, list[str], list[Sample]]]:

@@ -131,6 +131,12 @@ class Settings(BaseSettings):
     proxy_upstream_api_key: SecretStr | None = Field(
         default=None, description="API key the proxy sends upstream (the caller's is not passed)"
     )
+    attribution_workers: int = Field(
+        default=1,
+        ge=1,
+        description="attribution processes `run all` and `up` start in one consumer group; "
+        "they share the events partitions (more than the partitions leaves some idle)",
+    )
     publish_queue: int = Field(
         default=4,
         ge=1,

@@ -363,6 +363,27 @@ async def commit_offsets(app: faust.App, offsets: Mapping[tuple[str, int], int])
     return True
 
 
+async def committed_offsets(
+    app: faust.App, topic: str, partitions: set[int]
+) -> dict[int, int | None] | None:
+    """The offsets the consumer group has committed for these partitions of ``topic`` (None
+    for a partition without one), asked of the broker through the aiokafka consumer itself;
+    None when asking failed (a rebalance or an outage: ask again later)."""
+    thread = getattr(app.consumer, "_thread", None)
+    if thread is None or not hasattr(thread, "_ensure_consumer"):
+        raise RuntimeError("cannot read committed offsets: no aiokafka consumer thread")
+    consumer = thread._ensure_consumer()
+
+    async def ask() -> dict[int, int | None]:
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in sorted(partitions)}
+
+    try:
+        return cast(dict[int, int | None], await thread.call_thread(ask))
+    except Exception as exc:
+        log.warning("reading committed offsets failed; will retry", error=repr(exc)[:300])
+        return None
+
+
 def tune_gc(settings: Settings) -> None:
     """Collect young objects less often, and keep everything loaded so far (modules, the app)
     out of every later collection. The processors make many short-lived, acyclic objects per

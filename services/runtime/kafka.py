@@ -202,16 +202,19 @@ def read_records(
 
 def publish_end_markers(
     settings: Settings, topics: list[str], run_id: str, at: datetime | None = None
-) -> None:
+) -> dict[tuple[str, int], int]:
     """Write an end-of-input marker of ``run_id`` to every partition of ``topics``, stamped
-    ``at`` (default: now), which a streaming processor reads as a heartbeat."""
+    ``at`` (default: now), which a streaming processor reads as a heartbeat. Returns the
+    offset each marker was written at, ``{(topic, partition): offset}``."""
     producer = make_producer(settings)
     try:
         marker = dumps(EndOfInput(run_id=run_id, at=at or datetime.now(UTC)))
+        sent = {}
         for topic in topics:
             partitions = producer.partitions_for(topic) or set()
             for p in sorted(partitions):
-                producer.send(topic, value=marker, partition=p)
+                sent[topic, p] = producer.send(topic, value=marker, partition=p)
         producer.flush(30)
+        return {where: int(future.get(30).offset) for where, future in sent.items()}
     finally:
         producer.close(10)

@@ -55,6 +55,11 @@ def get(name: str) -> Any:
     return structlog.get_logger(name)
 
 
+def bind(**values: Any) -> None:
+    """Add these fields to every log line of this process from now on (e.g. which worker)."""
+    structlog.contextvars.bind_contextvars(**values)
+
+
 class Progress:
     """Logs a processor's counters every ``every`` seconds while they change."""
 

@@ -1,8 +1,9 @@
 """Process supervision: the processors as child processes, or one of them in this process.
 
-``inferledger run all`` and ``inferledger up`` start the attribution processor and the ledger
-writer as two child processes (the CLI's ``run attribution`` and ``run ledger``) and wait for
-them: until both finish a bounded run, one fails, or a signal stops them. What a processor is
+``inferledger run all`` and ``inferledger up`` start the attribution processor (one or more
+workers in one consumer group: ``INFERLEDGER_ATTRIBUTION_WORKERS``) and the ledger writer as
+child processes (the CLI's ``run attribution`` and ``run ledger``) and wait for them: until
+they finish a bounded run, one fails, or a signal stops them. What a processor is
 comes from its caller (a ``build`` function); the progress line shown on a terminal comes from a
 callable too, so this module knows neither the accounting nor the ledger.
 """
@@ -46,14 +47,46 @@ def input_topics(settings: Settings) -> list[str]:
     ]
 
 
-def start_bounded_run(settings: Settings) -> str:
-    """A new run id, its end-of-input markers written to every input partition."""
+def begin_bounded_run(settings: Settings) -> tuple[str, dict[int, int]]:
+    """A new run id, its end-of-input markers written to every input partition; and the offset
+    of its marker on each events partition. An attribution worker that takes an events
+    partition over from another decides from the partition's committed offset whether its input
+    up to the marker is accounted for already (see AttributionProcessor.taken_over)."""
     from services.runtime.kafka import ensure_topics, publish_end_markers
 
     ensure_topics(settings)  # idempotent
     run_id = uuid.uuid4().hex
-    publish_end_markers(settings, input_topics(settings), run_id)
-    return run_id
+    offsets = publish_end_markers(settings, input_topics(settings), run_id)
+    events = settings.topic(EVENTS)
+    return run_id, {p: o for (t, p), o in offsets.items() if t == events}
+
+
+def start_bounded_run(settings: Settings) -> str:
+    """A new run id, its end-of-input markers written to every input partition."""
+    return begin_bounded_run(settings)[0]
+
+
+def format_marker_offsets(offsets: dict[int, int]) -> str:
+    """``{partition: offset}`` as ``run --run-markers`` takes it: ``0:12,1:40``."""
+    return ",".join(f"{p}:{o}" for p, o in sorted(offsets.items()))
+
+
+def parse_marker_offsets(text: str) -> dict[int, int]:
+    """The inverse of :func:`format_marker_offsets` (ValueError on anything else)."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        p, _, o = item.partition(":")
+        if int(p) < 0 or int(o) < 0:
+            raise ValueError(f"a negative partition or offset: {item!r}")
+        out[int(p)] = int(o)
+    return out
+
+
+def process_names(settings: Settings) -> list[str]:
+    """The processes of ``run all`` and ``up``, in the order of their metrics ports: the
+    components, then the attribution workers after the first (``attribution-2``, ...)."""
+    extra = range(2, settings.attribution_workers + 1)
+    return [*COMPONENTS, *(f"attribution-{k}" for k in extra)]
 
 
 def run_one(
@@ -104,7 +137,8 @@ def run_processors(
     max_restarts: int = 10,
     restart_window: float = 300.0,
 ) -> None:
-    """Run the attribution processor and the ledger writer as two child processes and wait.
+    """Run the attribution processor (``settings.attribution_workers`` workers) and the ledger
+    writer as child processes and wait.
 
     Bounded when ``until_idle`` (a new run id, its end markers written first): a processor that
     exits with an error fails the run (:class:`ProcessFailed`; the other is then stopped).
@@ -117,30 +151,36 @@ def run_processors(
     from services.runtime.kafka import ensure_topics
 
     ensure_topics(settings)
-    run_id = start_bounded_run(settings) if until_idle else None
+    run_id, markers = begin_bounded_run(settings) if until_idle else (None, {})
     env = dict(os.environ)
     env["INFERLEDGER_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap or ""
     env["INFERLEDGER_DATABASE_URL"] = settings.database_url or ""
     env["INFERLEDGER_TOPIC_PREFIX"] = settings.topic_prefix
     commands: dict[str, tuple[list[str], dict[str, str]]] = {}
-    listens = (
-        component_listens(settings.metrics_listen, COMPONENTS) if settings.metrics_listen else {}
-    )
-    for component in COMPONENTS:
+    names = process_names(settings)
+    listens = component_listens(settings.metrics_listen, names) if settings.metrics_listen else {}
+    workers = settings.attribution_workers
+    for name in names:
+        component = name.partition("-")[0]
         cmd = [*cli, "run", component, "--supervised"]  # not a second set beside `up`
         if run_id is not None:
             cmd += ["--until-idle"]
             if component != "alerts":
                 cmd += ["--run-id", run_id]
-        if settings.metrics_listen:  # one port per process, in the order of COMPONENTS
-            env["INFERLEDGER_METRICS_LISTEN"] = listens[component]
-        commands[component] = (cmd, dict(env))
+            if component == "attribution":
+                cmd += ["--run-markers", format_marker_offsets(markers)]
+        if component == "attribution" and workers > 1:  # names the worker in its log lines
+            cmd += ["--worker", name.partition("-")[2] or "1"]
+        if settings.metrics_listen:  # one port per process, in the order of names
+            env["INFERLEDGER_METRICS_LISTEN"] = listens[name]
+        commands[name] = (cmd, dict(env))
     # bounded, the alerts processor runs once the ledger is complete (see below)
     after = commands.pop("alerts") if run_id is not None else None
     procs = [(c, subprocess.Popen(cmd, env=e)) for c, (cmd, e) in commands.items()]
     started = time.monotonic()
     restarts: dict[str, list[float]] = {c: [] for c in commands}  # per component: when
     due: dict[int, float] = {}  # index in procs -> when to start it again
+    stopped: set[str] = set()  # bounded: workers stopped because the ledger was complete
 
     def restart_exited() -> None:
         """Streaming: start again what exited (after its backoff), or give up."""
@@ -187,12 +227,26 @@ def run_processors(
                 )
             if run_id is None:
                 restart_exited()
-            elif any(p.poll() not in (None, 0) for _, p in procs):
+            elif any(p.poll() not in (None, 0) for c, p in procs if c not in stopped):
                 break
+            elif not stopped and any(c == "ledger" and p.poll() == 0 for c, p in procs):
+                # the writer is done: the markers of the run cover every events partition, so
+                # an attribution worker still running (one that never had a partition, or
+                # that took some over after their markers) has nothing left to account for
+                for c, p in procs:
+                    if p.poll() is None:
+                        log.info("stopping an attribution worker: the ledger is complete",
+                                 worker=c)  # fmt: skip
+                        p.terminate()
+                        stopped.add(c)
             time.sleep(0.5)
         if status is not None:
             status.stop()
-        failed = [f"{c} exited with {p.returncode}" for c, p in procs if p.poll() not in (None, 0)]
+        failed = [
+            f"{c} exited with {p.returncode}"
+            for c, p in procs
+            if c not in stopped and p.poll() not in (None, 0)
+        ]
         if failed:
             raise ProcessFailed("; ".join(failed))
         if after is not None:  # the ledger is complete: evaluate budgets, deliver, exit

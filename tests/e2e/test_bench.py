@@ -34,7 +34,7 @@ def test_the_benchmark_runs_every_case_and_writes_its_results(cli_env, settings,
             "--events",
             "3000",
             "--cases",
-            "batched,batched-4,single",
+            "batched,batched-2w,batched-4,single",
             "--stream-rate",
             "0",
             "--no-profile",
@@ -52,7 +52,7 @@ def test_the_benchmark_runs_every_case_and_writes_its_results(cli_env, settings,
     assert proc.returncode == 0, proc.stderr[-4000:]
     (report_file,) = tmp_path.glob("2*.json")
     report = json.loads(report_file.read_text())
-    assert [c["case"] for c in report["cases"]] == ["batched", "batched-4", "single"]
+    assert [c["case"] for c in report["cases"]] == ["batched", "batched-2w", "batched-4", "single"]
     for case in report["cases"]:
         assert case["events"] == 3000 and "warning" not in case, case
         pipeline = case["pipeline"]
@@ -64,12 +64,25 @@ def test_the_benchmark_runs_every_case_and_writes_its_results(cli_env, settings,
         per_event = sum(cpu["us_per_event"][k] for k in ("attribution", "ledger", "postgres"))
         assert 0 < per_event <= cpu["pipeline_us_per_event"] + 0.3  # rounded per process
         assert pipeline["ratio_to_faust_events_per_s"] > 0
-    batched, four, single = report["cases"]
+    batched, two_workers, four, single = report["cases"]
+    assert batched["messages"] == two_workers["messages"]
     assert batched["messages"] < four["messages"] < single["messages"] == 3000
     assert four["messages"] >= 750  # at most 4 events a message
+    # per attribution worker: the events partitions it covered, the events it processed and
+    # its CPU per event; two workers cover the four partitions together, each event once
+    one, two = batched["workers"], two_workers["workers"]
+    assert [w["worker"] for w in one] == ["attribution"] and one[0]["partitions"] == [0, 1, 2, 3]
+    assert one[0]["events_processed"] == 3000 and one[0]["cpu_us_per_event"] > 0
+    assert [w["worker"] for w in two] == ["attribution-1", "attribution-2"]
+    assert set().union(*(w["partitions"] for w in two)) == {0, 1, 2, 3}
+    assert sum(w["events_processed"] for w in two) >= 3000
+    for w in two:
+        assert w["cpu_seconds"] > 0 and w["peak_rss_mb"] > 0, w
+    assert two_workers["cpu_per_event"]["cpu_seconds_in_measured_run"]["attribution"]
     assert report["ledger_write_capacity"]["rows"] == 2000
     table = (tmp_path / "latest.md").read_text()
     assert "| batched | 3,000 |" in table and "CPU µs per event" in table
+    assert "| batched-2w | attribution-2 |" in table
     assert bench_databases(settings.database_url) == before  # scratch databases dropped
 
 
