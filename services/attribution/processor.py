@@ -652,7 +652,7 @@ class AttributionProcessor:
             keep = []
             for held in self._held:
                 if held[1] < self._flush_seq or self._closed_until >= held[0]:
-                    self._out.release.append(held[4])
+                    self._release(held)
                 else:
                     keep.append(held)
             if len(keep) < len(self._held):
@@ -660,10 +660,13 @@ class AttributionProcessor:
                 self._held = keep
             return
         while self._held:
-            until, _, _, _, token = self._held[0]
-            if self._closed_until < until:
+            if self._closed_until < self._held[0][0]:
                 break
-            _, _, partition, offset, _ = heapq.heappop(self._held)
-            if partition in self._held_offsets:
-                self._released.setdefault(partition, Counter())[offset] += 1
-            self._out.release.append(token)
+            self._release(heapq.heappop(self._held))
+
+    def _release(self, held: tuple[int, int, int, int, Any]) -> None:
+        """A held message may go: its offset no longer holds the partition's commit back."""
+        _, _, partition, offset, token = held
+        if partition in self._held_offsets:
+            self._released.setdefault(partition, Counter())[offset] += 1
+        self._out.release.append(token)
