@@ -125,7 +125,7 @@ def build(
                 proc.counters["resources.fenced"] += len(fenced)
                 log.warning("decisions of resources another worker claimed were dropped",
                             resources=sorted(fenced)[:10], count=len(fenced))  # fmt: skip
-                out.allocations = [a for a in out.allocations if a[0] not in fenced]
+                drop_fenced(out, fenced)
         await retry_async("kafka", lambda: send_all(out), kafka_errors_)
         if out.remark is not None:  # end markers of a new id, after the re-routed copies
             await retry_async(
@@ -286,6 +286,17 @@ def build(
     app.inferledger_counters = proc.counters  # type: ignore[attr-defined]  # for /metrics
     app.inferledger_collectors = [GaugesCollector(functools.partial(families, proc))]  # type: ignore[attr-defined]
     return app, done
+
+
+def drop_fenced(out: Output, fenced: set[str]) -> None:
+    """A save fenced these resources off (another worker claimed them, and decides them from
+    storage): their decisions in ``out`` are not published. Nor does a bounded run finish on
+    it: its end markers would name the partitions of those resources as accounted for here,
+    and the ledger writer would finish before the new owner's decisions are written; the next
+    step's output finishes, with the partitions this worker still has."""
+    out.allocations = [a for a in out.allocations if a[0] not in fenced]
+    if fenced:
+        out.finished = False
 
 
 def families(proc: AttributionProcessor) -> dict[str, tuple[str, str, list[str], list[Sample]]]:

@@ -199,8 +199,14 @@ async def read_batches(
             timeout,
             max_records,
         )
-        if not records or app.consumer_generation_id != generation or not consumer.flow_active:
-            continue  # a rebalance began: faust seeks back to the committed offsets
+        if not records:
+            continue
+        if app.consumer_generation_id != generation or not consumer.flow_active:
+            # a rebalance: these may be records of the new assignment, fetched after faust's
+            # seek to the committed offsets (aiokafka waits out a reassignment inside the
+            # fetch), and aiokafka's position has passed them: put them back
+            await thread.call_thread(_put_back, thread._ensure_consumer(), records)
+            continue
         owned = consumer.assignment()
         batch = [(tp, recs) for tp, recs in records.items() if recs and tp in owned]
         if batch:
@@ -231,6 +237,19 @@ async def _fetch_fairly(
         if drained:
             return drained
         return dict(await fetcher.fetched_records(tuple(tps), timeout, max_records))
+
+
+async def _put_back(consumer: Any, records: dict[Any, Records]) -> None:
+    """Seek each partition of dropped ``records`` back to their first offset, if aiokafka's
+    position has passed it (run in the consumer's thread). Only ever backwards: reading a
+    record again changes nothing, skipping one loses it."""
+    owned = consumer.assignment()
+    for tp, recs in records.items():
+        if not recs or tp not in owned:
+            continue
+        state = consumer._subscription.subscription.assignment.state_value(tp)
+        if state is not None and state.has_valid_position and state.position > recs[0].offset:
+            consumer.seek(tp, recs[0].offset)
 
 
 def kafka_consumer(app: faust.App) -> Any:
