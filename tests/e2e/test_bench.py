@@ -66,7 +66,8 @@ def test_the_benchmark_runs_every_case_and_writes_its_results(cli_env, settings,
         assert pipeline["ratio_to_faust_events_per_s"] > 0
     batched, two_workers, four, single = report["cases"]
     assert batched["messages"] == two_workers["messages"]
-    assert batched["messages"] < four["messages"] < single["messages"] == 3000
+    # a small run's nodes are sparse: a 1 s linger may already send at most 4 events a message
+    assert batched["messages"] <= four["messages"] < single["messages"] == 3000
     assert four["messages"] >= 750  # at most 4 events a message
     # per attribution worker: the events partitions it covered, the events it processed and
     # its CPU per event; two workers cover the four partitions together, each event once
