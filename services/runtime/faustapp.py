@@ -171,9 +171,9 @@ async def read_batches(
     about 100 to 160 µs a message before any work is done; here a fetch of hundreds of messages
     costs one call. The safety of faust's own fetch is kept: nothing is read while faust has
     stopped the flow for a rebalance, only partitions faust has not paused are fetched, and a
-    fetch that spans a new generation is dropped (faust seeks every assigned partition back to
-    its committed offset after each rebalance, so nothing dropped is lost). Nothing is
-    acknowledged or committed here: ``handle`` commits, after its output is stored."""
+    fetch that spans a new generation is not handed on but put back (:func:`_put_back`), so
+    nothing in it is skipped. Nothing is acknowledged or committed here: ``handle`` commits,
+    after its output is stored."""
     consumer: Any = app.consumer
     thread = getattr(consumer, "_thread", None)
     if thread is None or not hasattr(thread, "_fetch_records"):
